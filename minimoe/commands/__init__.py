@@ -1,0 +1,1 @@
+"""One module per `minimoe` subcommand; see minimoe/cli.py."""

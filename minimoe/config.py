@@ -1,0 +1,249 @@
+"""The model configuration: one validated dataclass that describes every architecture minimoe knows.
+
+Shape legend (used across minimoe):
+    B batch, T time, C model width (d_model), H query heads, G kv heads, D head dim,
+    F ffn width (d_ff or d_expert), E routed experts, K top-k, V vocab.
+
+A Config is plain data. It round-trips through JSON (`to_dict`/`from_dict`, `save`/`load`),
+and `Config.preset(name)` returns a named one (see minimoe/presets.py).
+
+The fields cover the families minimoe runs or estimates:
+    Mixtral         softmax router, top-k, renormalised; SwiGLU experts; GQA
+    gpt-oss         top-k then softmax; router bias; attention biases and sinks;
+                    alternating sliding-window layers; clamped SwiGLU with biases; YaRN RoPE
+    Qwen2-MoE       softmax router, no renormalisation; a shared expert with a sigmoid gate
+    Qwen3-MoE       per-head q/k RMSNorm; renormalised top-k
+    OLMoE           full-width q/k RMSNorm; no renormalisation
+    DeepSeek-V3     multi-head latent attention (MLA), sigmoid router with a selection bias,
+                    a shared expert, dense first layers (estimated only: minimoe does not run MLA)
+    Llama 3.1       dense; llama3 RoPE scaling
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+from minimoe.errors import MinimoeError
+
+
+class ConfigError(MinimoeError, ValueError):
+    """An invalid configuration. The message names the field, what was expected and what was found."""
+
+
+ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_topk")
+QK_NORMS = ("none", "head", "full")
+FFN_ACTS = ("swiglu", "swiglu_oai")
+ATTENTIONS = ("gqa", "mla")
+ROPE_SCALINGS = ("linear", "llama3", "yarn")
+
+
+@dataclass
+class Config:
+    # --- sizes -------------------------------------------------------------------------------
+    vocab_size: int = 256            # V
+    d_model: int = 64                # C
+    n_layers: int = 2
+    n_heads: int = 4                 # H, query heads
+    n_kv_heads: int | None = None    # G, key/value heads (grouped-query attention); None -> n_heads
+    head_dim: int | None = None      # D; None -> d_model // n_heads (which must divide)
+    d_ff: int = 256                  # F of the dense SwiGLU FFN
+    max_seq_len: int = 256           # longest context the model is used with
+
+    # --- mixture of experts ------------------------------------------------------------------
+    n_experts: int = 0               # E routed experts; 0 means a dense model
+    top_k: int = 0                   # K experts per token
+    d_expert: int | None = None      # F of each routed expert; None -> d_ff
+    n_shared_experts: int = 0        # experts every token goes through (DeepSeek, Qwen2-MoE)
+    d_shared_expert: int | None = None  # F of each shared expert; None -> d_expert
+    shared_expert_gate: bool = False    # Qwen2-MoE: shared output scaled by sigmoid(x @ w)
+    dense_layers: list[int] = field(default_factory=list)  # MoE models: layers with a dense FFN
+    router: str = "softmax_topk"     # one of ROUTERS, see minimoe/nn/router.py
+    router_renorm: bool = True       # softmax_topk/sigmoid_topk: rescale the K weights to sum to 1
+    router_bias: bool = False        # a learned bias on the router logits (gpt-oss)
+    router_scale: float = 1.0        # DeepSeek's routed_scaling_factor, multiplies the K weights
+    expert_bias: bool = False        # biases inside the experts (gpt-oss)
+
+    # --- attention ---------------------------------------------------------------------------
+    attention: str = "gqa"           # "gqa", or "mla" (DeepSeek; estimator only)
+    qkv_bias: bool = False           # biases on the q, k and v projections
+    o_bias: bool = False             # bias on the output projection
+    attn_sinks: bool = False         # gpt-oss: one learned logit per head that takes softmax mass
+    sliding_window: int = 0          # 0: none; >0: a token sees at most this many keys (itself included)
+    sliding_layers: list[int] | None = None  # layers that use the window; None -> all (Mixtral)
+    qk_norm: str = "none"            # "none", "head" (Qwen3: RMSNorm over D), "full" (OLMoE: over H*D)
+    # MLA (DeepSeek-V2/V3) low-rank projections; only read when attention == "mla"
+    q_lora_rank: int = 0             # 0: q is a full projection
+    kv_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    qk_nope_head_dim: int = 0
+    v_head_dim: int = 0
+
+    # --- positions, norms, FFN, embeddings ---------------------------------------------------
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # {"type": "linear"|"llama3"|"yarn", "factor": ..., ...}
+    norm_eps: float = 1e-5
+    ffn_act: str = "swiglu"          # "swiglu" (silu(gate)*up) or "swiglu_oai" (gpt-oss's clamped form)
+    swiglu_limit: float = 7.0        # swiglu_oai only
+    swiglu_alpha: float = 1.702      # swiglu_oai only
+    tie_embeddings: bool = False     # the output head reuses the token embedding
+
+    name: str = ""                   # free text: the preset or model this config came from
+
+    # ------------------------------------------------------------------------------------------
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if _is_pos_int(self.n_heads) and _is_pos_int(self.d_model) and self.d_model % self.n_heads:
+                raise ConfigError(
+                    f"n_heads={self.n_heads} does not divide d_model={self.d_model}; "
+                    f"choose n_heads that divides the width, or set head_dim explicitly")
+            if _is_pos_int(self.n_heads):
+                self.head_dim = self.d_model // self.n_heads
+        if self.d_expert is None:
+            self.d_expert = self.d_ff
+        if self.d_shared_expert is None:
+            self.d_shared_expert = self.d_expert
+        self.dense_layers = sorted(int(i) for i in self.dense_layers)
+        if self.sliding_layers is not None:
+            self.sliding_layers = sorted(int(i) for i in self.sliding_layers)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError on the first invalid field or combination."""
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+                  "max_seq_len"):
+            _check_pos_int(f, getattr(self, f))
+        for f in ("n_experts", "top_k", "n_shared_experts", "sliding_window", "q_lora_rank",
+                  "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+            _check_nonneg_int(f, getattr(self, f))
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; "
+                              f"each kv head must serve a whole group of query heads")
+        if self.n_experts == 0:
+            if self.top_k != 0:
+                raise ConfigError(f"top_k={self.top_k} but n_experts=0 (a dense model); set top_k=0 "
+                                  f"or n_experts >= top_k")
+            if self.n_shared_experts:
+                raise ConfigError("n_shared_experts > 0 needs n_experts > 0")
+            if self.dense_layers:
+                raise ConfigError("dense_layers lists layers of an MoE model, but n_experts=0")
+        else:
+            if not 1 <= self.top_k <= self.n_experts:
+                raise ConfigError(f"top_k must be between 1 and n_experts={self.n_experts}, "
+                                  f"found top_k={self.top_k}")
+            _check_pos_int("d_expert", self.d_expert)
+            if self.n_shared_experts:
+                _check_pos_int("d_shared_expert", self.d_shared_expert)
+        for f, layers in (("dense_layers", self.dense_layers), ("sliding_layers", self.sliding_layers or [])):
+            bad = [i for i in layers if not 0 <= i < self.n_layers]
+            if bad:
+                raise ConfigError(f"{f} has layer indices {bad} outside 0..{self.n_layers - 1}")
+        _check_choice("router", self.router, ROUTERS)
+        _check_choice("qk_norm", self.qk_norm, QK_NORMS)
+        _check_choice("ffn_act", self.ffn_act, FFN_ACTS)
+        _check_choice("attention", self.attention, ATTENTIONS)
+        if self.attention == "mla":
+            for f in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+                _check_pos_int(f, getattr(self, f))
+        for f in ("rope_theta", "norm_eps", "router_scale", "swiglu_limit", "swiglu_alpha"):
+            v = getattr(self, f)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise ConfigError(f"{f} must be a positive number, found {v!r}")
+        if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, dict):
+                raise ConfigError(f"rope_scaling must be a dict or None, found {self.rope_scaling!r}")
+            kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
+            _check_choice("rope_scaling.type", kind, ROPE_SCALINGS)
+            factor = self.rope_scaling.get("factor")
+            if not isinstance(factor, (int, float)) or not factor > 0:
+                raise ConfigError(f"rope_scaling.factor must be a positive number, found {factor!r}")
+        if self.sliding_layers is not None and self.sliding_window == 0 and self.sliding_layers:
+            raise ConfigError("sliding_layers is set but sliding_window is 0")
+
+    # --- derived -------------------------------------------------------------------------------
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """True when this layer's FFN is a routed mixture of experts."""
+        return self.n_experts > 0 and layer not in self.dense_layers
+
+    def window(self, layer: int) -> int:
+        """The sliding window of this layer, or 0 for full causal attention."""
+        if self.sliding_window and (self.sliding_layers is None or layer in self.sliding_layers):
+            return self.sliding_window
+        return 0
+
+    # --- serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "Config":
+        """Build a Config from a dict, naming `source` (a file, say) in any error."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object, found {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k != "model_type"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown config field(s) {unknown}; known fields are {sorted(known)}")
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def to_json(self) -> str:
+        return json.dumps({"model_type": "minimoe", **self.to_dict()}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> "Config":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{source}: not valid JSON ({e})") from None
+        return cls.from_dict(d, source)
+
+    def save(self, path: str) -> None:
+        from minimoe.io.atomic import atomic_write_text
+        atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str) -> "Config":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read(), source=os.fspath(path))
+
+    def replace(self, **changes) -> "Config":
+        """A copy with some fields changed, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "Config":
+        """A named configuration (case-insensitive); see `minimoe.presets.PRESETS`."""
+        from minimoe.presets import get_preset
+        return get_preset(name, **overrides)
+
+
+def _is_pos_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _check_pos_int(name, v):
+    if not _is_pos_int(v):
+        raise ConfigError(f"{name} must be a positive integer, found {v!r}")
+
+
+def _check_nonneg_int(name, v):
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+        raise ConfigError(f"{name} must be a non-negative integer, found {v!r}")
+
+
+def _check_choice(name, v, choices):
+    if v not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}, found {v!r}")

@@ -1,0 +1,14 @@
+"""The errors minimoe raises for bad input. Each message names the file, tensor or field,
+and says what was expected against what was found."""
+
+
+class MinimoeError(Exception):
+    """Base of every error minimoe raises on purpose; the CLI prints these without a traceback."""
+
+
+class CheckpointError(MinimoeError, ValueError):
+    """A checkpoint folder or file that cannot be loaded: missing, truncated, misnamed, misshapen."""
+
+
+class DataError(MinimoeError, ValueError):
+    """Training or evaluation data that cannot be used: empty, binary, too short."""

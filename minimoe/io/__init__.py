@@ -1,0 +1,1 @@
+"""Reading and writing models: minimoe checkpoints, Hugging Face model folders, atomic writes."""

@@ -1,0 +1,174 @@
+"""Every parameter of a model, by name and shape, derived from its Config.
+
+Shape legend: B batch, T time, C d_model, H heads, G kv heads, D head dim, F ffn width,
+E experts, K top-k, V vocab.
+
+`param_shapes(config)` is the one place that says which arrays a model has. The model
+initialises from it, the loader checks a checkpoint against it, and the parameter counts
+(`count_params`) and the estimator sum over it. A student can print it and see the model:
+
+    embed.weight                       (V, C)      token embedding
+    layers.{i}.attn_norm.weight        (C,)        RMSNorm before attention
+    layers.{i}.attn.q.weight           (H*D, C)    query projection   (+ .bias with qkv_bias)
+    layers.{i}.attn.k.weight           (G*D, C)    key projection     (+ .bias)
+    layers.{i}.attn.v.weight           (G*D, C)    value projection   (+ .bias)
+    layers.{i}.attn.o.weight           (C, H*D)    output projection  (+ .bias with o_bias)
+    layers.{i}.attn.q_norm.weight      (D,)|(H*D,) q RMSNorm (qk_norm "head" | "full")
+    layers.{i}.attn.k_norm.weight      (D,)|(G*D,)
+    layers.{i}.attn.sinks              (H,)        attention-sink logits (attn_sinks)
+    layers.{i}.ffn_norm.weight         (C,)        RMSNorm before the FFN
+  a dense layer:
+    layers.{i}.ffn.gate.weight         (F, C)      SwiGLU: down(silu(gate x) * up x)
+    layers.{i}.ffn.up.weight           (F, C)
+    layers.{i}.ffn.down.weight         (C, F)
+  an MoE layer:
+    layers.{i}.moe.router.weight       (E, C)      router logits (+ .bias with router_bias)
+    layers.{i}.moe.experts.gate        (E, F, C)   the E experts' SwiGLU weights, stacked
+    layers.{i}.moe.experts.up          (E, F, C)
+    layers.{i}.moe.experts.down        (E, C, F)
+    layers.{i}.moe.experts.gate_bias   (E, F)      (expert_bias: also up_bias (E, F), down_bias (E, C))
+    layers.{i}.moe.shared.gate.weight  (S*F, C)    S shared experts act as one FFN of width S*F
+    layers.{i}.moe.shared.up.weight    (S*F, C)
+    layers.{i}.moe.shared.down.weight  (C, S*F)
+    layers.{i}.moe.shared_gate.weight  (1, C)      sigmoid gate on the shared output (Qwen2-MoE)
+    norm.weight                        (C,)        final RMSNorm
+    head.weight                        (V, C)      output head, absent with tie_embeddings
+
+With attention == "mla" (DeepSeek-V3; counted by the estimator, not run by minimoe):
+    layers.{i}.attn.q_a.weight (q_lora, C), attn.q_a_norm.weight (q_lora,),
+    attn.q_b.weight (H*(nope+rope), q_lora)      [or attn.q.weight (H*(nope+rope), C) if q_lora_rank=0]
+    attn.kv_a.weight (kv_lora+rope, C), attn.kv_a_norm.weight (kv_lora,),
+    attn.kv_b.weight (H*(nope+v), kv_lora), attn.o.weight (C, H*v)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minimoe.config import Config
+
+COMPONENTS = ("embedding", "attention", "router", "experts", "shared_experts", "ffn", "norms", "head")
+
+
+def param_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter, in model order."""
+    C, V, H, G, D = cfg.d_model, cfg.vocab_size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (V, C)}
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        shapes[p + "attn_norm.weight"] = (C,)
+        if cfg.attention == "mla":
+            shapes.update(_mla_shapes(cfg, p + "attn."))
+        else:
+            shapes[p + "attn.q.weight"] = (H * D, C)
+            shapes[p + "attn.k.weight"] = (G * D, C)
+            shapes[p + "attn.v.weight"] = (G * D, C)
+            if cfg.qkv_bias:
+                shapes[p + "attn.q.bias"] = (H * D,)
+                shapes[p + "attn.k.bias"] = (G * D,)
+                shapes[p + "attn.v.bias"] = (G * D,)
+            shapes[p + "attn.o.weight"] = (C, H * D)
+            if cfg.o_bias:
+                shapes[p + "attn.o.bias"] = (C,)
+            if cfg.qk_norm == "head":
+                shapes[p + "attn.q_norm.weight"] = (D,)
+                shapes[p + "attn.k_norm.weight"] = (D,)
+            elif cfg.qk_norm == "full":
+                shapes[p + "attn.q_norm.weight"] = (H * D,)
+                shapes[p + "attn.k_norm.weight"] = (G * D,)
+        if cfg.attn_sinks:
+            shapes[p + "attn.sinks"] = (H,)
+        shapes[p + "ffn_norm.weight"] = (C,)
+        if cfg.is_moe_layer(i):
+            E, F = cfg.n_experts, cfg.d_expert
+            shapes[p + "moe.router.weight"] = (E, C)
+            if cfg.router_bias:
+                shapes[p + "moe.router.bias"] = (E,)
+            shapes[p + "moe.experts.gate"] = (E, F, C)
+            shapes[p + "moe.experts.up"] = (E, F, C)
+            shapes[p + "moe.experts.down"] = (E, C, F)
+            if cfg.expert_bias:
+                shapes[p + "moe.experts.gate_bias"] = (E, F)
+                shapes[p + "moe.experts.up_bias"] = (E, F)
+                shapes[p + "moe.experts.down_bias"] = (E, C)
+            if cfg.n_shared_experts:
+                Fs = cfg.n_shared_experts * cfg.d_shared_expert
+                shapes[p + "moe.shared.gate.weight"] = (Fs, C)
+                shapes[p + "moe.shared.up.weight"] = (Fs, C)
+                shapes[p + "moe.shared.down.weight"] = (C, Fs)
+                if cfg.shared_expert_gate:
+                    shapes[p + "moe.shared_gate.weight"] = (1, C)
+        else:
+            shapes[p + "ffn.gate.weight"] = (cfg.d_ff, C)
+            shapes[p + "ffn.up.weight"] = (cfg.d_ff, C)
+            shapes[p + "ffn.down.weight"] = (C, cfg.d_ff)
+    shapes["norm.weight"] = (C,)
+    if not cfg.tie_embeddings:
+        shapes["head.weight"] = (V, C)
+    return shapes
+
+
+def _mla_shapes(cfg: Config, p: str) -> dict[str, tuple[int, ...]]:
+    C, H = cfg.d_model, cfg.n_heads
+    qk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+    s: dict[str, tuple[int, ...]] = {}
+    if cfg.q_lora_rank:
+        s[p + "q_a.weight"] = (cfg.q_lora_rank, C)
+        s[p + "q_a_norm.weight"] = (cfg.q_lora_rank,)
+        s[p + "q_b.weight"] = (H * qk, cfg.q_lora_rank)
+    else:
+        s[p + "q.weight"] = (H * qk, C)
+    s[p + "kv_a.weight"] = (cfg.kv_lora_rank + cfg.qk_rope_head_dim, C)
+    s[p + "kv_a_norm.weight"] = (cfg.kv_lora_rank,)
+    s[p + "kv_b.weight"] = (H * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank)
+    s[p + "o.weight"] = (C, H * cfg.v_head_dim)
+    if cfg.o_bias:
+        s[p + "o.bias"] = (C,)
+    return s
+
+
+def component(name: str) -> str:
+    """Which of COMPONENTS a parameter belongs to."""
+    if name == "embed.weight":
+        return "embedding"
+    if name == "head.weight":
+        return "head"
+    if name.endswith("norm.weight") and "attn." not in name:
+        return "norms"
+    if ".moe.router." in name:
+        return "router"
+    if ".moe.experts." in name:
+        return "experts"
+    if ".moe.shared" in name:
+        return "shared_experts"
+    if "_norm." in name:  # q/k norms and MLA's latent norms sit inside attention
+        return "attention"
+    if ".attn." in name:
+        return "attention"
+    if ".ffn." in name:
+        return "ffn"
+    raise KeyError(f"no component for parameter {name!r}")
+
+
+def count_params(cfg: Config) -> dict[str, int]:
+    """Parameter counts of a config, exactly, without allocating any array.
+
+    total                     every parameter (a tied embedding counted once)
+    active                    the parameters one token touches: everything except the routed
+                              experts, plus K/E of each MoE layer's routed-expert parameters
+    embedding                 the token embedding table
+    active_non_embedding      active minus the embedding table (which is looked up, not multiplied)
+    by_component              total per component (see COMPONENTS; "ffn" is the dense FFN)
+    active_by_component       active per component
+    """
+    by = {c: 0 for c in COMPONENTS}
+    active_by = dict(by)
+    for name, shape in param_shapes(cfg).items():
+        n = int(np.prod(shape))
+        c = component(name)
+        by[c] += n
+        # Routed experts: each token runs K of the E experts of its layer.
+        active_by[c] += n * cfg.top_k // cfg.n_experts if c == "experts" else n
+    total, active = sum(by.values()), sum(active_by.values())
+    return {"total": total, "active": active, "embedding": by["embedding"],
+            "active_non_embedding": active - by["embedding"],
+            "by_component": by, "active_by_component": active_by}
