@@ -1,4 +1,15 @@
-"""minimoe: a from-scratch NumPy/Numba Mixture-of-Experts transformer for learning and research."""
+"""minimoe: a from-scratch NumPy/Numba Mixture-of-Experts transformer for learning and research.
+
+    import minimoe
+    model = minimoe.Model(minimoe.Config.preset("tiny-moe"), seed=0)
+    logits = model(tokens)                      # (T, V) for tokens (T,)
+    model.save("ckpt"); model = minimoe.load("ckpt")
+"""
 from minimoe.config import Config, ConfigError
+from minimoe.errors import CheckpointError, DataError, MinimoeError
+from minimoe.io.checkpoint import load
+from minimoe.kernels import matmul
+from minimoe.model import Model
+from minimoe.tokenizer import ByteTokenizer, CharTokenizer
 
 __version__ = "0.1.0"

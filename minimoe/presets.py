@@ -31,6 +31,83 @@ PRESETS: dict[str, dict] = {
                          max_seq_len=1024, rope_theta=1e6, norm_eps=1e-5, tie_embeddings=False),
 }
 
+# --- real open-weight models, for the estimator -----------------------------------------------
+# Each entry is its model's Hugging Face config.json, translated field by field (the same
+# translation minimoe.io.hf_config.config_from_hf does; tests/test_estimate.py checks the two agree,
+# and that the parameter totals equal what transformers instantiates for that config.json).
+
+_GPT_OSS = dict(  # shared by both sizes: openai/gpt-oss-{20b,120b}/config.json
+    vocab_size=201088, d_model=2880, n_heads=64, n_kv_heads=8, head_dim=64, d_ff=2880,
+    d_expert=2880, top_k=4, max_seq_len=131072,
+    router="topk_softmax", router_bias=True, expert_bias=True,          # router and experts carry biases
+    qkv_bias=True, o_bias=True, attn_sinks=True,                        # attention_bias: true; sinks
+    sliding_window=128,                                                 # layer_types: even layers slide
+    rope_theta=150000.0,
+    rope_scaling={"type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                  "original_max_position_embeddings": 4096, "truncate": False},
+    norm_eps=1e-5, ffn_act="swiglu_oai", swiglu_limit=7.0, swiglu_alpha=1.702, tie_embeddings=False)
+
+_QWEN3_MOE = dict(  # shared by the Qwen3 MoE sizes: Qwen/Qwen3-*-A*B/config.json
+    vocab_size=151936, head_dim=128, top_k=8, n_experts=128, qk_norm="head",
+    router="softmax_topk", router_renorm=True, rope_theta=1e6, norm_eps=1e-6, max_seq_len=40960,
+    tie_embeddings=False)
+
+_LLAMA_31 = dict(  # shared by the Llama 3.1 sizes: meta-llama/Llama-3.1-*B/config.json
+    vocab_size=128256, n_kv_heads=8, max_seq_len=131072, rope_theta=500000.0,
+    rope_scaling={"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192},
+    norm_eps=1e-5, tie_embeddings=False)
+
+PRESETS.update({
+    # source: huggingface.co/openai/gpt-oss-120b/config.json
+    "gpt-oss-120b": dict(_GPT_OSS, n_layers=36, n_experts=128, sliding_layers=list(range(0, 36, 2))),
+    # source: huggingface.co/openai/gpt-oss-20b/config.json
+    "gpt-oss-20b": dict(_GPT_OSS, n_layers=24, n_experts=32, sliding_layers=list(range(0, 24, 2))),
+    # source: huggingface.co/mistralai/Mixtral-8x7B-v0.1/config.json
+    "mixtral-8x7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                         d_ff=14336, n_experts=8, top_k=2, max_seq_len=32768, rope_theta=1e6,
+                         norm_eps=1e-5, tie_embeddings=False),
+    # source: huggingface.co/mistralai/Mixtral-8x22B-v0.1/config.json (the Instruct model has 32768 tokens)
+    "mixtral-8x22b": dict(vocab_size=32000, d_model=6144, n_layers=56, n_heads=48, n_kv_heads=8,
+                          d_ff=16384, n_experts=8, top_k=2, max_seq_len=65536, rope_theta=1e6,
+                          norm_eps=1e-5, tie_embeddings=False),
+    # source: huggingface.co/deepseek-ai/DeepSeek-V3/config.json. The checkpoint also holds one
+    # multi-token-prediction layer (num_nextn_predict_layers: 1) that transformers does not build;
+    # it is not counted here, as in the published 671B.
+    "deepseek-v3": dict(vocab_size=129280, d_model=7168, n_layers=61, n_heads=128, n_kv_heads=128,
+                        head_dim=192, d_ff=18432, max_seq_len=163840,
+                        n_experts=256, top_k=8, d_expert=2048, n_shared_experts=1,
+                        dense_layers=[0, 1, 2],                          # first_k_dense_replace: 3
+                        router="sigmoid_topk", router_renorm=True, router_scale=2.5,
+                        attention="mla", q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
+                        qk_nope_head_dim=128, v_head_dim=128, rope_theta=10000.0,
+                        rope_scaling={"type": "yarn", "factor": 40.0, "beta_fast": 32, "beta_slow": 1,
+                                      "mscale": 1.0, "mscale_all_dim": 1.0,
+                                      "original_max_position_embeddings": 4096},
+                        norm_eps=1e-6, tie_embeddings=False),
+    # source: huggingface.co/Qwen/Qwen3-30B-A3B/config.json
+    "qwen3-30b-a3b": dict(_QWEN3_MOE, d_model=2048, n_layers=48, n_heads=32, n_kv_heads=4, d_ff=6144,
+                          d_expert=768),
+    # source: huggingface.co/Qwen/Qwen3-235B-A22B/config.json
+    "qwen3-235b-a22b": dict(_QWEN3_MOE, d_model=4096, n_layers=94, n_heads=64, n_kv_heads=4, d_ff=12288,
+                            d_expert=1536),
+    # source: huggingface.co/allenai/OLMoE-1B-7B-0924/config.json
+    "olmoe-1b-7b": dict(vocab_size=50304, d_model=2048, n_layers=16, n_heads=16, n_kv_heads=16,
+                        d_ff=1024, n_experts=64, top_k=8, qk_norm="full", router="softmax_topk",
+                        router_renorm=False, max_seq_len=4096, rope_theta=10000.0, norm_eps=1e-5,
+                        tie_embeddings=False),
+    # source: huggingface.co/meta-llama/Llama-3.1-8B/config.json
+    "llama-3.1-8b": dict(_LLAMA_31, d_model=4096, n_layers=32, n_heads=32, d_ff=14336),
+    # source: huggingface.co/meta-llama/Llama-3.1-70B/config.json
+    "llama-3.1-70b": dict(_LLAMA_31, d_model=8192, n_layers=80, n_heads=64, d_ff=28672),
+    # source: huggingface.co/meta-llama/Llama-3.1-405B/config.json
+    "llama-3.1-405b": dict(_LLAMA_31, d_model=16384, n_layers=126, n_heads=128, d_ff=53248),
+})
+
+REAL_MODELS = ["gpt-oss-120b", "gpt-oss-20b", "mixtral-8x7b", "mixtral-8x22b", "deepseek-v3",
+               "qwen3-30b-a3b", "qwen3-235b-a22b", "olmoe-1b-7b", "llama-3.1-8b", "llama-3.1-70b",
+               "llama-3.1-405b"]
+
 
 def preset_names() -> list[str]:
     return list(PRESETS)

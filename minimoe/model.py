@@ -1,0 +1,280 @@
+"""The model: a decoder-only transformer whose FFNs may be mixtures of experts.
+
+Shape legend: B batch, T time, C d_model, V vocab, N = B*T tokens.
+
+    x = embed[tokens]                                   (B, T, C)
+    for each layer i:
+        x = x + attention(rmsnorm(x))                   causal, grouped-query, RoPE, KV cache
+        x = x + ffn_or_moe(rmsnorm(x))                  dense SwiGLU, or routed experts
+    logits = rmsnorm(x) @ head.T                        (B, T, V)  (head = embed when tied)
+
+`Model` holds a Config and one flat dict of named arrays (`model.params`), named as the
+checkpoint names them (see minimoe/params.py). Every computation lives in the pure layer
+functions of minimoe/nn/; this file only wires them together, forward and backward.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minimoe.config import Config
+from minimoe.errors import MinimoeError
+from minimoe.nn import attention, embedding, ffn, linear, moe, norm, rope
+from minimoe.nn.kv_cache import KVCache
+from minimoe.params import count_params, param_shapes
+
+
+def init_params(cfg: Config, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Random parameters, GPT-2 style: N(0, 0.02) weights, the residual projections (attention
+    output, FFN down) scaled by 1/sqrt(2 * n_layers), norms at 1, biases and sinks at 0."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if name.endswith("norm.weight"):
+            arr = np.ones(shape)
+        elif name.endswith("bias") or name.endswith("sinks"):
+            arr = np.zeros(shape)
+        else:
+            std = 0.02
+            if name.endswith("o.weight") or name.endswith("down.weight") or name.endswith("experts.down"):
+                std /= np.sqrt(2 * cfg.n_layers)
+            arr = rng.normal(0.0, std, size=shape)
+        params[name] = arr.astype(dtype)
+    return params
+
+
+def sub_params(params: dict, prefix: str) -> dict:
+    """The arrays under `prefix`, with the prefix stripped: ("layers.0.attn.", ...) -> {"q.weight": ...}."""
+    n = len(prefix)
+    return {k[n:]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+class Model:
+    """A minimoe model: `Model(config, seed=0)` for fresh weights, or `minimoe.load(dir)`."""
+
+    def __init__(self, config: Config, seed: int = 0, dtype=np.float32, params: dict | None = None,
+                 tokenizer=None):
+        if config.attention != "gqa":
+            raise MinimoeError(f"attention={config.attention!r} is not implemented by minimoe's model "
+                               f"(the estimator counts it); use attention='gqa'")
+        self.config = config
+        self.params = init_params(config, seed, dtype) if params is None else params
+        self.tokenizer = tokenizer
+        self._rope_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._layers = [self._layer_params(i) for i in range(config.n_layers)]
+
+    # --- parameters ------------------------------------------------------------------------------
+    def _layer_params(self, i: int) -> dict:
+        p = f"layers.{i}."
+        return {"attn": sub_params(self.params, p + "attn."),
+                "moe": sub_params(self.params, p + "moe."),
+                "ffn": sub_params(self.params, p + "ffn."),
+                "attn_norm": self.params[p + "attn_norm.weight"],
+                "ffn_norm": self.params[p + "ffn_norm.weight"]}
+
+    def refresh(self) -> None:
+        """Call after replacing arrays in `self.params` (an optimiser step updates them in place,
+        which needs no refresh)."""
+        self._layers = [self._layer_params(i) for i in range(self.config.n_layers)]
+
+    @property
+    def dtype(self):
+        return self.params["embed.weight"].dtype
+
+    @property
+    def head(self):
+        return self.params["embed.weight"] if self.config.tie_embeddings else self.params["head.weight"]
+
+    def param_counts(self) -> dict:
+        """total, active (parameters one token touches), embedding, active_non_embedding, and
+        both by component; see minimoe.params.count_params."""
+        return count_params(self.config)
+
+    # --- forward -----------------------------------------------------------------------------------
+    def _rope(self, start: int, T: int):
+        """cos, sin (T, D) for positions start .. start+T-1, from a table grown on demand."""
+        end = start + T
+        if self._rope_cache is None or self._rope_cache[0] < end:
+            n = max(end, self.config.max_seq_len)
+            cos, sin = rope.cos_sin(np.arange(n), self.config.head_dim, self.config.rope_theta,
+                                    self.config.rope_scaling, dtype=self.dtype)
+            self._rope_cache = (n, cos, sin)
+        _, cos, sin = self._rope_cache
+        return cos[start:end], sin[start:end]
+
+    def check_tokens(self, tokens) -> np.ndarray:
+        tokens = np.asarray(tokens)
+        if tokens.ndim not in (1, 2) or tokens.size == 0:
+            raise MinimoeError(f"tokens must be a non-empty (T,) or (B, T) integer array, "
+                               f"found shape {tokens.shape}")
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise MinimoeError(f"tokens must be integers, found dtype {tokens.dtype}")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise MinimoeError(f"token ids must be in 0..{self.config.vocab_size - 1} (vocab_size), "
+                               f"found {lo if lo < 0 else hi}")
+        return tokens
+
+    def __call__(self, tokens) -> np.ndarray:
+        """Logits (B, T, V) for tokens (B, T), or (T, V) for tokens (T,)."""
+        return self.forward(tokens)[0]
+
+    def forward(self, tokens, kv: KVCache | None = None):
+        """tokens (B, T) or (T,) -> (logits (B, T, V) or (T, V), cache).
+
+        With `kv`, the tokens continue the cached sequence (positions kv.length ...), and the
+        cache is extended. `cache` holds every layer's cache for `backward`, and
+        cache["routing"][i] holds layer i's routing statistics (None for dense layers).
+        """
+        cfg = self.config
+        tokens = self.check_tokens(tokens)
+        squeeze = tokens.ndim == 1
+        if squeeze:
+            tokens = tokens[None]                                  # (T,) -> (1, T)
+        B, T = tokens.shape
+        start = kv.length if kv is not None else 0
+        if start + T > cfg.max_seq_len and kv is None:
+            pass  # RoPE extrapolates; longer sequences are allowed when not caching
+        cos, sin = self._rope(start, T)                           # (T, D)
+
+        x, emb_cache = embedding.forward(tokens, self.params["embed.weight"])  # (B, T, C)
+        layer_caches, routing = [], []
+        for i, lp in enumerate(self._layers):
+            h, n1 = norm.forward(x, lp["attn_norm"], cfg.norm_eps)              # (B, T, C)
+            a, ac = attention.forward(h, lp["attn"], cfg, i, cos, sin, kv)     # (B, T, C)
+            x = x + a
+            h, n2 = norm.forward(x, lp["ffn_norm"], cfg.norm_eps)              # (B, T, C)
+            if cfg.is_moe_layer(i):
+                f, fc, stats = moe.forward(h, lp["moe"], cfg)                   # (B, T, C)
+            else:
+                p = lp["ffn"]
+                f, fc = ffn.forward(h, p["gate.weight"], p["up.weight"], p["down.weight"],
+                                    act=cfg.ffn_act, limit=cfg.swiglu_limit, alpha=cfg.swiglu_alpha)
+                stats = None
+            x = x + f
+            layer_caches.append((n1, ac, n2, fc))
+            routing.append(stats)
+        if kv is not None:
+            kv.advance(T)
+        h, nf = norm.forward(x, self.params["norm.weight"], cfg.norm_eps)     # (B, T, C)
+        logits, head_cache = linear.forward(h, self.head)                      # (B, T, C) -> (B, T, V)
+        cache = dict(embedding=emb_cache, layers=layer_caches, norm=nf, head=head_cache,
+                     routing=routing, squeeze=squeeze)
+        return (logits[0] if squeeze else logits), cache
+
+    # --- backward ----------------------------------------------------------------------------------
+    def backward(self, dlogits: np.ndarray, cache, router_grads: dict | None = None) -> dict:
+        """dlogits (B, T, V) -> gradients of every parameter, by name.
+
+        router_grads: {layer: (dprobs (N, E) or None, dlogits (N, E) or None)}, extra gradients
+        on each MoE layer's router from the auxiliary losses (see minimoe/train/losses.py).
+        """
+        cfg = self.config
+        if cache["squeeze"]:
+            dlogits = dlogits[None]
+        grads: dict[str, np.ndarray] = {}
+        dh, dhead, _ = linear.backward(dlogits, cache["head"])
+        dx, grads["norm.weight"] = norm.backward(dh, cache["norm"])
+        for i in reversed(range(cfg.n_layers)):
+            n1, ac, n2, fc = cache["layers"][i]
+            p = f"layers.{i}."
+            # x = x + f(norm(x))
+            if cfg.is_moe_layer(i):
+                extra = (router_grads or {}).get(i, (None, None))
+                dh, g = moe.backward(dx, fc, *extra)
+                grads.update({p + "moe." + k: v for k, v in g.items()})
+            else:
+                dh, g = ffn.backward(dx, fc)
+                grads.update({p + f"ffn.{k}.weight": v for k, v in g.items()})
+            dn, grads[p + "ffn_norm.weight"] = norm.backward(dh, n2)
+            dx = dx + dn
+            # x = x + attention(norm(x))
+            dh, g = attention.backward(dx, ac)
+            grads.update({p + "attn." + k: v for k, v in g.items()})
+            dn, grads[p + "attn_norm.weight"] = norm.backward(dh, n1)
+            dx = dx + dn
+        grads["embed.weight"] = embedding.backward(dx, cache["embedding"])
+        if cfg.tie_embeddings:
+            grads["embed.weight"] += dhead
+        else:
+            grads["head.weight"] = dhead
+        for name, arr in self.params.items():       # experts that got no token have zero gradient
+            if name not in grads:
+                grads[name] = np.zeros_like(arr)
+            elif grads[name].shape != arr.shape:  # an expert array only partly filled
+                raise AssertionError(f"gradient of {name} has shape {grads[name].shape}, "
+                                     f"expected {arr.shape}")
+        return grads
+
+    # --- generation --------------------------------------------------------------------------------
+    def new_kv_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        cfg = self.config
+        return KVCache.empty(cfg.n_layers, batch, cfg.n_kv_heads, max_len or cfg.max_seq_len,
+                             cfg.head_dim, self.dtype)
+
+    def generate(self, prompt, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None) -> np.ndarray:
+        """The prompt followed by `max_new_tokens` new tokens, decoded with a KV cache.
+
+        temperature 0 is greedy decoding. top_k keeps the k most likely tokens, top_p the smallest
+        set whose probability reaches p. Once the sequence fills max_seq_len, the model sees only the
+        last max_seq_len - 1 tokens (as nanoGPT crops its context).
+        """
+        prompt = self.check_tokens(prompt)
+        squeeze = prompt.ndim == 1
+        seq = prompt[None] if squeeze else prompt                     # (B, T)
+        if max_new_tokens < 0:
+            raise MinimoeError(f"max_new_tokens must be >= 0, found {max_new_tokens}")
+        if temperature < 0:
+            raise MinimoeError(f"temperature must be >= 0, found {temperature}")
+        rng = np.random.default_rng(seed)
+        L = self.config.max_seq_len
+        kv = self.new_kv_cache(seq.shape[0], L)
+        logits, _ = self.forward(seq[:, -(L - 1):] if seq.shape[1] >= L else seq, kv)
+        out = [seq]
+        for step in range(max_new_tokens):
+            nxt = sample(logits[:, -1], temperature, top_k, top_p, rng)  # (B,)
+            out.append(nxt[:, None])
+            if step == max_new_tokens - 1:
+                break
+            if kv.length == L:                                         # context full: crop and re-read
+                kv = self.new_kv_cache(seq.shape[0], L)
+                window = np.concatenate(out, axis=1)[:, -(L - 1):]
+                logits, _ = self.forward(window, kv)
+            else:
+                logits, _ = self.forward(nxt[:, None], kv)             # one position: (B, 1, V)
+        tokens = np.concatenate(out, axis=1)
+        return tokens[0] if squeeze else tokens
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def save(self, folder: str) -> None:
+        """Write config.json, model.safetensors (and tokenizer.json) into `folder`, atomically."""
+        from minimoe.io.checkpoint import save
+        save(self, folder)
+
+    def __repr__(self) -> str:
+        c = self.param_counts()
+        return (f"Model({self.config.name or 'custom'}: {self.config.n_layers} layers, d_model "
+                f"{self.config.d_model}, {self.config.n_experts} experts top-{self.config.top_k}, "
+                f"{c['total']:,} params, {c['active']:,} active)")
+
+
+def sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
+           rng: np.random.Generator) -> np.ndarray:
+    """logits (B, V) -> next tokens (B,)."""
+    if temperature == 0:
+        return logits.argmax(axis=-1)
+    z = logits.astype(np.float64) / temperature                      # (B, V)
+    if top_k is not None:
+        kth = np.sort(z, axis=-1)[:, -min(top_k, z.shape[-1])][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    probs = np.exp(z - z.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if top_p is not None:
+        order = np.argsort(-probs, axis=-1)
+        sorted_p = np.take_along_axis(probs, order, axis=-1)
+        keep_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p < top_p  # always keeps the first
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    return np.array([rng.choice(len(p), p=p) for p in probs])

@@ -1,0 +1,149 @@
+"""Causal grouped-query self-attention with rotary positions and an optional KV cache.
+
+Shape legend: B batch, T new positions, S key positions (cached + new), C d_model,
+H query heads, G kv heads, R = H/G query heads per kv head, D head dim.
+
+    q = x Wq, k = x Wk, v = x Wv                  projections (+ biases with qkv_bias)
+    q, k <- RMSNorm(q), RMSNorm(k)                 optional ("full": over H*D, "head": over D)
+    q, k <- RoPE(q), RoPE(k)                       rotate by position
+    P = softmax(q k^T / sqrt(D) + mask)            causal, optionally a sliding window,
+                                                   optionally with one "sink" logit per head
+    y = P v, out = y Wo                            (+ bias with o_bias)
+
+Grouped-query attention (Ainslie et al., 2023): kv head g serves query heads g*R .. g*R+R-1,
+so q is viewed as (B, G, R, T, D) and each group shares one (B, G, 1, S, D) key tensor.
+
+Attention sinks (gpt-oss): a per-head logit joins the softmax and takes probability mass,
+so a head may attend to "nothing"; its column is dropped after the softmax.
+
+`p` holds one layer's attention parameters by short name: "q.weight", "k.weight", "v.weight",
+"o.weight", and where the config has them "q.bias", ..., "q_norm.weight", "k_norm.weight", "sinks".
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minimoe.config import Config
+from minimoe.nn import linear, norm, rope
+from minimoe.nn.kv_cache import KVCache
+
+
+def causal_mask(T: int, S: int, window: int = 0) -> np.ndarray:
+    """(T, S) bool, True where query t (at absolute position S-T+t) may see key s."""
+    q_pos = np.arange(S - T, S)[:, None]                 # (T, 1)
+    k_pos = np.arange(S)[None, :]                        # (1, S)
+    allowed = k_pos <= q_pos                             # (T, S) causal
+    if window:
+        allowed &= q_pos - k_pos < window                # (T, S) at most `window` keys, self included
+    return allowed
+
+
+def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, sin: np.ndarray,
+            kv: KVCache | None = None):
+    """x (B, T, C) -> out (B, T, C). cos/sin (T, D) are the rotations of these T positions.
+    With a KV cache, the new keys/values are appended and attention spans all cached positions."""
+    B, T, C = x.shape
+    H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    R = H // G
+
+    q, q_lin = linear.forward(x, p["q.weight"], p.get("q.bias"))   # (B, T, C) -> (B, T, H*D)
+    k, k_lin = linear.forward(x, p["k.weight"], p.get("k.bias"))   # (B, T, C) -> (B, T, G*D)
+    v, v_lin = linear.forward(x, p["v.weight"], p.get("v.bias"))   # (B, T, C) -> (B, T, G*D)
+    q_norm = k_norm = None
+    if cfg.qk_norm == "full":                            # OLMoE: normalise the whole projection
+        q, q_norm = norm.forward(q, p["q_norm.weight"], cfg.norm_eps)
+        k, k_norm = norm.forward(k, p["k_norm.weight"], cfg.norm_eps)
+    q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)      # (B, T, H*D) -> (B, H, T, D)
+    k = k.reshape(B, T, G, D).transpose(0, 2, 1, 3)      # (B, T, G*D) -> (B, G, T, D)
+    v = v.reshape(B, T, G, D).transpose(0, 2, 1, 3)      # (B, T, G*D) -> (B, G, T, D)
+    if cfg.qk_norm == "head":                            # Qwen3: normalise each head
+        q, q_norm = norm.forward(q, p["q_norm.weight"], cfg.norm_eps)
+        k, k_norm = norm.forward(k, p["k_norm.weight"], cfg.norm_eps)
+    q, q_rope = rope.forward(q, cos, sin)                # (B, H, T, D)
+    k, k_rope = rope.forward(k, cos, sin)                # (B, G, T, D)
+
+    if kv is not None:
+        k_all, v_all = kv.write(layer, k, v)             # (B, G, S, D), S = cached + T
+    else:
+        k_all, v_all = k, v                              # (B, G, T, D)
+    S = k_all.shape[2]
+
+    qg = q.reshape(B, G, R, T, D)                        # (B, H, T, D) -> (B, G, R, T, D)
+    scale = 1.0 / np.sqrt(D)
+    scores = qg @ k_all[:, :, None].swapaxes(-1, -2)     # (B,G,R,T,D) @ (B,G,1,D,S) -> (B,G,R,T,S)
+    scores = scores * np.asarray(scale, dtype=scores.dtype)
+    mask = causal_mask(T, S, cfg.window(layer))          # (T, S)
+    scores = np.where(mask, scores, -np.inf)             # (B, G, R, T, S)
+    probs, sink_probs = _softmax_with_sinks(scores, p.get("sinks"), G, R)
+    y = probs @ v_all[:, :, None]                        # (B,G,R,T,S) @ (B,G,1,S,D) -> (B,G,R,T,D)
+    y = y.reshape(B, H, T, D).transpose(0, 2, 1, 3).reshape(B, T, H * D)  # -> (B, T, H*D)
+    out, o_lin = linear.forward(y, p["o.weight"], p.get("o.bias"))  # (B, T, H*D) -> (B, T, C)
+
+    cache = dict(q_lin=q_lin, k_lin=k_lin, v_lin=v_lin, q_norm=q_norm, k_norm=k_norm,
+                 q_rope=q_rope, k_rope=k_rope, qg=qg, k=k_all, v=v_all, probs=probs,
+                 sink_probs=sink_probs, o_lin=o_lin, scale=scale, shape=(B, T, H, G, D),
+                 qk_norm=cfg.qk_norm, has_sinks="sinks" in p, biases=("q.bias" in p, "o.bias" in p))
+    return out, cache
+
+
+def _softmax_with_sinks(scores, sinks, G, R):
+    """softmax over the last axis of scores (B, G, R, T, S), with an extra per-head logit if
+    `sinks` (H,) is given. Returns (probs (B, G, R, T, S), sink probs (B, G, R, T, 1) or None)."""
+    if sinks is None:
+        m = scores.max(axis=-1, keepdims=True)           # (B, G, R, T, 1)
+        e = np.exp(scores - m)
+        return e / e.sum(axis=-1, keepdims=True), None
+    s = sinks.astype(scores.dtype).reshape(1, G, R, 1, 1)  # (H,) -> (1, G, R, 1, 1)
+    m = np.maximum(scores.max(axis=-1, keepdims=True), s)  # (B, G, R, T, 1)
+    e, e_sink = np.exp(scores - m), np.exp(s - m)
+    z = e.sum(axis=-1, keepdims=True) + e_sink           # (B, G, R, T, 1)
+    return e / z, e_sink / z
+
+
+def backward(dout: np.ndarray, cache):
+    """dout (B, T, C) -> (dx (B, T, C), grads: dict of this layer's parameter gradients).
+    Training only (no KV cache): S == T."""
+    B, T, H, G, D = cache["shape"]
+    R = H // G
+    grads = {}
+    # out = y Wo (+ bo)
+    dy, grads["o.weight"], dbo = linear.backward(dout, cache["o_lin"])  # dy (B, T, H*D)
+    if dbo is not None:
+        grads["o.bias"] = dbo
+    dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3).reshape(B, G, R, T, D)  # (B, G, R, T, D)
+    # y = P v
+    probs, v = cache["probs"], cache["v"]
+    dprobs = dy @ v[:, :, None].swapaxes(-1, -2)         # (B,G,R,T,D) @ (B,G,1,D,S) -> (B,G,R,T,S)
+    dv = (probs.swapaxes(-1, -2) @ dy).sum(axis=2)       # (B,G,R,S,T) @ (B,G,R,T,D) -> (B,G,S,D)
+    # P = softmax([scores, sink]); the sink column gets no gradient from y (it has no value)
+    inner = (dprobs * probs).sum(axis=-1, keepdims=True)  # (B, G, R, T, 1)
+    dscores = probs * (dprobs - inner)                   # (B, G, R, T, S); masked entries stay 0
+    if cache["has_sinks"]:
+        dsink = -(cache["sink_probs"] * inner)           # (B, G, R, T, 1)
+        grads["sinks"] = dsink.sum(axis=(0, 3, 4)).reshape(H)  # (G, R) -> (H,)
+    dscores = dscores * np.asarray(cache["scale"], dtype=dscores.dtype)
+    # scores = q k^T
+    qg, k = cache["qg"], cache["k"]
+    dq = dscores @ k[:, :, None]                         # (B,G,R,T,S) @ (B,G,1,S,D) -> (B,G,R,T,D)
+    dk = (dscores.swapaxes(-1, -2) @ qg).sum(axis=2)     # (B,G,R,S,T) @ (B,G,R,T,D) -> (B,G,S,D)
+    dq = dq.reshape(B, H, T, D)
+    # rotary positions, then the per-head norms
+    dq = rope.backward(dq, cache["q_rope"])
+    dk = rope.backward(dk, cache["k_rope"])
+    if cache["qk_norm"] == "head":
+        dq, grads["q_norm.weight"] = norm.backward(dq, cache["q_norm"])
+        dk, grads["k_norm.weight"] = norm.backward(dk, cache["k_norm"])
+    dq = dq.transpose(0, 2, 1, 3).reshape(B, T, H * D)   # (B, H, T, D) -> (B, T, H*D)
+    dk = dk.transpose(0, 2, 1, 3).reshape(B, T, G * D)   # (B, G, T, D) -> (B, T, G*D)
+    dv = dv.transpose(0, 2, 1, 3).reshape(B, T, G * D)
+    if cache["qk_norm"] == "full":
+        dq, grads["q_norm.weight"] = norm.backward(dq, cache["q_norm"])
+        dk, grads["k_norm.weight"] = norm.backward(dk, cache["k_norm"])
+    # the three projections all read x
+    dx = 0
+    for name, d in (("q", dq), ("k", dk), ("v", dv)):
+        dxi, grads[f"{name}.weight"], db = linear.backward(d, cache[f"{name}_lin"])
+        if db is not None:
+            grads[f"{name}.bias"] = db
+        dx = dx + dxi
+    return dx, grads

@@ -1,0 +1,22 @@
+"""Token embedding: look up one row of a table per token.
+
+Shape legend: B batch, T time, C d_model, V vocab.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def forward(tokens: np.ndarray, weight: np.ndarray):
+    """tokens (B, T) int, weight (V, C) -> x (B, T, C)."""
+    x = weight[tokens]                                   # (V, C)[(B, T)] -> (B, T, C)
+    cache = (tokens, weight.shape)
+    return x, cache
+
+
+def backward(dx: np.ndarray, cache):
+    """dx (B, T, C) -> dweight (V, C): each row gathers the gradients of the tokens that used it."""
+    tokens, shape = cache
+    dweight = np.zeros(shape, dtype=dx.dtype)            # (V, C)
+    np.add.at(dweight, tokens.ravel(), dx.reshape(-1, shape[1]))  # scatter-add (B*T, C) rows
+    return dweight

@@ -1,0 +1,30 @@
+"""The linear layer: y = x @ W.T + b, with W stored (out, in) as in PyTorch checkpoints.
+
+Shape legend: (..., I) any leading shape, I input width, O output width.
+
+`W` may be a packed QTensor (a quantized model); `minimoe.kernels.matmul` handles both.
+Backward needs a float W (quantized models are for inference).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minimoe.kernels import matmul
+
+
+def forward(x: np.ndarray, w, b: np.ndarray | None = None):
+    """x (..., I), w (O, I), b (O,) or None -> y (..., O)."""
+    y = matmul(x, w)                                     # (..., I) @ (I, O) -> (..., O)
+    if b is not None:
+        y = y + b                                        # (..., O) + (O,)
+    return y, (x, w, b is not None)
+
+
+def backward(dy: np.ndarray, cache):
+    """dy (..., O) -> (dx (..., I), dw (O, I), db (O,) or None)."""
+    x, w, has_bias = cache
+    O, I = w.shape
+    dx = dy @ w                                          # (..., O) @ (O, I) -> (..., I)
+    dw = dy.reshape(-1, O).T @ x.reshape(-1, I)          # (O, N) @ (N, I) -> (O, I)
+    db = dy.reshape(-1, O).sum(axis=0) if has_bias else None  # (O,)
+    return dx, dw, db

@@ -1,0 +1,31 @@
+"""RMSNorm (Zhang & Sennrich, 2019): scale each vector by the reciprocal of its root mean square.
+
+    y = x / sqrt(mean(x^2) + eps) * weight
+
+Shape legend: (..., C) any leading shape, C the normalised width.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def forward(x: np.ndarray, weight: np.ndarray, eps: float):
+    """x (..., C), weight (C,) -> y (..., C)."""
+    ms = np.mean(x * x, axis=-1, keepdims=True)          # (..., 1) mean square
+    rstd = 1.0 / np.sqrt(ms + eps)                       # (..., 1) reciprocal RMS
+    xhat = x * rstd                                      # (..., C) unit-RMS vectors
+    y = xhat * weight                                    # (..., C)
+    cache = (xhat, rstd, weight)
+    return y, cache
+
+
+def backward(dy: np.ndarray, cache):
+    """dy (..., C) -> (dx (..., C), dweight (C,))."""
+    xhat, rstd, weight = cache
+    C = xhat.shape[-1]
+    dweight = np.sum((dy * xhat).reshape(-1, C), axis=0)  # (C,) sum over every position
+    dxhat = dy * weight                                   # (..., C)
+    # in the forward pass xhat = x * rstd, and rstd depends on x through mean(x^2):
+    # dx = rstd * (dxhat - xhat * mean(dxhat * xhat))
+    dx = rstd * (dxhat - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True))
+    return dx, dweight

@@ -1,0 +1,92 @@
+"""Rotary position embeddings (RoPE; Su et al., 2021), in the "rotate half" layout that
+Hugging Face Llama/Mixtral checkpoints use: dimension i pairs with dimension i + D/2.
+
+    x_rot = x * cos + rotate_half(x) * sin,   rotate_half([x1, x2]) = [-x2, x1]
+
+Frequencies: inv_freq[i] = theta^(-2i/D) for i < D/2, optionally rescaled ("linear", "llama3",
+"yarn"), exactly as transformers' rope initialisers compute them.
+
+Shape legend: T time, D head dim, (..., T, D) any leading (batch, heads) axes.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> tuple[np.ndarray, float]:
+    """(inv_freq (D/2,) float64, attention_factor). The factor multiplies cos and sin (YaRN)."""
+    D = head_dim
+    freq = 1.0 / theta ** (np.arange(0, D, 2, dtype=np.float64) / D)   # (D/2,)
+    if scaling is None:
+        return freq, 1.0
+    kind, factor = scaling.get("type", scaling.get("rope_type")), float(scaling["factor"])
+    if kind == "linear":
+        return freq / factor, 1.0
+    if kind == "llama3":
+        old_ctx = scaling["original_max_position_embeddings"]
+        low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+        wavelen = 2 * math.pi / freq
+        scaled = np.where(wavelen > old_ctx / low, freq / factor, freq)   # long waves: slow down
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+        return np.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        old_ctx = scaling["original_max_position_embeddings"]
+        beta_fast, beta_slow = scaling.get("beta_fast", 32), scaling.get("beta_slow", 1)
+
+        def mscale(s, m=1.0):
+            return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+
+        attn_factor = scaling.get("attention_factor")
+        if attn_factor is None:
+            if scaling.get("mscale") and scaling.get("mscale_all_dim"):
+                attn_factor = mscale(factor, scaling["mscale"]) / mscale(factor, scaling["mscale_all_dim"])
+            else:
+                attn_factor = mscale(factor)
+
+        def correction_dim(rotations):  # the dimension whose wavelength fits `rotations` times in old_ctx
+            return D * math.log(old_ctx / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+        lo, hi = correction_dim(beta_fast), correction_dim(beta_slow)
+        if scaling.get("truncate", True):
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, D - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = np.clip((np.arange(D // 2, dtype=np.float64) - lo) / (hi - lo), 0, 1)
+        extrapolate = 1 - ramp                              # 1: keep the original frequency
+        return freq / factor * (1 - extrapolate) + freq * extrapolate, float(attn_factor)
+    raise ValueError(f"rope_scaling.type must be linear, llama3 or yarn, found {kind!r}")
+
+
+def cos_sin(positions: np.ndarray, head_dim: int, theta: float, scaling: dict | None = None,
+            dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """positions (T,) -> cos, sin (T, D), each half repeated: [f0..f_{D/2-1}, f0..f_{D/2-1}]."""
+    freq, factor = inv_freq(head_dim, theta, scaling)
+    angles = np.outer(positions.astype(np.float64), freq)            # (T,) x (D/2,) -> (T, D/2)
+    angles = np.concatenate([angles, angles], axis=-1)               # (T, D)
+    return (np.cos(angles) * factor).astype(dtype), (np.sin(angles) * factor).astype(dtype)
+
+
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    """[x1, x2] -> [-x2, x1] along the last axis."""
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray):
+    """x (..., T, D), cos/sin (T, D) -> rotated x (..., T, D)."""
+    y = x * cos + rotate_half(x) * sin                   # (..., T, D)
+    return y, (cos, sin)
+
+
+def backward(dy: np.ndarray, cache):
+    """dy (..., T, D) -> dx. The rotation is orthogonal, so dx rotates dy back:
+    dx = dy * cos + rotate_half^T(dy * sin), with rotate_half^T([a, b]) = [b, -a]."""
+    cos, sin = cache
+    g = dy * sin
+    half = g.shape[-1] // 2
+    return dy * cos + np.concatenate([g[..., half:], -g[..., :half]], axis=-1)

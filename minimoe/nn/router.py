@@ -1,0 +1,111 @@
+"""The router: score every expert for every token, keep the top K, and weight them.
+
+Shape legend: N tokens (B*T flattened), C d_model, E experts, K top-k.
+
+    logits = x Wr (+ br)                                         (N, E)
+    "softmax_topk" (Mixtral, Qwen, OLMoE): probs = softmax(logits); keep the K largest;
+                   with router_renorm, rescale those K to sum to 1 (Mixtral, Qwen3 do; OLMoE doesn't)
+    "topk_softmax" (gpt-oss, mistral-src): keep the K largest logits, softmax over those K only
+    "sigmoid_topk" (DeepSeek-V3): scores = sigmoid(logits); keep the K largest; renormalise
+    every rule then multiplies the K weights by router_scale (DeepSeek's routed_scaling_factor)
+
+The selection is a hard choice and has no gradient. The gradient reaches the router through
+the K weights of the chosen experts (and through the auxiliary losses on `probs`/`logits`).
+
+The router reports its own statistics: tokens per expert and probability mass per expert.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minimoe.config import Config
+from minimoe.nn import linear
+from minimoe.nn.ffn import sigmoid
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_k(scores: np.ndarray, K: int) -> np.ndarray:
+    """(N, E) -> (N, K) indices of the K largest scores per row, largest first (ties: lower index)."""
+    return np.argsort(-scores, axis=-1, kind="stable")[:, :K]
+
+
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config):
+    """x (N, C), w (E, C), b (E,) or None -> (weights (N, K), experts (N, K) int, stats, cache).
+
+    stats: "tokens_per_expert" (E,) assignments per expert, "prob_mass" (E,) router probability
+    summed over the N tokens, "probs" (N, E) the full router distribution, "logits" (N, E).
+    """
+    N = x.shape[0]
+    E, K = cfg.n_experts, cfg.top_k
+    logits, lin = linear.forward(x, w, b)                # (N, C) -> (N, E)
+    rows = np.arange(N)[:, None]                         # (N, 1)
+    if cfg.router == "softmax_topk":
+        probs = softmax(logits)                          # (N, E)
+        experts = top_k(probs, K)                        # (N, K)
+        g = probs[rows, experts]                         # (N, K) chosen probabilities
+        weights = g / g.sum(axis=-1, keepdims=True) if cfg.router_renorm else g
+    elif cfg.router == "topk_softmax":
+        probs = softmax(logits)                          # (N, E), for statistics and the aux loss
+        experts = top_k(logits, K)                       # (N, K)
+        g = logits[rows, experts]                        # (N, K) chosen logits
+        weights = softmax(g)                             # (N, K)
+    else:  # "sigmoid_topk"
+        scores = sigmoid(logits)                         # (N, E), each in (0, 1)
+        probs = scores / scores.sum(axis=-1, keepdims=True)
+        experts = top_k(scores, K)
+        g = scores[rows, experts]                        # (N, K)
+        weights = g / g.sum(axis=-1, keepdims=True) if cfg.router_renorm else g
+    weights = weights * np.asarray(cfg.router_scale, dtype=weights.dtype)
+    stats = {
+        "tokens_per_expert": np.bincount(experts.ravel(), minlength=E),  # (E,)
+        "prob_mass": probs.sum(axis=0),                                  # (E,)
+        "probs": probs, "logits": logits,
+    }
+    cache = (lin, logits, probs, experts, g, weights, cfg.router, cfg.router_renorm, cfg.router_scale)
+    return weights, experts, stats, cache
+
+
+def backward(dweights: np.ndarray, cache, dprobs: np.ndarray | None = None,
+             dlogits_extra: np.ndarray | None = None):
+    """dweights (N, K) -> (dx (N, C), dw (E, C), db (E,) or None).
+
+    dprobs (N, E): an extra gradient on the full `probs` (from the load-balancing loss);
+    dlogits_extra (N, E): an extra gradient on the logits (from the z-loss).
+    """
+    lin, logits, probs, experts, g, weights, rule, renorm, scale = cache
+    N, E = logits.shape
+    rows = np.arange(N)[:, None]
+    dweights = dweights * scale
+    if rule == "topk_softmax":
+        w = weights / scale
+        dg = w * (dweights - (dweights * w).sum(axis=-1, keepdims=True))  # softmax over K
+    elif renorm:
+        Z = g.sum(axis=-1, keepdims=True)                # in the forward pass w = g / Z
+        w = g / Z
+        dg = (dweights - (dweights * w).sum(axis=-1, keepdims=True)) / Z
+    else:
+        dg = dweights
+    dlogits = np.zeros_like(logits)                      # (N, E)
+    if rule == "softmax_topk":
+        dp = np.zeros_like(probs) if dprobs is None else dprobs.copy()
+        dp[rows, experts] += dg                          # scatter (N, K) into (N, E)
+        dlogits = probs * (dp - (dp * probs).sum(axis=-1, keepdims=True))
+    elif rule == "topk_softmax":
+        dlogits[rows, experts] = dg
+        if dprobs is not None:
+            dlogits += probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
+    else:  # sigmoid_topk: g = s[experts]; probs = s / sum(s)
+        s = sigmoid(logits)
+        ds = np.zeros_like(s)
+        ds[rows, experts] = dg
+        if dprobs is not None:
+            tot = s.sum(axis=-1, keepdims=True)
+            ds += (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True)) / tot
+        dlogits = ds * s * (1 - s)
+    if dlogits_extra is not None:
+        dlogits = dlogits + dlogits_extra
+    return linear.backward(dlogits, lin)

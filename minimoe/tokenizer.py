@@ -1,0 +1,105 @@
+"""Tokenizers: text <-> integer ids. Stored with a checkpoint as tokenizer.json.
+
+  * ByteTokenizer: the 256 byte values of the UTF-8 encoding, plus special tokens after them
+    (id 256 is "<|endoftext|>"). Any text encodes; no training needed.
+  * CharTokenizer: one id per distinct character of a corpus, sorted (nanoGPT's Shakespeare
+    has 65). Small vocabularies make small models; text with unseen characters cannot encode.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from minimoe.errors import MinimoeError
+
+
+class TokenizerError(MinimoeError, ValueError):
+    pass
+
+
+class ByteTokenizer:
+    kind = "byte"
+
+    def __init__(self, special_tokens=("<|endoftext|>",)):
+        self.special_tokens = list(special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + len(self.special_tokens)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in np.asarray(ids).ravel()]
+        out, buf = [], bytearray()
+        for i in ids:
+            if i < 256:
+                buf.append(i)
+            else:
+                out.append(buf.decode("utf-8", errors="replace"))
+                buf = bytearray()
+                out.append(self.special_tokens[i - 256] if i - 256 < len(self.special_tokens) else "\ufffd")
+        out.append(buf.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "special_tokens": self.special_tokens}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+
+class CharTokenizer:
+    kind = "char"
+
+    def __init__(self, chars):
+        self.chars = list(chars)
+        if len(set(self.chars)) != len(self.chars):
+            raise TokenizerError("CharTokenizer: duplicate characters in the vocabulary")
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        if not text:
+            raise TokenizerError("CharTokenizer.from_text: the corpus is empty")
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        try:
+            return np.array([self.index[c] for c in text], dtype=np.int64)
+        except KeyError as e:
+            raise TokenizerError(f"character {e.args[0]!r} is not in this character-level vocabulary "
+                                 f"of {self.vocab_size} characters") from None
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in np.asarray(ids).ravel())
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "chars": "".join(self.chars)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+
+def tokenizer_from_dict(d: dict, source: str = "tokenizer"):
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if kind == "byte":
+        return ByteTokenizer(d.get("special_tokens", ["<|endoftext|>"]))
+    if kind == "char":
+        return CharTokenizer(d["chars"])
+    raise TokenizerError(f"{source}: unknown tokenizer kind {kind!r}; expected 'byte' or 'char'")
+
+
+def load_tokenizer(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path}: not valid JSON ({e})") from None
+    return tokenizer_from_dict(d, source=path)
