@@ -132,8 +132,6 @@ class Model:
             tokens = tokens[None]                                  # (T,) -> (1, T)
         B, T = tokens.shape
         start = kv.length if kv is not None else 0
-        if start + T > cfg.max_seq_len and kv is None:
-            pass  # RoPE extrapolates; longer sequences are allowed when not caching
         cos, sin = self._rope(start, T)                           # (T, D)
 
         x, emb_cache = embedding.forward(tokens, self.params["embed.weight"])  # (B, T, C)
@@ -216,8 +214,8 @@ class Model:
         """The prompt followed by `max_new_tokens` new tokens, decoded with a KV cache.
 
         temperature 0 is greedy decoding. top_k keeps the k most likely tokens, top_p the smallest
-        set whose probability reaches p. Once the sequence fills max_seq_len, the model sees only the
-        last max_seq_len - 1 tokens (as nanoGPT crops its context).
+        set whose probability reaches p. Once the sequence is longer than max_seq_len, the model sees
+        only its last max_seq_len tokens (as nanoGPT crops its context), re-reading them each step.
         """
         prompt = self.check_tokens(prompt)
         squeeze = prompt.ndim == 1
@@ -229,7 +227,7 @@ class Model:
         rng = np.random.default_rng(seed)
         L = self.config.max_seq_len
         kv = self.new_kv_cache(seq.shape[0], L)
-        logits, _ = self.forward(seq[:, -(L - 1):] if seq.shape[1] >= L else seq, kv)
+        logits, _ = self.forward(seq[:, -L:], kv)
         out = [seq]
         for step in range(max_new_tokens):
             nxt = sample(logits[:, -1], temperature, top_k, top_p, rng)  # (B,)
@@ -238,7 +236,7 @@ class Model:
                 break
             if kv.length == L:                                         # context full: crop and re-read
                 kv = self.new_kv_cache(seq.shape[0], L)
-                window = np.concatenate(out, axis=1)[:, -(L - 1):]
+                window = np.concatenate(out, axis=1)[:, -L:]
                 logits, _ = self.forward(window, kv)
             else:
                 logits, _ = self.forward(nxt[:, None], kv)             # one position: (B, 1, V)
