@@ -16,3 +16,15 @@ def shakespeare_path():
     if not SHAKESPEARE.exists():
         pytest.skip(f"{SHAKESPEARE} not present")
     return SHAKESPEARE
+
+
+def run_tutorial(name: str, out_dir, timeout: int = 120) -> str:
+    """Run tutorials/<name> as a script in fast mode (MINIMOE_FAST=1), figures into out_dir.
+    Returns its stdout; fails the test with its stderr if it exits non-zero."""
+    import subprocess
+    import sys
+    env = dict(os.environ, MINIMOE_FAST="1", MINIMOE_TUTORIAL_OUT=str(out_dir), MPLBACKEND="Agg")
+    r = subprocess.run([sys.executable, str(ROOT / "tutorials" / name)], capture_output=True, text=True,
+                       env=env, timeout=timeout, cwd=ROOT)
+    assert r.returncode == 0, f"tutorials/{name} failed:\n{r.stderr[-3000:]}"
+    return r.stdout
