@@ -76,11 +76,11 @@ def quantize_blocks(x: np.ndarray) -> np.ndarray:
     signed_max = x[np.arange(n), i_max]                      # (N,) that value, with its sign
     d = signed_max / np.float32(-8)                          # (N,) float32
     safe_d = np.where(d == 0, np.float32(1), d)
-    inv_d = np.where(d == 0, np.float32(0), np.float32(1) / safe_d)   # (N,) 1/d, or 0
-    with np.errstate(invalid="ignore"):                      # 0 * inf in tiny blocks, see below
-        scaled = x * inv_d[:, None] + np.float32(8.5)        # (N, 32) float32, in [0.5, 16.5]
+    with np.errstate(over="ignore", invalid="ignore"):               # TINY BLOCKS: 1/d = inf, 0 * inf = nan
+        inv_d = np.where(d == 0, np.float32(0), np.float32(1) / safe_d)  # (N,) 1/d, or 0
+        scaled = x * inv_d[:, None] + np.float32(8.5)                # (N, 32) float32, in [0.5, 16.5]
     q = np.minimum(np.trunc(scaled), 15)                     # (N, 32) codes 0..15
-    q[np.isinf(inv_d)] = 0                                   # tiny blocks, see TINY BLOCKS above
+    q[np.isinf(inv_d)] = 0                                   # TINY BLOCKS: code 0, as on x86
     q = q.astype(np.uint8)
     return np.concatenate([fp16_to_bytes(d, NAME), pack_nibbles(q)], axis=1)   # (N, 2) + (N, 16) -> (N, 18)
 

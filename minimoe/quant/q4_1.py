@@ -55,11 +55,11 @@ def quantize_blocks(x: np.ndarray) -> np.ndarray:
     hi = x.max(axis=1)                                               # (N,)
     d = (hi - lo) / np.float32(15)                                   # (N,) float32
     safe_d = np.where(d == 0, np.float32(1), d)
-    inv_d = np.where(d == 0, np.float32(0), np.float32(1) / safe_d)  # (N,) 1/d, or 0
-    with np.errstate(invalid="ignore", over="ignore"):               # tiny or huge blocks, see below
+    with np.errstate(over="ignore", invalid="ignore"):               # TINY BLOCKS: 1/d = inf, 0 * inf = nan
+        inv_d = np.where(d == 0, np.float32(0), np.float32(1) / safe_d)  # (N,) 1/d, or 0
         scaled = (x - lo[:, None]) * inv_d[:, None] + np.float32(0.5)   # (N, 32), in [0.5, 15.5]
     q = np.minimum(np.trunc(scaled), 15)                             # (N, 32) codes 0..15
-    q[np.isinf(inv_d)] = 0                                           # tiny blocks, see TINY BLOCKS above
+    q[np.isinf(inv_d)] = 0                                           # TINY BLOCKS: code 0, as on x86
     q = q.astype(np.uint8)
     header = [fp16_to_bytes(d, NAME, "scale"), fp16_to_bytes(lo, NAME, "minimum")]
     return np.concatenate([*header, pack_nibbles(q)], axis=1)        # (N, 2+2+16) = (N, 20)

@@ -54,10 +54,10 @@ def quantize_blocks(x: np.ndarray) -> np.ndarray:
     amax = np.abs(x).max(axis=1)                                    # (N,)
     d = amax / np.float32(127)                                      # (N,) float32
     safe_d = np.where(d == 0, np.float32(1), d)
-    inv_d = np.where(d == 0, np.float32(0), np.float32(1) / safe_d)  # (N,) 1/d, or 0
-    with np.errstate(invalid="ignore"):                             # 0 * inf in tiny blocks, see below
+    with np.errstate(over="ignore", invalid="ignore"):               # TINY BLOCKS: 1/d = inf, 0 * inf = nan
+        inv_d = np.where(d == 0, np.float32(0), np.float32(1) / safe_d)  # (N,) 1/d, or 0
         q = round_half_away_from_zero(x * inv_d[:, None])           # (N, 32) in -127..127
-    q[np.isinf(inv_d)] = 0                                          # tiny blocks, see TINY BLOCKS above
+    q[np.isinf(inv_d)] = 0                                          # TINY BLOCKS: code 0, as on x86
     q_bytes = q.astype(np.int8).view(np.uint8)                      # (N, 32) two's complement
     return np.concatenate([fp16_to_bytes(d, NAME), q_bytes], axis=1)   # (N, 2) + (N, 32) -> (N, 34)
 

@@ -97,7 +97,7 @@ class QTensor:
         self.fmt = format_module(self.fmt).NAME
         try:
             self.shape = tuple(int(n) for n in self.shape)
-        except TypeError:
+        except (TypeError, ValueError):
             raise QuantError(f"{_what(self.name)}: shape must be a sequence of ints, got {self.shape!r}") from None
         self.validate()
 
