@@ -24,8 +24,8 @@ Decode:   x[j] = E2M1[q[j]] * 2^(e - 127)      (= np.ldexp(E2M1[q], e - 127), ex
 
     ggml writes the same thing with doubled integers: kvalues_mxfp4 = 2 * E2M1 =
     {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, ...} times GGML_E8M0_TO_FP32_HALF(e) = 2^(e - 128).
-    Both products are exact in float32, so they give the same bits, with two caveats ggml
-    fixes and we copy:
+    Both products are exact in float32, so they give the same bits. Two details of ggml
+    that differ from a literal reading of the spec, and that we copy:
       * code 8 ("-0") decodes to +0.0: ggml's table holds the integer 0, not -0.
       * e = 0xFF is NOT NaN (the OCP spec says it should be): ggml decodes it as 2^128
         like any other exponent (0.5 * 2^128 = 2^127 is finite, 1.0 * 2^128 is inf).
