@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS = [
     "minimoe.commands.generate",
     "minimoe.commands.info",
+    "minimoe.commands.estimate",
 ]
 
 

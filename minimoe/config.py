@@ -102,7 +102,7 @@ class Config:
                 raise ConfigError(
                     f"n_heads={self.n_heads} does not divide d_model={self.d_model}; "
                     f"choose n_heads that divides the width, or set head_dim explicitly")
-            if _is_pos_int(self.n_heads):
+            if _is_pos_int(self.n_heads) and _is_pos_int(self.d_model):
                 self.head_dim = self.d_model // self.n_heads
         if self.d_expert is None:
             self.d_expert = self.d_ff

@@ -156,7 +156,10 @@ def count_params(cfg: Config) -> dict[str, int]:
     active                    the parameters one token touches: everything except the routed
                               experts, plus K/E of each MoE layer's routed-expert parameters
     embedding                 the token embedding table
-    active_non_embedding      active minus the embedding table (which is looked up, not multiplied)
+    active_non_embedding      the parameters a token is multiplied by: active minus the embedding
+                              table, which is looked up, not multiplied. A tied table is also the
+                              output head, multiplied in full by every token, so it stays in.
+                              2 * active_non_embedding is the matmul part of FLOPs per token.
     by_component              total per component (see COMPONENTS; "ffn" is the dense FFN)
     active_by_component       active per component
     """
@@ -170,5 +173,5 @@ def count_params(cfg: Config) -> dict[str, int]:
         active_by[c] += n * cfg.top_k // cfg.n_experts if c == "experts" else n
     total, active = sum(by.values()), sum(active_by.values())
     return {"total": total, "active": active, "embedding": by["embedding"],
-            "active_non_embedding": active - by["embedding"],
+            "active_non_embedding": active - (0 if cfg.tie_embeddings else by["embedding"]),
             "by_component": by, "active_by_component": active_by}

@@ -103,9 +103,9 @@ def _gpt_oss(d: dict, source: str) -> Config:
     n_layers = c["n_layers"]
     layer_types = _get(d, "layer_types", source,
                        ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)])
-    if len(layer_types) != n_layers:
-        raise ConfigError(f"{source}: layer_types has {len(layer_types)} entries, expected "
-                          f"num_hidden_layers={n_layers}")
+    if not isinstance(layer_types, list) or len(layer_types) != n_layers:
+        raise ConfigError(f"{source}: layer_types must be a list of num_hidden_layers={n_layers} "
+                          f"entries, found {layer_types!r}")
     window = _get(d, "sliding_window", source, 128) or 0
     if c["rope_scaling"] is None and "rope_scaling" not in d and "rope_parameters" not in d:
         c["rope_scaling"] = {"type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
@@ -155,7 +155,7 @@ def _qwen2_moe(d: dict, source: str) -> Config:
     if len(layers) == c["n_layers"]:
         return _dense(d, source, c, "qwen2_moe", 5632, **attn)
     return Config(
-        **c, **attn, head_dim=_get(d, "head_dim", source, c["d_model"] // c["n_heads"]),
+        **c, **attn, head_dim=_get(d, "head_dim", source, None),
         d_ff=_get(d, "intermediate_size", source, 5632),
         n_experts=n_experts, top_k=_get(d, "num_experts_per_tok", source, 4),
         d_expert=_get(d, "moe_intermediate_size", source, 1408),
@@ -168,7 +168,7 @@ def _qwen2_moe(d: dict, source: str) -> Config:
 
 def _dense(d: dict, source: str, c: dict, family: str, d_ff_default: int, **extra) -> Config:
     """A model of an MoE family whose every layer is dense (num_experts 0, or all mlp_only)."""
-    return Config(**c, head_dim=_get(d, "head_dim", source, c["d_model"] // c["n_heads"]),
+    return Config(**c, head_dim=_get(d, "head_dim", source, None),
                   d_ff=_get(d, "intermediate_size", source, d_ff_default),
                   name=d.get("_name_or_path", "") or family, **extra)
 
@@ -185,7 +185,7 @@ def _qwen3_moe(d: dict, source: str) -> Config:
         return _dense(d, source, c, "qwen3_moe", 6144, qkv_bias=bias, o_bias=bias, qk_norm="head",
                       sliding_window=window)
     return Config(
-        **c, head_dim=_get(d, "head_dim", source, c["d_model"] // c["n_heads"]),
+        **c, head_dim=_get(d, "head_dim", source, None),
         d_ff=_get(d, "intermediate_size", source, 6144),
         n_experts=n_experts, top_k=_get(d, "num_experts_per_tok", source, 8),
         d_expert=_get(d, "moe_intermediate_size", source, 768), dense_layers=layers,
@@ -246,7 +246,7 @@ def _llama(d: dict, source: str) -> Config:
     _unsupported(d, source, "mlp_bias", False, "minimoe's dense FFN has no biases")
     bias = bool(_get(d, "attention_bias", source, False))
     return Config(
-        **c, head_dim=_get(d, "head_dim", source, c["d_model"] // c["n_heads"]),
+        **c, head_dim=_get(d, "head_dim", source, None),
         d_ff=_get(d, "intermediate_size", source, 11008), qkv_bias=bias, o_bias=bias,
         name=d.get("_name_or_path", "") or "llama",
     )
@@ -271,4 +271,8 @@ def config_from_hf(d: dict, source: str = "config.json") -> Config:
     if model_type not in CONVERTERS:
         raise ConfigError(f"{source}: unknown model_type {model_type!r}; minimoe reads "
                           f"{sorted(CONVERTERS)} (and its own 'minimoe')")
-    return CONVERTERS[model_type](d, source)
+    try:
+        return CONVERTERS[model_type](d, source)
+    except (ConfigError, TypeError, ValueError) as e:   # a field of the wrong type or an invalid value
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None

@@ -1,0 +1,72 @@
+"""`minimoe estimate`: will a model run on my machine? Parameters, memory, KV cache, FLOPs, speed bound.
+
+    minimoe estimate gpt-oss-120b --recipe experts-mxfp4 --hardware h100
+    minimoe estimate --config path/to/config.json --dtype q4_0 --context 32768 --json
+    minimoe estimate --compare
+    minimoe estimate gpt-oss-120b --plot memory.png
+"""
+from __future__ import annotations
+
+import json
+
+from minimoe.errors import MinimoeError
+
+
+def add_parser(sub):
+    from minimoe.inspect.estimate import DEFAULT_CONTEXT, FORMATS, RECIPES
+    from minimoe.inspect.hardware import HARDWARE
+    p = sub.add_parser("estimate", help="parameters, memory, KV cache, FLOPs and hardware verdicts "
+                                        "for a preset, a config.json or a checkpoint")
+    p.add_argument("name", nargs="?", metavar="NAME",
+                   help="a preset (e.g. gpt-oss-120b), a config.json, or a checkpoint folder")
+    p.add_argument("--config", metavar="PATH", help="a Hugging Face or minimoe config.json")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--dtype", metavar="FMT",
+                      help=f"one format for every weight matrix: {', '.join(FORMATS)} (int8 = q8_0); "
+                           "default bf16, or as loaded for a checkpoint")
+    prec.add_argument("--recipe", metavar="NAME", help=f"a mixed recipe: {', '.join(RECIPES)}")
+    p.add_argument("--context", type=int, default=DEFAULT_CONTEXT, metavar="N",
+                   help=f"tokens in the KV cache (default {DEFAULT_CONTEXT})")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="sequences in the KV cache (default 1)")
+    p.add_argument("--kv-dtype", default="bf16", metavar="FMT", help="KV cache format: fp32, bf16, fp16")
+    p.add_argument("--hardware", metavar="NAME", help=f"one device: {', '.join(HARDWARE)} (default: all)")
+    p.add_argument("--memory-gb", type=float, metavar="GB", help="a custom device's memory")
+    p.add_argument("--bandwidth-gbs", type=float, metavar="GB/S", help="a custom device's bandwidth")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    p.add_argument("--compare", action="store_true", help="print a table of every preset")
+    p.add_argument("--plot", metavar="FILE", help="draw memory per precision against each device's memory")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from minimoe.inspect import estimate as est
+    from minimoe.inspect.hardware import get_hardware
+    if args.name and args.config:
+        raise MinimoeError("give a NAME or --config PATH, not both")
+    target = args.config or args.name
+    if args.compare:
+        if target:
+            raise MinimoeError("--compare tabulates every preset; leave out NAME and --config")
+        if args.json:
+            out = {n: est.estimate(n, dtype=args.dtype, recipe=args.recipe, context=args.context,
+                                   batch=args.batch, hardware="h100")
+                   for n in est.compare_names()}
+            print(json.dumps(out, indent=1))
+        else:
+            print(est.compare(dtype=args.dtype, recipe=args.recipe, context=args.context))
+        return 0
+    if not target:
+        raise MinimoeError("name a model: a preset (e.g. gpt-oss-120b), a config.json, a checkpoint "
+                           "folder, or --config PATH; or use --compare")
+    r = est.estimate(target, dtype=args.dtype, recipe=args.recipe, context=args.context,
+                     batch=args.batch, hardware=args.hardware, memory_gb=args.memory_gb,
+                     bandwidth_gbs=args.bandwidth_gbs, kv_dtype=args.kv_dtype)
+    if args.plot:
+        devices = None
+        if args.hardware or args.memory_gb or args.bandwidth_gbs:
+            devices = [get_hardware(args.hardware, args.memory_gb, args.bandwidth_gbs)]
+        est.plot_memory(r, args.plot, devices)
+    print(json.dumps(r, indent=1) if args.json else est.report(r))
+    if args.plot and not args.json:
+        print(f"\nwrote {args.plot}")
+    return 0
