@@ -1,0 +1,294 @@
+"""The estimator: published figures, transformers' exact counts, minimoe's own arrays, hand sums, errors, CLI."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import minimoe
+from minimoe.cli import main
+from minimoe.config import ConfigError
+from minimoe.inspect import estimate as est
+from minimoe.inspect.estimate import EstimateError, estimate
+from minimoe.inspect.hardware import HARDWARE, HardwareError, get_hardware
+from minimoe.io.hf_config import config_from_hf
+from minimoe.params import count_params
+
+from conftest import FIXTURES
+
+HF = json.loads((FIXTURES / "hf_param_counts.json").read_text())["models"]
+
+# (preset, published total in B, published active in B, the quantity that figure quotes)
+# gpt-oss and DeepSeek quote active parameters without the embedding table (the head included);
+# Mixtral, Qwen3 and OLMoE quote every active parameter, embedding and head included.
+PUBLISHED = [
+    ("gpt-oss-120b", "116.8", "5.1", "active_params_non_embedding"),
+    ("gpt-oss-20b", "20.9", "3.6", "active_params_non_embedding"),
+    ("mixtral-8x7b", "46.7", "12.9", "active_params"),
+    ("mixtral-8x22b", "140.6", "39.2", "active_params"),
+    ("deepseek-v3", "671", "37", "active_params_non_embedding"),
+    ("qwen3-30b-a3b", "30.5", "3.3", "active_params"),
+    ("qwen3-235b-a22b", "235", "22", "active_params"),
+    ("olmoe-1b-7b", "6.9", "1.3", "active_params"),
+]
+
+
+def _matches(value: int, figure: str, truncated: bool = False) -> bool:
+    """Is `value` parameters what the figure "116.8" (billions, to its printed digits) says?"""
+    decimals = len(figure.split(".")[1]) if "." in figure else 0
+    billions = value / 1e9
+    if truncated:
+        return math.floor(billions * 10**decimals) / 10**decimals == float(figure)
+    return round(billions, decimals) == float(figure)
+
+
+@pytest.mark.parametrize("name, total, active, key", PUBLISHED)
+def test_published_figures_within_their_rounding(name, total, active, key):
+    r = estimate(name)
+    assert _matches(r["total_params"], total), (r["total_params"], total)
+    # Qwen's model card prints 3.35B active as "3.3B" (cut, not rounded); the rest round.
+    assert _matches(r[key], active, truncated=(name == "qwen3-30b-a3b")), (r[key], active)
+
+
+def test_the_two_active_counts_differ_by_the_embedding_table_only():
+    for name in ("gpt-oss-120b", "mixtral-8x7b", "deepseek-v3"):
+        r = estimate(name)
+        cfg = minimoe.Config.preset(name)
+        assert r["active_params"] - r["active_params_non_embedding"] == cfg.vocab_size * cfg.d_model
+    # gpt-oss-120b by hand: 36 layers of (attention + router + 4 of 128 experts + 2 norms) + head + norm
+    C, V = 2880, 201088
+    attn = (64 * 64 + 2 * 8 * 64) * C + (64 * 64 + 2 * 8 * 64) + 64 * 64 * C + C + 64
+    expert = 2 * 2880 * C + 2 * 2880 + 2880 * C + C
+    per_layer = attn + (128 * C + 128) + 4 * expert + 2 * C
+    assert estimate("gpt-oss-120b")["active_params_non_embedding"] == 36 * per_layer + V * C + C
+
+
+def test_a_tied_table_stays_in_the_active_non_embedding_count_as_the_head():
+    c = count_params(minimoe.Config.preset("shakespeare-dense"))   # tied embeddings
+    assert c["active_non_embedding"] == c["active"]
+    untied = count_params(minimoe.Config.preset("shakespeare-dense", tie_embeddings=False))
+    assert untied["active_non_embedding"] == c["active"]           # the head is the same V*C
+
+
+@pytest.mark.parametrize("key", sorted(HF))
+def test_counts_equal_transformers_exactly(key):
+    """tests/fixtures/make_hf_param_counts.py built each config with transformers on the meta device."""
+    entry = HF[key]
+    cfg = config_from_hf(entry["config"], key)
+    counts = count_params(cfg)
+    assert counts["total"] == entry["total"]
+    assert counts["by_component"] == entry["by_component"]
+    if entry["preset"]:
+        preset = minimoe.Config.preset(entry["preset"]).to_dict()
+        converted = cfg.to_dict()
+        preset.pop("name"), converted.pop("name")
+        assert preset == converted, "the preset must be its config.json, field for field"
+
+
+def test_gpt_oss_release_is_about_61_gib_with_mxfp4_experts():
+    r = estimate("gpt-oss-120b", recipe="experts-mxfp4")
+    assert round(r["weight_bytes"] / 2**30, 1) == 60.8       # the model card's checkpoint size
+    assert round(estimate("gpt-oss-20b", recipe="experts-mxfp4")["weight_bytes"] / 2**30, 1) == 12.8
+    # by hand: expert matrices at 17 bytes per 32 weights, every other parameter 2 bytes
+    cfg = minimoe.Config.preset("gpt-oss-120b")
+    expert_weights = 36 * 128 * 3 * 2880 * 2880
+    rest = count_params(cfg)["total"] - expert_weights
+    assert r["weight_bytes"] == expert_weights // 32 * 17 + 2 * rest
+    assert 2 * r["total_params"] / 1e9 == pytest.approx(233.7, abs=0.05)   # "bf16 needs ~234 GB"
+    assert r["weight_bytes_by_precision"]["bf16"] == 2 * r["total_params"]
+
+
+def test_block_formats_cost_what_their_blocks_say_and_agree_with_minimoe_quant():
+    quant = pytest.importorskip("minimoe.quant")
+    for fmt, (values, nbytes) in est.BLOCK_FORMATS.items():
+        assert (quant.block_size(fmt), quant.block_bytes(fmt)) == (values, nbytes)
+    assert est.tensor_bytes((64, 96), "q4_0") == 64 * 3 * 18
+    assert est.tensor_bytes((4, 64, 96), "mxfp4") == 4 * 64 * 3 * 17
+    assert est.tensor_bytes((64, 96), "bf16") == 64 * 96 * 2
+    bits = {f: 8 * est.tensor_bytes((1, 32), f) / 32 for f in est.BLOCK_FORMATS}
+    assert bits == {"q8_0": 8.5, "q4_0": 4.5, "q4_1": 5.0, "mxfp4": 4.25}
+
+
+def test_a_matrix_that_does_not_split_into_blocks_stays_float_and_is_listed():
+    r = estimate("shakespeare-dense", dtype="q4_0")     # d_ff = 344 is not a multiple of 32
+    assert set(r["not_quantized"]) == {f"layers.{i}.ffn.down.weight" for i in range(4)}
+    assert "344" in r["not_quantized"]["layers.0.ffn.down.weight"]
+    cfg = minimoe.Config.preset("shakespeare-dense")
+    by_hand = sum(4 * int(np.prod(s)) if (len(s) == 1 or s[-1] % 32) else int(np.prod(s)) // 32 * 18
+                  for s in minimoe.params.param_shapes(cfg).values())
+    assert r["weight_bytes"] == by_hand
+
+
+def test_kv_cache_by_hand_sliding_windows_and_mla():
+    # gpt-oss-120b: 18 full layers keep the context, 18 sliding layers keep 128 tokens;
+    # each keeps K and V for 8 kv heads of 64 values, 2 bytes each (bf16)
+    r = estimate("gpt-oss-120b", context=8192, batch=3)
+    assert r["kv_cache_bytes"] == 3 * (18 * 8192 + 18 * 128) * 2 * 8 * 64 * 2
+    # DeepSeek-V3 (MLA): one latent of kv_lora_rank 512 + rope dim 64 per token per layer
+    assert estimate("deepseek-v3", context=1000)["kv_cache_bytes"] == 61 * (512 + 64) * 1000 * 2
+    # a context shorter than the window: every layer keeps the whole context
+    assert estimate("gpt-oss-20b", context=100, kv_dtype="fp32")["kv_cache_bytes"] == 24 * 100 * 2 * 8 * 64 * 4
+
+
+def test_flops_by_hand_for_a_tiny_model():
+    cfg = minimoe.Config(vocab_size=50, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=32,
+                         n_experts=4, top_k=2, d_expert=8, sliding_window=3, sliding_layers=[0])
+    r = estimate(cfg, context=5)
+    f = r["flops_per_token"]
+    n = r["active_params_non_embedding"]
+    per_key = 4 * 2 * 8                       # 4*H*D
+    assert f["decode"] == 2 * n + per_key * (3 + 5)        # layer 0 sees min(5, 3) keys, layer 1 all 5
+    # prefill of 5 tokens: layer 0 sees 1,2,3,3,3 keys; layer 1 sees 1,2,3,4,5
+    assert f["prefill_total"] == 5 * 2 * n + per_key * ((1 + 2 + 3 + 3 + 3) + (1 + 2 + 3 + 4 + 5))
+    assert f["prefill"] == pytest.approx(f["prefill_total"] / 5)
+    for n_tok in range(1, 12):
+        for w in (0, 1, 4, 20):
+            assert est._sum_keys(n_tok, w) == sum(min(t, w) if w else t for t in range(1, n_tok + 1))
+
+
+def test_bytes_per_token_and_the_decode_bound():
+    r = estimate("mixtral-8x7b", dtype="bf16", context=1, hardware="h100")
+    cfg = minimoe.Config.preset("mixtral-8x7b")
+    # one embedding row + everything else active (2 of 8 experts), 2 bytes each, + the KV of 1 token
+    touched = (r["active_params"] - cfg.vocab_size * cfg.d_model + cfg.d_model) * 2
+    assert r["weight_bytes_per_token"] == touched
+    assert r["bytes_per_token"] == touched + r["kv_cache_bytes"]
+    v = r["hardware"][0]
+    assert v["decode_tokens_per_s_upper"] == pytest.approx(3350e9 / r["bytes_per_token"])
+
+
+def test_hardware_verdicts():
+    r = estimate("gpt-oss-120b", recipe="experts-mxfp4", context=8192)
+    by = {v["hardware"]: v for v in r["hardware"]}
+    assert len(by) == len(HARDWARE)
+    assert by["H100 SXM 80 GB"]["fits"] and by["H100 SXM 80 GB"]["devices_needed"] == 1
+    assert not by["RTX 4090 24 GB"]["fits"]
+    assert by["RTX 4090 24 GB"]["devices_needed"] == math.ceil(r["memory_bytes"] / 24e9)
+    assert r["memory_bytes"] == r["weight_bytes"] + r["kv_cache_bytes"] + r["overhead_bytes"]
+    assert r["overhead_bytes"] == round(0.1 * (r["weight_bytes"] + r["kv_cache_bytes"]))
+    custom = estimate("gpt-oss-120b", recipe="experts-mxfp4", memory_gb=48, bandwidth_gbs=100)
+    assert custom["hardware"][0]["devices_needed"] == 2
+    assert custom["hardware"][0]["decode_tokens_per_s_upper"] == pytest.approx(100e9 / custom["bytes_per_token"])
+    assert get_hardware("RTX 4090").memory_gb == 24 == get_hardware("rtx_4090").memory_gb
+
+
+def test_minimoe_model_bytes_equal_its_arrays():
+    cfg = minimoe.Config.preset("tiny-moe")
+    model = minimoe.Model(cfg, seed=0)
+    r = estimate(model)
+    assert r["weight_bytes"] == r["measured_weight_bytes"] == sum(a.nbytes for a in model.params.values())
+    assert r["weight_bytes"] == estimate(cfg, dtype="fp32")["weight_bytes"]
+    counts = model.param_counts()
+    assert r["active_params"] == counts["active"] and r["total_params"] == counts["total"]
+    assert r["active_params_non_embedding"] == counts["active_non_embedding"]
+
+
+def test_packed_model_bytes_equal_its_blocks():
+    quant = pytest.importorskip("minimoe.quant")
+    cfg = minimoe.Config.preset("tiny-moe")
+    model = minimoe.Model(cfg, seed=0)
+    params = {}
+    for name, arr in model.params.items():   # experts mxfp4, other matrices q8_0, vectors float32
+        if name.endswith(("gate", "up", "down")) and ".experts." in name:
+            params[name] = quant.quantize(arr, "mxfp4")
+        elif arr.ndim == 2:
+            params[name] = quant.quantize(arr, "q8_0")
+        else:
+            params[name] = arr
+    packed = minimoe.Model(cfg, params=params)
+    r = estimate(packed)
+    actual = sum(a.blocks.nbytes if hasattr(a, "blocks") else a.nbytes for a in params.values())
+    assert r["weight_bytes"] == r["measured_weight_bytes"] == actual
+    assert r["weight_bytes"] == estimate(cfg, recipe="mxfp4-moe-q8_0")["weight_bytes"]
+
+
+def test_minimoe_quantize_if_it_exists():
+    if not hasattr(minimoe, "quantize"):
+        pytest.skip("minimoe.quantize (the 4-bit issue) has not landed")
+    cfg = minimoe.Config.preset("tiny-moe")
+    for recipe in ("q8_0", "q4_0", "mxfp4"):
+        q = minimoe.quantize(minimoe.Model(cfg, seed=0), recipe)
+        r = estimate(q)
+        actual = sum(a.blocks.nbytes if hasattr(a, "blocks") else a.nbytes for a in q.params.values())
+        assert r["weight_bytes"] == r["measured_weight_bytes"] == actual
+        assert r["active_params"] == q.param_counts()["active"]
+
+
+def test_a_checkpoint_folder_reports_its_stored_bytes(tmp_path):
+    cfg = minimoe.Config.preset("tiny")
+    minimoe.Model(cfg, seed=0).save(str(tmp_path / "ckpt"))
+    r = estimate(str(tmp_path / "ckpt"), dtype="fp32")
+    assert r["stored_weight_bytes"] == r["weight_bytes"]
+    assert estimate(str(tmp_path / "ckpt" / "config.json"))["total_params"] == count_params(cfg)["total"]
+
+
+def test_hf_config_files_and_dicts(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(HF["olmoe-1b-7b"]["config"]))
+    assert estimate(str(path))["total_params"] == HF["olmoe-1b-7b"]["total"]
+    assert estimate(HF["qwen1.5-moe-a2.7b"]["config"])["total_params"] == HF["qwen1.5-moe-a2.7b"]["total"]
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(EstimateError, match="unknown model 'gpt-5'.*gpt-oss-120b"):
+        estimate("gpt-5")
+    with pytest.raises(EstimateError, match="unknown dtype 'q5_k'.*q4_0"):
+        estimate("tiny", dtype="q5_k")
+    with pytest.raises(EstimateError, match="unknown recipe 'fast'"):
+        estimate("tiny", recipe="fast")
+    with pytest.raises(EstimateError, match="not both"):
+        estimate("tiny", dtype="bf16", recipe="experts-mxfp4")
+    with pytest.raises(HardwareError, match="unknown hardware 'tpu-v9'.*h100"):
+        estimate("tiny", hardware="tpu-v9")
+    with pytest.raises(HardwareError, match="memory_gb must be a positive number"):
+        estimate("tiny", memory_gb=-1, bandwidth_gbs=100)
+    with pytest.raises(EstimateError, match="context must be a positive integer"):
+        estimate("tiny", context=0)
+    with pytest.raises(EstimateError, match="unknown kv_dtype 'q4_0'"):
+        estimate("tiny", kv_dtype="q4_0")
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json: not valid JSON"):
+        estimate(str(bad))
+    bad.write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ConfigError, match="unknown model_type 'bert'"):
+        estimate(str(bad))
+    bad.write_text(json.dumps({"model_type": "llama", "hidden_size": 100, "num_attention_heads": 3}))
+    with pytest.raises(ConfigError, match="config.json: n_heads=3 does not divide d_model=100"):
+        estimate(str(bad))
+    bad.write_text(json.dumps({"model_type": "mixtral", "hidden_size": 64}))
+    with pytest.raises(ConfigError, match="missing field 'num_attention_heads'"):
+        estimate(str(bad))
+    bad.write_text(json.dumps({"model_type": "llama", "mlp_bias": True}))
+    with pytest.raises(ConfigError, match="mlp_bias=True is not supported"):
+        estimate(str(bad))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EstimateError, match="without config.json"):
+        estimate(str(tmp_path / "empty"))
+
+
+def test_cli_json_report_compare_and_plot(tmp_path, capsys):
+    assert main(["estimate", "gpt-oss-20b", "--recipe", "experts-mxfp4", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    for key in ("total_params", "active_params", "active_params_non_embedding", "weight_bytes",
+                "kv_cache_bytes", "flops_per_token"):
+        assert key in r
+    assert r["total_params"] == HF["gpt-oss-20b"]["total"]
+
+    assert main(["estimate", "llama-3.1-8b", "--dtype", "int8", "--hardware", "rtx-4090"]) == 0
+    out = capsys.readouterr().out
+    assert "weights in q8_0" in out and "RTX 4090" in out and "2 * active_non_embedding" in out
+
+    assert main(["estimate", "--compare"]) == 0
+    table = capsys.readouterr().out
+    for name in minimoe.presets.REAL_MODELS:
+        assert name in table
+
+    png = tmp_path / "memory.png"
+    assert main(["estimate", "gpt-oss-120b", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    assert main(["estimate", "no-such-model"]) == 1
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    assert main(["estimate", "tiny", "--hardware", "abacus"]) == 1
+    assert "unknown hardware 'abacus'" in capsys.readouterr().err
