@@ -341,7 +341,10 @@ def estimate(target, *, dtype: str | None = None, recipe=None, context: int = DE
     kv = kv_cache_bytes(cfg, context, batch, kv_dtype)
     overhead_bytes = int(round(overhead * (weight_bytes + kv)))
     need = weight_bytes + kv + overhead_bytes
-    weights_per_token = sum(touched_bytes(cfg, n, e) for n, e in plan.items())
+    touched_by_component = {c: 0 for c in COMPONENTS}
+    for n, e in plan.items():
+        touched_by_component[e["component"]] += touched_bytes(cfg, n, e)
+    weights_per_token = sum(touched_by_component.values())
     kv_read = kv_cache_bytes(cfg, context, 1, kv_dtype)
     per_token = weights_per_token + kv_read
     f = flops(cfg, counts, context)
@@ -370,6 +373,7 @@ def estimate(target, *, dtype: str | None = None, recipe=None, context: int = DE
         "overhead_fraction": overhead, "overhead_bytes": overhead_bytes,
         "memory_bytes": need,
         "bytes_per_token": per_token, "weight_bytes_per_token": weights_per_token,
+        "weight_bytes_per_token_by_component": touched_by_component,
         "kv_bytes_per_token_read": kv_read,
         "flops_per_token": {"decode": f["decode"], "prefill": f["prefill"], "matmul": f["matmul"],
                             "decode_attention": f["decode_attention"],
@@ -538,27 +542,33 @@ def plot_memory(r: dict, path: str, hardware=None) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from minimoe.io.atomic import atomic_write_bytes
     devices = list(HARDWARE.values()) if hardware is None else hardware
     extra = r["kv_cache_bytes"]
     precisions = list(r["weight_bytes_by_precision"])
     need = [(w + extra) * (1 + r["overhead_fraction"]) / 1e9 for w in r["weight_bytes_by_precision"].values()]
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     ax.bar(precisions, need, color="#4c72b0")
     for x, y in enumerate(need):
-        ax.text(x, y, f"{y:,.0f}", ha="center", va="bottom", fontsize=8)
-    seen = {}
+        ax.text(x, y, f"{y:,.0f}" if y >= 10 else f"{y:.2g}", ha="center", va="bottom", fontsize=8)
+    seen: dict[int, list[str]] = {}
     for hw in devices:
-        gb = hw.usable_bytes / 1e9
-        seen.setdefault(round(gb), []).append(hw.name)
+        seen.setdefault(round(hw.usable_bytes / 1e9), []).append(hw.name)
     for gb, hw_names in sorted(seen.items()):
         ax.axhline(gb, color="#c44e52", linestyle="--", linewidth=0.8)
-        ax.text(len(precisions) - 0.5, gb, " " + " / ".join(hw_names), va="bottom", ha="right",
-                fontsize=7, color="#c44e52")
+        # labels to the right of the axes: x in axes coordinates, y in GB
+        ax.text(1.01, gb, " / ".join(hw_names) + f" ({gb} GB usable)", transform=ax.get_yaxis_transform(),
+                va="center", ha="left", fontsize=7, color="#c44e52")
     ax.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.set_ylim(min(need + list(seen)) * 0.7, max(need + list(seen)) * 1.3)
     ax.set_ylabel("GB needed (weights + KV cache + overhead)")
-    ax.set_title(f"{r['name']}: memory per precision at context {r['context']:,}, batch {r['batch']}")
+    ax.set_title(f"{r['name']}: memory per precision at context {r['context']:,}, batch {r['batch']}",
+                 fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format=os.path.splitext(path)[1].lstrip(".").lower() or "png", dpi=120)
