@@ -214,6 +214,20 @@ def test_minimoe_quantize_if_it_exists():
         assert r["active_params"] == q.param_counts()["active"]
 
 
+def test_recipes_of_minimoe_quantize_priced_from_the_config_alone():
+    """minimoe.quantize's recipes, written as estimator recipe dicts (what they leave alone stays
+    float32), cost from the config exactly what the quantized model holds."""
+    qmodel = pytest.importorskip("minimoe.quant.model")
+    cfg = minimoe.Config.preset("shakespeare-moe")      # widths 344 and 172: some matrices stay float
+    model = minimoe.Model(cfg, seed=0)
+    for name, recipe in qmodel.RECIPES.items():
+        if any(f not in est.FORMATS for f in recipe.formats.values()):
+            continue                                     # nf4: not an estimator format
+        analytic = estimate(cfg, recipe={**recipe.formats, "default": "fp32", "vectors": "fp32"})
+        packed = estimate(qmodel.quantize_model(model, name))
+        assert analytic["weight_bytes"] == packed["weight_bytes"] == packed["measured_weight_bytes"], name
+
+
 def test_a_checkpoint_folder_reports_its_stored_bytes(tmp_path):
     cfg = minimoe.Config.preset("tiny")
     minimoe.Model(cfg, seed=0).save(str(tmp_path / "ckpt"))
