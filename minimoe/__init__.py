@@ -7,6 +7,7 @@
 """
 from minimoe.config import Config, ConfigError
 from minimoe.errors import CheckpointError, DataError, MinimoeError
+from minimoe.inspect.estimate import estimate
 from minimoe.io.checkpoint import load
 from minimoe.kernels import matmul
 from minimoe.model import Model
