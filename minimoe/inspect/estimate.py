@@ -7,7 +7,7 @@ E experts, K top-k, V vocab, L keys a query attends to (the context, capped by a
 
     result = estimate("gpt-oss-120b", recipe="experts-mxfp4")
     result["total_params"]                116,829,156,672
-    result["active_params_non_embedding"]   5,133,026,880     (the published "5.1B active")
+    result["active_params_non_embedding"]   5,132,849,472     (the published "5.1B active")
     result["weight_bytes"] / 2**30           60.8             (GiB, the released checkpoint)
 
 What counts as "active" (minimoe.params.count_params is the one counter):
