@@ -23,7 +23,7 @@ def add_parser(sub):
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--dtype", metavar="FMT",
                       help=f"one format for every weight matrix: {', '.join(FORMATS)} (int8 = q8_0); "
-                           "default bf16, or as loaded for a checkpoint")
+                           "default bf16 (a checkpoint folder's stored bytes are reported as well)")
     prec.add_argument("--recipe", metavar="NAME", help=f"a mixed recipe: {', '.join(RECIPES)}")
     p.add_argument("--context", type=int, default=DEFAULT_CONTEXT, metavar="N",
                    help=f"tokens in the KV cache (default {DEFAULT_CONTEXT})")
