@@ -8,6 +8,7 @@
 from minimoe.config import Config, ConfigError
 from minimoe.errors import CheckpointError, DataError, MinimoeError
 from minimoe.inspect.estimate import estimate
+from minimoe.inspect.tracing import trace
 from minimoe.io.checkpoint import load
 from minimoe.kernels import matmul
 from minimoe.model import Model

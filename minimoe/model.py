@@ -18,6 +18,7 @@ import numpy as np
 
 from minimoe.config import Config
 from minimoe.errors import MinimoeError
+from minimoe.inspect import tracing
 from minimoe.nn import attention, embedding, ffn, linear, moe, norm, rope
 from minimoe.nn.kv_cache import KVCache
 from minimoe.params import count_params, param_shapes
@@ -136,11 +137,14 @@ class Model:
 
         x, emb_cache = embedding.forward(tokens, self.params["embed.weight"])  # (B, T, C)
         layer_caches, routing = [], []
+        tr = tracing.ACTIVE                                        # None unless inside `with minimoe.trace()`
         for i, lp in enumerate(self._layers):
-            h, n1 = norm.forward(x, lp["attn_norm"], cfg.norm_eps)              # (B, T, C)
+            if tr:
+                tr.layer = i                                       # ops below report as layers.{i}.*
+            h, n1 = norm.forward(x, lp["attn_norm"], cfg.norm_eps, name="attn_norm")  # (B, T, C)
             a, ac = attention.forward(h, lp["attn"], cfg, i, cos, sin, kv)     # (B, T, C)
             x = x + a
-            h, n2 = norm.forward(x, lp["ffn_norm"], cfg.norm_eps)              # (B, T, C)
+            h, n2 = norm.forward(x, lp["ffn_norm"], cfg.norm_eps, name="ffn_norm")    # (B, T, C)
             if cfg.is_moe_layer(i):
                 f, fc, stats = moe.forward(h, lp["moe"], cfg)                   # (B, T, C)
             else:
@@ -153,8 +157,10 @@ class Model:
             routing.append(stats)
         if kv is not None:
             kv.advance(T)
+        if tr:
+            tr.layer = None
         h, nf = norm.forward(x, self.params["norm.weight"], cfg.norm_eps)     # (B, T, C)
-        logits, head_cache = linear.forward(h, self.head)                      # (B, T, C) -> (B, T, V)
+        logits, head_cache = linear.forward(h, self.head, name="head")         # (B, T, C) -> (B, T, V)
         cache = dict(embedding=emb_cache, layers=layer_caches, norm=nf, head=head_cache,
                      routing=routing, squeeze=squeeze)
         return (logits[0] if squeeze else logits), cache

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from minimoe.config import Config
+from minimoe.inspect import tracing
 from minimoe.nn import linear, norm, rope
 from minimoe.nn.kv_cache import KVCache
 
@@ -46,21 +47,26 @@ def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, si
     H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     R = H // G
 
-    q, q_lin = linear.forward(x, p["q.weight"], p.get("q.bias"))   # (B, T, C) -> (B, T, H*D)
-    k, k_lin = linear.forward(x, p["k.weight"], p.get("k.bias"))   # (B, T, C) -> (B, T, G*D)
-    v, v_lin = linear.forward(x, p["v.weight"], p.get("v.bias"))   # (B, T, C) -> (B, T, G*D)
+    q, q_lin = linear.forward(x, p["q.weight"], p.get("q.bias"), name="attn.q")  # (B, T, C) -> (B, T, H*D)
+    k, k_lin = linear.forward(x, p["k.weight"], p.get("k.bias"), name="attn.k")  # (B, T, C) -> (B, T, G*D)
+    v, v_lin = linear.forward(x, p["v.weight"], p.get("v.bias"), name="attn.v")  # (B, T, C) -> (B, T, G*D)
     q_norm = k_norm = None
     if cfg.qk_norm == "full":                            # OLMoE: normalise the whole projection
-        q, q_norm = norm.forward(q, p["q_norm.weight"], cfg.norm_eps)
-        k, k_norm = norm.forward(k, p["k_norm.weight"], cfg.norm_eps)
+        q, q_norm = norm.forward(q, p["q_norm.weight"], cfg.norm_eps, name="attn.q_norm")
+        k, k_norm = norm.forward(k, p["k_norm.weight"], cfg.norm_eps, name="attn.k_norm")
     q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)      # (B, T, H*D) -> (B, H, T, D)
     k = k.reshape(B, T, G, D).transpose(0, 2, 1, 3)      # (B, T, G*D) -> (B, G, T, D)
     v = v.reshape(B, T, G, D).transpose(0, 2, 1, 3)      # (B, T, G*D) -> (B, G, T, D)
     if cfg.qk_norm == "head":                            # Qwen3: normalise each head
-        q, q_norm = norm.forward(q, p["q_norm.weight"], cfg.norm_eps)
-        k, k_norm = norm.forward(k, p["k_norm.weight"], cfg.norm_eps)
+        q, q_norm = norm.forward(q, p["q_norm.weight"], cfg.norm_eps, name="attn.q_norm")
+        k, k_norm = norm.forward(k, p["k_norm.weight"], cfg.norm_eps, name="attn.k_norm")
+    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
+    t0 = tr.clock() if tr else 0.0
+    q_in, k_in = q, k
     q, q_rope = rope.forward(q, cos, sin)                # (B, H, T, D)
     k, k_rope = rope.forward(k, cos, sin)                # (B, G, T, D)
+    if tr:
+        t0 = tr.rope("attn.rope", (q_in, k_in), (q, k), cos, B * T, t0)
 
     if kv is not None:
         k_all, v_all = kv.write(layer, k, v)             # (B, G, S, D), S = cached + T
@@ -74,10 +80,16 @@ def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, si
     scores = scores * np.asarray(scale, dtype=scores.dtype)
     mask = causal_mask(T, S, cfg.window(layer))          # (T, S)
     scores = np.where(mask, scores, -np.inf)             # (B, G, R, T, S)
+    if tr:
+        t0 = tr.attention_scores(qg, k_all, scores, mask, kv is not None, t0)
     probs, sink_probs = _softmax_with_sinks(scores, p.get("sinks"), G, R)
+    if tr:
+        t0 = tr.softmax("attn.softmax", scores, probs, t0, rows=B * T)
     y = probs @ v_all[:, :, None]                        # (B,G,R,T,S) @ (B,G,1,S,D) -> (B,G,R,T,D)
+    if tr:
+        tr.attention_values(probs, v_all, y, mask, kv is not None, t0)
     y = y.reshape(B, H, T, D).transpose(0, 2, 1, 3).reshape(B, T, H * D)  # -> (B, T, H*D)
-    out, o_lin = linear.forward(y, p["o.weight"], p.get("o.bias"))  # (B, T, H*D) -> (B, T, C)
+    out, o_lin = linear.forward(y, p["o.weight"], p.get("o.bias"), name="attn.o")  # (B, T, H*D) -> (B, T, C)
 
     cache = dict(q_lin=q_lin, k_lin=k_lin, v_lin=v_lin, q_norm=q_norm, k_norm=k_norm,
                  q_rope=q_rope, k_rope=k_rope, qg=qg, k=k_all, v=v_all, probs=probs,

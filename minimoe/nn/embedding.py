@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from minimoe.inspect import tracing
+
 
 def forward(tokens: np.ndarray, weight: np.ndarray):
     """tokens (B, T) int, weight (V, C) -> x (B, T, C)."""
+    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
+    t0 = tr.clock() if tr else 0.0
     x = weight[tokens]                                   # (V, C)[(B, T)] -> (B, T, C)
+    if tr:
+        tr.embedding(tokens, weight, x, t0)              # a trace starts a new forward pass here
     cache = (tokens, weight.shape)
     return x, cache
 

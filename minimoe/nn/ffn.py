@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minimoe.inspect import tracing
 from minimoe.nn import linear
 
 
@@ -52,12 +53,18 @@ def glu_backward(dh: np.ndarray, cache):
 
 
 def forward(x: np.ndarray, w_gate, w_up, w_down, b_gate=None, b_up=None, b_down=None,
-            act: str = "swiglu", limit: float = 7.0, alpha: float = 1.702):
-    """x (..., C), w_gate/w_up (F, C), w_down (C, F) -> y (..., C)."""
-    a, gate_lin = linear.forward(x, w_gate, b_gate)      # (..., C) -> (..., F)
-    u, up_lin = linear.forward(x, w_up, b_up)            # (..., C) -> (..., F)
+            act: str = "swiglu", limit: float = 7.0, alpha: float = 1.702, name: str = "ffn"):
+    """x (..., C), w_gate/w_up (F, C), w_down (C, F) -> y (..., C). `name` labels it in a trace
+    ("ffn", "moe.experts.3", "moe.shared")."""
+    a, gate_lin = linear.forward(x, w_gate, b_gate, name=name + ".gate")  # (..., C) -> (..., F)
+    u, up_lin = linear.forward(x, w_up, b_up, name=name + ".up")          # (..., C) -> (..., F)
+    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
+    t0 = tr.clock() if tr else 0.0
     h, glu = glu_forward(a, u, act, limit, alpha)        # (..., F)
-    y, down_lin = linear.forward(h, w_down, b_down)      # (..., F) -> (..., C)
+    if tr:
+        tr.elementwise(name + ".act", "activation", 6 if act == "swiglu" else 8, (a, u), (h,),
+                       h.size // h.shape[-1], t0)
+    y, down_lin = linear.forward(h, w_down, b_down, name=name + ".down")  # (..., F) -> (..., C)
     return y, (gate_lin, up_lin, glu, down_lin)
 
 

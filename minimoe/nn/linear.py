@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from minimoe.inspect import tracing
 from minimoe.kernels import matmul
 
 
-def forward(x: np.ndarray, w, b: np.ndarray | None = None):
-    """x (..., I), w (O, I), b (O,) or None -> y (..., O)."""
+def forward(x: np.ndarray, w, b: np.ndarray | None = None, name: str = "linear"):
+    """x (..., I), w (O, I), b (O,) or None -> y (..., O). `name` labels it in a trace."""
+    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
+    t0 = tr.clock() if tr else 0.0
     y = matmul(x, w)                                     # (..., I) @ (I, O) -> (..., O)
     if b is not None:
         y = y + b                                        # (..., O) + (O,)
+    if tr:
+        tr.matmul(name, x, w, b, y, t0)                  # FLOPs, weight bytes at stored precision
     return y, (x, w, b is not None)
 
 

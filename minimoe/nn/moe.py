@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from minimoe.config import Config
+from minimoe.inspect import tracing
 from minimoe.nn import ffn, linear, router
 from minimoe.nn.ffn import sigmoid
 
@@ -55,7 +56,8 @@ def forward_loop(x: np.ndarray, p: dict, cfg: Config):
         tokens, slot = np.where(experts == e)            # the tokens that chose expert e, and in which slot
         if len(tokens) == 0:
             continue
-        out, _ = ffn.forward(xf[tokens], **expert_weights(p, e), **_act(cfg))  # (n_e, C) -> (n_e, C)
+        out, _ = ffn.forward(xf[tokens], **expert_weights(p, e), **_act(cfg),
+                             name=f"moe.experts.{e}")    # (n_e, C) -> (n_e, C)
         y[tokens] += weights[tokens, slot, None] * out   # (n_e, 1) * (n_e, C)
     y = y + _shared_forward(xf, p, cfg)[0]
     stats.update(experts=experts, weights=weights)
@@ -71,6 +73,8 @@ def forward(x: np.ndarray, p: dict, cfg: Config):
         xf, p["router.weight"], p.get("router.bias"), cfg)  # (N, K), (N, K)
 
     # dispatch: group the A = N*K assignments by expert
+    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
+    t0 = tr.clock() if tr else 0.0
     flat = experts.ravel()                               # (A,) expert of assignment a = n*K + k
     order = np.argsort(flat, kind="stable")              # (A,) assignments sorted by expert
     token = order // K                                   # (A,) the token of each sorted assignment
@@ -78,16 +82,22 @@ def forward(x: np.ndarray, p: dict, cfg: Config):
     offsets = np.concatenate([[0], np.cumsum(counts)])   # (E+1,) expert e owns [offsets[e], offsets[e+1])
     xs = xf[token]                                       # (N, C)[(A,)] -> (A, C) gathered inputs
     ys = np.empty_like(xs)                               # (A, C)
+    if tr:
+        tr.elementwise("moe.experts.dispatch", "dispatch", 0, (xf,), (xs,), N, t0)
     expert_caches = {}
     for e in np.flatnonzero(counts):                     # only the experts that got tokens
         seg = slice(offsets[e], offsets[e + 1])
-        ys[seg], expert_caches[e] = ffn.forward(xs[seg], **expert_weights(p, e), **_act(cfg))
+        ys[seg], expert_caches[e] = ffn.forward(xs[seg], **expert_weights(p, e), **_act(cfg),
+                                                name=f"moe.experts.{e}")
 
     # combine: undo the sort, then weight and sum each token's K outputs
+    t0 = tr.clock() if tr else 0.0
     y_assign = np.empty_like(ys)                         # (A, C) back in (token, slot) order
     y_assign[order] = ys
     y_assign = y_assign.reshape(N, K, C)                 # (N, K, C)
     y = np.einsum("nk,nkc->nc", weights, y_assign)       # (N, K) . (N, K, C) -> (N, C)
+    if tr:
+        tr.elementwise("moe.experts.combine", "combine", 2 * K, (ys, weights), (y,), N, t0)
 
     shared, shared_cache = _shared_forward(xf, p, cfg)
     y = y + shared
@@ -103,10 +113,10 @@ def _shared_forward(xf: np.ndarray, p: dict, cfg: Config):
     if "shared.gate.weight" not in p:
         return 0.0, None
     ys, fcache = ffn.forward(xf, p["shared.gate.weight"], p["shared.up.weight"],
-                             p["shared.down.weight"], **_act(cfg))  # (N, C)
+                             p["shared.down.weight"], **_act(cfg), name="moe.shared")  # (N, C)
     if "shared_gate.weight" not in p:
         return ys, (fcache, None, None, ys)
-    z, zlin = linear.forward(xf, p["shared_gate.weight"])           # (N, C) -> (N, 1)
+    z, zlin = linear.forward(xf, p["shared_gate.weight"], name="moe.shared_gate")  # (N, C) -> (N, 1)
     s = sigmoid(z)                                                  # (N, 1)
     return s * ys, (fcache, zlin, s, ys)
 

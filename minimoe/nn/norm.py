@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from minimoe.inspect import tracing
 
-def forward(x: np.ndarray, weight: np.ndarray, eps: float):
-    """x (..., C), weight (C,) -> y (..., C)."""
+
+def forward(x: np.ndarray, weight: np.ndarray, eps: float, name: str = "norm"):
+    """x (..., C), weight (C,) -> y (..., C). `name` labels it in a trace."""
+    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
+    t0 = tr.clock() if tr else 0.0
     ms = np.mean(x * x, axis=-1, keepdims=True)          # (..., 1) mean square
     rstd = 1.0 / np.sqrt(ms + eps)                       # (..., 1) reciprocal RMS
     xhat = x * rstd                                      # (..., C) unit-RMS vectors
     y = xhat * weight                                    # (..., C)
+    if tr:
+        tr.norm(name, x, weight, y, t0)
     cache = (xhat, rstd, weight)
     return y, cache
 

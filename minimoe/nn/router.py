@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from minimoe.config import Config
+from minimoe.inspect import tracing
 from minimoe.nn import linear
 from minimoe.nn.ffn import sigmoid
 
@@ -41,7 +42,9 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config):
     """
     N = x.shape[0]
     E, K = cfg.n_experts, cfg.top_k
-    logits, lin = linear.forward(x, w, b)                # (N, C) -> (N, E)
+    logits, lin = linear.forward(x, w, b, name="moe.router")  # (N, C) -> (N, E)
+    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
+    t0 = tr.clock() if tr else 0.0
     rows = np.arange(N)[:, None]                         # (N, 1)
     if cfg.router == "softmax_topk":
         probs = softmax(logits)                          # (N, E)
@@ -65,6 +68,8 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config):
         "prob_mass": probs.sum(axis=0),                                  # (E,)
         "probs": probs, "logits": logits,
     }
+    if tr:
+        tr.route("moe.router.topk", logits, probs, experts, weights, stats, t0)  # per-token routing
     cache = (lin, logits, probs, experts, g, weights, cfg.router, cfg.router_renorm, cfg.router_scale)
     return weights, experts, stats, cache
 
