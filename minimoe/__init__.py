@@ -12,6 +12,7 @@ from minimoe.inspect.tracing import trace
 from minimoe.io.checkpoint import load
 from minimoe.kernels import matmul
 from minimoe.model import Model
+from minimoe.quant.model import quantize_model as quantize
 from minimoe.tokenizer import ByteTokenizer, CharTokenizer
 
 __version__ = "0.1.0"

@@ -14,6 +14,8 @@ SUBCOMMANDS = [
     "minimoe.commands.generate",
     "minimoe.commands.info",
     "minimoe.commands.estimate",
+    "minimoe.commands.quantize",
+    "minimoe.commands.eval",
 ]
 
 

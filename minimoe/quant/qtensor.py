@@ -148,6 +148,41 @@ class QTensor:
         values = spec.dequantize_blocks(rows)               # (N, BB) -> (N, BS)
         return values.reshape(self.shape)                   # (N, BS) -> shape
 
+    def __getitem__(self, index) -> QTensor:
+        """qt[e] (or qt[i, j]): the packed sub-tensor at integer indices on the LEADING axes.
+
+        For a stack of experts of shape (E, F, C), `qt[e]` is expert e's (F, C) QTensor. Its
+        `.blocks` is `self.blocks[e]`, a view: no byte is copied or decoded.
+
+        >>> experts = quantize(np.ones((4, 8, 32), np.float32), "q4_0")   # (E, F, C)
+        >>> experts[2].shape, experts[2].blocks.shape                      # (F, C), (F, C//32*18)
+        ((8, 32), (8, 18))
+        >>> np.shares_memory(experts[2].blocks, experts.blocks)
+        True
+
+        Only integers are accepted, and never on the last axis: that axis is cut into blocks,
+        so a slice of it is not a whole number of bytes. Dequantize first for anything else.
+        """
+        index = index if isinstance(index, tuple) else (index,)
+        what = f"{_what(self.name)} ({self.fmt}, shape {self.shape})"
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in index):
+            raise QuantError(
+                f"{what}: a QTensor takes only integer indices on its leading axes (like experts[e]), "
+                f"got {index!r}; call .dequantize() first to slice the float values")
+        if len(index) >= len(self.shape):
+            raise QuantError(
+                f"{what}: {len(index)} index(es) would reach the last axis, which is packed in blocks of "
+                f"{self.format.BLOCK_SIZE}; index at most {len(self.shape) - 1} leading axis(es)")
+        for axis, i in enumerate(index):
+            if not -self.shape[axis] <= i < self.shape[axis]:
+                raise IndexError(f"{what}: index {int(i)} is out of range for axis {axis} of size "
+                                 f"{self.shape[axis]}")
+        blocks = self.blocks[index]                         # (*lead, C//BS*BB) -> (*lead[n:], C//BS*BB), a view
+        label = None
+        if self.name:
+            label = f"{self.name}[{', '.join(str(int(i)) for i in index)}]"
+        return QTensor(self.fmt, self.shape[len(index):], blocks, label)
+
     def __repr__(self) -> str:
         name = f", name={self.name!r}" if self.name else ""
         return (f"QTensor(fmt={self.fmt!r}, shape={self.shape}{name}, "

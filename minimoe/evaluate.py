@@ -1,0 +1,112 @@
+"""Validation loss and perplexity of a model on text, the number `minimoe eval` prints.
+
+Shape legend: B batch (windows per forward pass), T time (window length), V vocab,
+N tokens in the split.
+
+    tokens = encode_text(model, "tinyshakespeare.txt")       # (N_all,) with the model's tokenizer
+    train, val = split_tokens(tokens)                       # nanoGPT's split: the last 10% is val
+    result = evaluate(model, val)                           # {"loss", "perplexity", "n_tokens", ...}
+
+`evaluate` is deterministic: it cuts the split into consecutive windows of T+1 tokens that
+overlap by one, so every token after the first is predicted exactly once, from the tokens
+before it in its window (at most T of them, as in training):
+
+    val    t0 t1 t2 ... tT | tT+1 ... t2T | ...
+    window 0: inputs t0..tT-1, targets t1..tT          window 1: inputs tT..t2T-1, targets tT+1..t2T
+
+loss = mean over those N-1 targets of -log p(target), in nats; perplexity = exp(loss).
+Two models evaluated on the same split see exactly the same windows, so their losses compare
+directly (the quantization report relies on this).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from minimoe.errors import DataError, MinimoeError
+
+VAL_FRACTION = 0.1     # nanoGPT's split: the first 90% of the tokens train, the last 10% validate
+
+
+def read_text(path) -> str:
+    """The UTF-8 text of `path`, or a DataError naming the file for missing, empty or binary data."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty; expected text")
+    if b"\x00" in raw[:1 << 16]:
+        raise DataError(f"{path}: looks binary (contains NUL bytes); expected UTF-8 text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+
+
+def encode_text(model, path) -> np.ndarray:
+    """Token ids (N,) of the text at `path`, with the tokenizer stored in the model's checkpoint."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise MinimoeError("this model has no tokenizer (no tokenizer.json in its checkpoint); "
+                           "evaluation must use the tokenizer the model was trained with")
+    try:
+        ids = tok.encode(read_text(path))
+    except MinimoeError as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{os.fspath(path)}: cannot be encoded with the model's {tok.kind} tokenizer: {e}") from None
+    return np.asarray(ids, dtype=np.int64)
+
+
+def split_tokens(tokens: np.ndarray, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val): the first 1 - val_fraction of the tokens, and the rest."""
+    n = int(len(tokens) * (1 - val_fraction))
+    return tokens[:n], tokens[n:]
+
+
+def evaluate(model, tokens, block_size: int | None = None, batch_size: int = 8,
+             max_tokens: int | None = None) -> dict:
+    """Mean next-token cross-entropy of `model` over `tokens` (N,), as described at the top.
+
+    block_size  T, the window length (default: the model's max_seq_len)
+    batch_size  B, windows per forward pass (only changes speed and memory, not the result)
+    max_tokens  predict only the first max_tokens targets (a quick estimate); default: all
+    Returns {"loss", "perplexity", "n_tokens" (targets counted), "block_size"}.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    T = int(block_size or model.config.max_seq_len)
+    if T < 1 or T > model.config.max_seq_len:
+        raise MinimoeError(f"block_size must be in 1..{model.config.max_seq_len} (max_seq_len), found {T}")
+    if max_tokens is not None:
+        tokens = tokens[: int(max_tokens) + 1]
+    if len(tokens) < 2:
+        raise DataError(f"need at least 2 tokens to predict one, found {len(tokens)}")
+    n_targets = len(tokens) - 1
+    n_full = n_targets // T
+    starts = np.arange(n_full) * T                                   # window starts, (n_full,)
+    total = 0.0                                                      # sum of -log p, in float64
+    for b in range(0, n_full, batch_size):
+        s = starts[b: b + batch_size]                                # (B,)
+        idx = s[:, None] + np.arange(T + 1)                          # (B, T+1)
+        window = tokens[idx]                                         # (B, T+1)
+        total += _nll_sum(model, window[:, :-1], window[:, 1:])
+    rest = n_targets - n_full * T                                    # a last, shorter window
+    if rest:
+        window = tokens[n_full * T:][None]                           # (1, rest+1)
+        total += _nll_sum(model, window[:, :-1], window[:, 1:])
+    loss = total / n_targets
+    return {"loss": loss, "perplexity": math.exp(loss), "n_tokens": n_targets, "block_size": T}
+
+
+def _nll_sum(model, inputs: np.ndarray, targets: np.ndarray) -> float:
+    """Sum over positions of -log softmax(logits)[target]: inputs, targets (B, T)."""
+    logits = model(inputs).astype(np.float64)                        # (B, T, V)
+    m = logits.max(axis=-1, keepdims=True)                           # (B, T, 1)
+    lse = m[..., 0] + np.log(np.exp(logits - m).sum(axis=-1))        # (B, T) logsumexp
+    picked = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]   # (B, T)
+    return float((lse - picked).sum())

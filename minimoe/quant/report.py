@@ -1,0 +1,151 @@
+"""What quantization costs a model: val loss and weight memory, recipe by recipe.
+
+Shape legend: N tokens of the evaluation split.
+
+    rows = quantization_report(model, "tinyshakespeare.txt")   # fp32, q8_0, q4_1, q4_0, mxfp4, mixed
+    print(format_report(rows))
+    plot_report(rows, "quant_report.png")
+
+For each recipe (minimoe/quant/model.py) the model is quantized, and we measure
+    weight_bytes     bytes of every parameter as the quantized model holds them (packed or float)
+    bits_per_weight  8 * weight_bytes / number of parameters (float32 is 32)
+    rel_rmse         sqrt(sum of squared weight errors / sum of squared weights), whole model
+    val_loss         minimoe.evaluate.evaluate on the validation split (the last 10% of the text,
+                     tokenized with the model's own tokenizer); identical windows for every recipe
+    delta_loss       val_loss - the fp32 val_loss
+The `minimoe quantize --report` command prints the table and draws the figure.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .model import FLOAT, REPORT_RECIPES, error_rows, get_recipe, quantize_model, totals
+
+
+def quantization_report(model, data=None, recipes=None, block_size: int | None = None,
+                        max_tokens: int | None = None, batch_size: int = 8) -> list[dict]:
+    """One dict per recipe (see the module docstring). `data` is a text file (its val split is
+    used) or an int array of tokens (used whole), or None to skip the val loss."""
+    from minimoe.evaluate import encode_text, evaluate, split_tokens
+    recipes = list(REPORT_RECIPES if recipes is None else recipes)
+    tokens = None
+    if data is not None:
+        if isinstance(data, (str, os.PathLike)):
+            tokens = split_tokens(encode_text(model, data))[1]       # (N,) the val split
+        else:
+            tokens = np.asarray(data, dtype=np.int64)
+    rows = []
+    for name in recipes:
+        recipe = get_recipe(name)
+        qmodel = model if recipe.name == FLOAT else quantize_model(model, recipe)
+        t = totals(error_rows(model, qmodel))
+        row = dict(recipe=recipe.name, description=recipe.description,
+                   mixed=bool(_differing(recipe) - {"head"}),      # e.g. experts apart
+                   weight_bytes=t["bytes_after"],
+                   bits_per_weight=t["bits_per_weight"], n_params=t["n"],
+                   rel_rmse=_relative_rmse(model, t), packed_fraction=t["n_packed"] / t["n"],
+                   val_loss=None, perplexity=None, n_tokens=None)
+        if tokens is not None:
+            r = evaluate(qmodel, tokens, block_size=block_size, batch_size=batch_size, max_tokens=max_tokens)
+            row.update(val_loss=r["loss"], perplexity=r["perplexity"], n_tokens=r["n_tokens"])
+        rows.append(row)
+    base = next((r["val_loss"] for r in rows if r["recipe"] == FLOAT and r["val_loss"] is not None), None)
+    for r in rows:
+        r["delta_loss"] = None if base is None or r["val_loss"] is None else r["val_loss"] - base
+    return rows
+
+
+def _differing(recipe) -> set:
+    """The components whose format differs from the recipe's most common one."""
+    formats = list(recipe.formats.values())
+    common = max(set(formats), key=formats.count) if formats else None
+    return {c for c, f in recipe.formats.items() if f != common}
+
+
+def _relative_rmse(model, t: dict) -> float:
+    """Whole-model weight error relative to the weights' own RMS."""
+    ss = sum(float(np.sum(np.asarray(w, np.float64) ** 2)) for w in model.params.values())
+    return math.sqrt(t["rmse"] ** 2 * t["n"] / ss) if ss else 0.0
+
+
+def format_report(rows: list[dict]) -> str:
+    """The report as a text table."""
+    has_loss = any(r["val_loss"] is not None for r in rows)
+    head = f"{'recipe':<10} {'weights':>10} {'bits/w':>7} {'packed':>7} {'rel RMSE':>9}"
+    if has_loss:
+        head += f" {'val loss':>9} {'Δ vs fp32':>10} {'ppl':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        line = (f"{r['recipe']:<10} {r['weight_bytes'] / 2**20:>6.2f} MiB {r['bits_per_weight']:>7.2f} "
+                f"{100 * r['packed_fraction']:>6.1f}% {100 * r['rel_rmse']:>8.2f}%")
+        if has_loss:
+            d = r["delta_loss"]
+            line += (f" {r['val_loss']:>9.4f} {'' if d is None else f'{d:+.4f}':>10} "
+                     f"{r['perplexity']:>8.3f}")
+        lines.append(line)
+    if has_loss:
+        lines.append(f"val loss: mean cross-entropy (nats) over {rows[0]['n_tokens']:,} tokens of the val split")
+    else:
+        lines.append("pass data (--data PATH) to measure the val loss of each recipe")
+    lines.append("packed: share of the parameters stored in a block format; the rest stay float32")
+    for r in rows:
+        lines.append(f"  {r['recipe']:<10} {r['description']}")
+    return "\n".join(lines)
+
+
+def plot_report(rows: list[dict], path, title: str | None = None) -> str:
+    """Two panels: val loss per recipe (or weight error, without data), and val loss against
+    weight memory. Saved to `path` (PNG/SVG/PDF by extension); returns the path."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    names = [r["recipe"] for r in rows]
+    mib = np.array([r["weight_bytes"] / 2**20 for r in rows])          # (R,)
+    has_loss = all(r["val_loss"] is not None for r in rows)
+    colors = ["#444444" if r["recipe"] == FLOAT else "#d62728" if r["mixed"] else "#1f77b4" for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if has_loss:
+        loss = np.array([r["val_loss"] for r in rows])                  # (R,)
+        base = loss[names.index(FLOAT)] if FLOAT in names else 0.0
+        ax1.bar(names, loss - base, color=colors)                         # bars start at 0
+        ax1.axhline(0.0, color="#444444", lw=0.8)
+        for i, v in enumerate(loss):
+            ax1.annotate(f"{v:.3f}", (i, v - base), ha="center", fontsize=8, textcoords="offset points",
+                         xytext=(0, 3 if v >= base else -10))
+        if FLOAT in names:
+            ax1.set_ylabel(f"val loss − fp32 val loss ({base:.3f})")
+            ax1.set_title("what each recipe adds to the val loss")
+        else:
+            ax1.set_ylabel("val loss (nats / token)")
+            ax1.set_title("validation loss per recipe")
+        ax2.scatter(mib, loss, c=colors, s=40, zorder=3)
+        for x, y, n in zip(mib, loss, names):
+            ax2.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax2.set_ylabel("val loss (nats / token)")
+        ax2.set_title("loss against memory (lower left is better)")
+    else:
+        err = np.array([100 * r["rel_rmse"] for r in rows])
+        ax1.bar(names, err, color=colors)
+        ax1.set_ylabel("relative weight RMSE (%)")
+        ax1.set_title("weight error per recipe (no data given)")
+        ax2.bar(names, mib, color=colors)
+        ax2.set_ylabel("weights (MiB)")
+        ax2.set_title("weight memory per recipe")
+    if has_loss:
+        ax2.set_xlabel("weights (MiB)")
+        ax2.grid(alpha=0.3)
+    for ax in (ax1,) if has_loss else (ax1, ax2):
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(title or "what quantization costs: grey fp32, blue one format, red mixed recipes")
+    fig.tight_layout()
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    from minimoe.io.atomic import atomic_path
+    ext = os.path.splitext(path)[1].lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=ext)
+    plt.close(fig)
+    return path
