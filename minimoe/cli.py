@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     "minimoe.commands.estimate",
     "minimoe.commands.quantize",
     "minimoe.commands.eval",
+    "minimoe.commands.inspect",
 ]
 
 

@@ -47,8 +47,8 @@ elementwise_flops everything that is not a dot product, per element of the op's 
                   Per-row constants (a sqrt, a reciprocal) are not counted; the residual adds
                   in model.py (2*C per token per layer) belong to no op and are not counted.
                   These are conventions, kept apart so that `flops` stays exact.
-params            the parameters one call of the op reads (its weights: a matmul's O*I plus
-                  its bias, a norm's C, one embedding row per token); per call, not summed.
+params            the parameters the op applies to each token: a matmul's O*I plus its bias, a
+                  norm's C, the C of the one embedding row a token looks up. Not summed.
 weight_bytes      bytes of those parameters at their stored precision: ndarray.nbytes, or a
                   QTensor's packed bytes, scales included (q8_0 34 bytes per 32 weights, q4_0 18,
                   mxfp4 17). A matmul reads its weight once per call, for all N rows.
@@ -207,7 +207,7 @@ class Trace:
         t1 = time.perf_counter()
         self.layer = None
         self._new_step(tokens)
-        return self._add("embed", "embedding", t0, tokens.size, weight, t1, params=x.size,
+        return self._add("embed", "embedding", t0, tokens.size, weight, t1, params=x.shape[-1],
                          weight_bytes=x.nbytes,                          # the N rows read
                          activation_bytes=tokens.nbytes + x.nbytes)
 
@@ -250,9 +250,12 @@ class Trace:
                          elementwise_flops=scores.size, kv_cache_bytes=kv,
                          activation_bytes=q.nbytes + scores.nbytes + (0 if cached else k.nbytes))
 
-    def softmax(self, name: str, x: np.ndarray, y: np.ndarray, t0: float, rows: int | None = None) -> float:
-        """softmax over the last axis of x -> y."""
-        return self._add(name, "softmax", t0, x.size // x.shape[-1] if rows is None else rows,
+    def softmax(self, name: str, x: np.ndarray, y: np.ndarray, t0: float, rows: int | None = None,
+                weight=None) -> float:
+        """softmax over the last axis of x -> y; `weight`: attention sinks (H,) joining it, if any."""
+        return self._add(name, "softmax", t0, x.size // x.shape[-1] if rows is None else rows, weight,
+                         params=0 if weight is None else weight.size,
+                         weight_bytes=0 if weight is None else nbytes(weight),
                          elementwise_flops=5 * x.size, activation_bytes=x.nbytes + y.nbytes)
 
     def attention_values(self, probs: np.ndarray, v: np.ndarray, y: np.ndarray, mask: np.ndarray,
@@ -395,8 +398,10 @@ class Trace:
             if fold_experts and r["expert"] is not None:
                 name = _EXPERT.sub(".experts.*.", name + ".")[:-1]
                 name = name.rsplit(".", 1)[0]           # layers.i.moe.experts.*
-            g = rows.setdefault(name, {"calls": 0, "fmt": r["fmt"], "experts": set(),
+            g = rows.setdefault(name, {"calls": 0, "fmts": set(), "experts": set(),
                                        **{c: 0 for c in COUNTERS}})
+            if r["fmt"]:
+                g["fmts"].add(r["fmt"])
             for c in COUNTERS:
                 g[c] += r[c]
             if r["expert"] is not None:
@@ -405,18 +410,19 @@ class Trace:
             else:
                 g["calls"] += r["calls"]
         t = self.totals()
-        head = (f"{'op':<30}{'fmt':>6}{'FLOPs':>10}{'elem':>9}{'weight B':>10}{'act B':>9}"
+        head = (f"{'op':<31}{'fmt':>9}{'FLOPs':>10}{'elem':>9}{'weight B':>10}{'act B':>9}"
                 f"{'KV B':>9}{'time ms':>9}{'time%':>7}")
         lines = [head, "-" * len(head)]
         op_time = max(t["time_s"], 1e-12)
         for name, g in rows.items():
             label = name if not g["experts"] else f"{name} ({len(g['experts'])} ran)"
-            lines.append(f"{label:<30}{g['fmt'] or '':>6}{_si(g['flops']):>10}"
+            fmt = "+".join(sorted(g["fmts"]))        # "fp32+q4_0": a down projection left float
+            lines.append(f"{label:<31}{fmt:>9}{_si(g['flops']):>10}"
                          f"{_si(g['elementwise_flops']):>9}{_si(g['weight_bytes']):>10}"
                          f"{_si(g['activation_bytes']):>9}{_si(g['kv_cache_bytes']):>9}"
                          f"{1e3 * g['time_s']:>9.3f}{100 * g['time_s'] / op_time:>6.1f}%")
         lines.append("-" * len(head))
-        lines.append(f"{'total':<30}{'':>6}{_si(t['flops']):>10}{_si(t['elementwise_flops']):>9}"
+        lines.append(f"{'total':<31}{'':>9}{_si(t['flops']):>10}{_si(t['elementwise_flops']):>9}"
                      f"{_si(t['weight_bytes']):>10}{_si(t['activation_bytes']):>9}"
                      f"{_si(t['kv_cache_bytes']):>9}{1e3 * t['time_s']:>9.3f}{100.0:>6.1f}%")
         n = max(t["tokens"], 1)

@@ -84,7 +84,7 @@ def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, si
         t0 = tr.attention_scores(qg, k_all, scores, mask, kv is not None, t0)
     probs, sink_probs = _softmax_with_sinks(scores, p.get("sinks"), G, R)
     if tr:
-        t0 = tr.softmax("attn.softmax", scores, probs, t0, rows=B * T)
+        t0 = tr.softmax("attn.softmax", scores, probs, t0, rows=B * T, weight=p.get("sinks"))
     y = probs @ v_all[:, :, None]                        # (B,G,R,T,S) @ (B,G,1,S,D) -> (B,G,R,T,D)
     if tr:
         tr.attention_values(probs, v_all, y, mask, kv is not None, t0)
