@@ -17,6 +17,8 @@ SUBCOMMANDS = [
     "minimoe.commands.quantize",
     "minimoe.commands.eval",
     "minimoe.commands.inspect",
+    "minimoe.commands.train",
+    "minimoe.commands.data",
 ]
 
 

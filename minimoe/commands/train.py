@@ -1,0 +1,92 @@
+"""`minimoe train`: train a model from scratch (or resume a run) on a text corpus.
+
+With no arguments it trains the shakespeare-moe preset on the embedded corpus (Python's
+reference documentation) for a couple of minutes, then prints a sample and the expert usage.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from minimoe.errors import MinimoeError
+
+# CLI flag -> TrainConfig field, for the settings that are plain values
+FLAGS = {
+    "max_iters": (int, "iterations (optimizer steps) to train to"),
+    "batch_size": (int, "sequences per micro-batch (B)"),
+    "block_size": (int, "tokens per sequence (T); default: the preset's max_seq_len"),
+    "grad_accum": (int, "micro-batches per optimizer step"),
+    "lr": (float, "peak learning rate"),
+    "min_lr": (float, "learning rate at the end of the cosine decay"),
+    "warmup_iters": (int, "linear warmup steps"),
+    "lr_decay_iters": (int, "step where the cosine reaches min_lr (default: max_iters)"),
+    "weight_decay": (float, "AdamW decoupled weight decay (matrices only)"),
+    "beta1": (float, "AdamW beta1"),
+    "beta2": (float, "AdamW beta2"),
+    "grad_clip": (float, "clip the global gradient norm to this (0: off)"),
+    "aux_loss_coef": (float, "load-balancing loss coefficient (0: off)"),
+    "aux_loss_form": (str, "'layers' (sum of per-layer losses) or 'hf' (transformers' concatenated form)"),
+    "z_loss_coef": (float, "router z-loss coefficient (0: off)"),
+    "eval_interval": (int, "evaluate every N steps (0: only at the end)"),
+    "eval_iters": (int, "batches per split per evaluation"),
+    "ckpt_interval": (int, "checkpoint every N steps (always at the end; 0: only at the end)"),
+    "val_fraction": (float, "fraction of the text held out for validation (the end of it)"),
+    "sample_tokens": (int, "tokens to sample at the end"),
+    "sample_temperature": (float, "sampling temperature of the final sample"),
+}
+
+
+def add_parser(sub):
+    p = sub.add_parser("train", help="train a model from scratch, or resume a run",
+                       description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "))
+    p.add_argument("--preset", help="model preset (default shakespeare-moe); see `minimoe info --preset`")
+    p.add_argument("--data", metavar="PATH",
+                   help="a UTF-8 text file, 'shakespeare' (after `minimoe data shakespeare`), or 'pydoc' "
+                        "(the default: Python's reference documentation)")
+    p.add_argument("--tokenizer", choices=["char", "byte"], help="character- or byte-level (default char)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<preset>)")
+    p.add_argument("--seed", type=int, help="seed of initialisation, batches and the sample (default 1337)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    p.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
+                   help="override a model Config field, e.g. --set n_experts=4 --set top_k=1")
+    p.add_argument("--decay-embeddings", action="store_true", default=None,
+                   help="also apply weight decay to the token embedding")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines (metrics.json still written)")
+    for name, (typ, help_) in FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=typ, help=help_)
+    p.set_defaults(func=run)
+
+
+def parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise MinimoeError(f"--set expects FIELD=VALUE, found {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def run(args) -> int:
+    from minimoe.train.loop import TrainConfig, Trainer
+    given = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
+    for name in ("preset", "data", "tokenizer", "out", "seed", "decay_embeddings"):
+        if getattr(args, name) is not None:
+            given[name] = getattr(args, name)
+    if args.set:
+        given["model"] = parse_sets(args.set)
+    verbose = not args.quiet
+    if args.resume:
+        fixed = sorted(set(given) & {"preset", "data", "tokenizer", "model"})
+        if fixed:
+            raise MinimoeError(f"--resume continues a run with its own {', '.join(fixed)}; drop "
+                               + ", ".join("--" + f for f in fixed))
+        trainer = Trainer.resume(args.resume, verbose=verbose, **given)
+    else:
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        trainer = Trainer.new(TrainConfig(**{k: v for k, v in given.items() if k in known}), verbose=verbose)
+    trainer.run()
+    return 0

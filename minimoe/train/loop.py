@@ -1,0 +1,553 @@
+"""The training loop: batches in, AdamW steps out, with evaluation, checkpoints and a NaN guard.
+
+Shape legend: B batch, T block length, V vocab, N = B*T tokens, E experts.
+
+One iteration (`Trainer.train_step`), for each of `grad_accum` micro-batches:
+
+    x, y = data.batch("train", B, T, rng)                (B, T) ids and next-token targets
+    logits, cache = model.forward(x)                     (B, T, V)
+    loss = CE(logits, y) + aux_coef * aux + z_coef * z   minimoe/nn/loss.py, minimoe/train/losses.py
+    grads += model.backward(dCE, cache, router_grads)    every parameter, by name
+
+then clip the summed gradient to a global norm, and take one AdamW step at the scheduled rate.
+
+A run folder (`--out DIR`) holds:
+
+    DIR/config.json, model.safetensors, tokenizer.json   the latest model: `minimoe generate --model DIR`
+    DIR/metrics.json                                     losses, speed, expert load, history
+    DIR/checkpoint/LATEST                                one line: the name of the newest checkpoint
+    DIR/checkpoint/step-000500/                          a complete, resumable checkpoint:
+        config.json, tokenizer.json, model.safetensors       the model (minimoe.load reads it)
+        optimizer.safetensors                                AdamW's m and v, "m.<param>", "v.<param>"
+        train_state.json                                     step, RNG state, settings, history
+
+A checkpoint is written in full into a temporary folder, renamed to step-NNNNNN, and only then
+named in LATEST (an atomic rename of a one-line file); older checkpoints are deleted after that.
+A crash at any moment therefore leaves LATEST naming a complete checkpoint. `--resume DIR` reads
+it and continues bit for bit: the same parameters, optimizer moments, learning rate and random
+batches as if the run had never stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minimoe.config import Config
+from minimoe.errors import CheckpointError, DataError, MinimoeError
+from minimoe.io.atomic import atomic_path, atomic_write_text
+from minimoe.model import Model
+from minimoe.nn import loss as cross_entropy
+from minimoe.train import losses
+from minimoe.train.data import Dataset, build_dataset
+from minimoe.train.optim import AdamW, clip_by_global_norm, lr_at
+from minimoe.train.progress import Progress, format_duration
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FORMAT = "minimoe-train-state"
+
+
+class TrainingDiverged(MinimoeError):
+    """A loss or gradient became NaN or infinite. `step` and `where` say when and in which layer."""
+
+    def __init__(self, message: str, step: int, where: str):
+        super().__init__(message)
+        self.step, self.where = step, where
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (besides the model Config, which `preset` and
+    `model` give). Defaults follow nanoGPT's CPU recipe for character-level Shakespeare."""
+    preset: str = "shakespeare-moe"
+    model: dict = field(default_factory=dict)   # Config fields to override on top of the preset
+    data: str = "pydoc"               # "pydoc", "shakespeare" or a text file (minimoe/train/data.py)
+    tokenizer: str = "char"           # "char" or "byte"
+    out: str = ""                     # run folder; "" -> runs/<preset>
+    max_iters: int = 2000
+    batch_size: int = 12              # B
+    block_size: int = 0               # T; 0 -> the preset's max_seq_len
+    grad_accum: int = 1               # micro-batches per step
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 0           # 0 -> max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    grad_clip: float = 1.0            # 0 turns clipping off
+    decay_embeddings: bool = False
+    decay_norms: bool = False
+    aux_loss_coef: float = 0.01       # load balancing (0 turns it off)
+    aux_loss_form: str = "layers"     # "layers" or "hf", see minimoe/train/losses.py
+    z_loss_coef: float = 0.001        # router z-loss (0 turns it off)
+    eval_interval: int = 250
+    eval_iters: int = 20              # batches per split per evaluation
+    ckpt_interval: int = 500          # also at the end; 0: only at the end
+    val_fraction: float = 0.1
+    seed: int = 1337
+    sample_tokens: int = 300
+    sample_temperature: float = 0.8
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the "0 -> default" fields filled in (done once, when a run starts, so a
+        resumed run keeps the original schedule)."""
+        tc = dataclasses.replace(self, model=dict(self.model))
+        if not tc.out:
+            tc.out = os.path.join("runs", tc.preset)
+        if not tc.lr_decay_iters:
+            tc.lr_decay_iters = tc.max_iters
+        return tc
+
+    def validate(self) -> None:
+        for name in ("max_iters", "batch_size", "grad_accum", "eval_iters"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise MinimoeError(f"{name} must be a positive integer, found {v!r}")
+        for name in ("block_size", "warmup_iters", "lr_decay_iters", "eval_interval", "ckpt_interval",
+                     "sample_tokens"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise MinimoeError(f"{name} must be a non-negative integer, found {v!r}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "aux_loss_coef", "z_loss_coef"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise MinimoeError(f"{name} must be a finite number >= 0, found {v!r}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise MinimoeError(f"betas must be in [0, 1), found ({self.beta1}, {self.beta2})")
+        if self.aux_loss_form not in ("layers", "hf"):
+            raise MinimoeError(f"aux_loss_form must be 'layers' or 'hf', found {self.aux_loss_form!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "train config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CheckpointError(f"{source}: unknown training setting(s) {unknown}")
+        return cls(**d)
+
+
+def model_config(tc: TrainConfig, dataset: Dataset) -> Config:
+    """The preset, with the vocabulary of the data, the block length, and `tc.model` overrides."""
+    base = Config.preset(tc.preset)
+    changes = {"vocab_size": dataset.vocab_size, **tc.model}
+    if tc.block_size > base.max_seq_len:
+        changes["max_seq_len"] = tc.block_size
+    return base.replace(**changes)
+
+
+# --- the trainer --------------------------------------------------------------------------------------
+class Trainer:
+    """A model, its optimiser, its data and its place in training.
+
+        trainer = Trainer.new(TrainConfig(preset="tiny-moe", max_iters=100, out="runs/tiny"))
+        metrics = trainer.run()                       # trains to max_iters, evaluates, saves
+        trainer = Trainer.resume("runs/tiny", max_iters=200)
+        trainer.run()
+    """
+
+    def __init__(self, tc: TrainConfig, model: Model, dataset: Dataset, opt: AdamW, step: int = 0,
+                 rng: np.random.Generator | None = None, history: list | None = None,
+                 totals: dict | None = None, verbose: bool = True):
+        self.tc, self.model, self.data, self.opt = tc, model, dataset, opt
+        self.step = step                                   # iterations completed
+        self.rng = rng if rng is not None else np.random.default_rng([tc.seed, 1])  # train batches
+        self.history = history if history is not None else []   # one record per evaluation
+        # accumulated over every session of this run (a resume continues them)
+        self.totals = totals if totals is not None else {"train_s": 0.0, "wall_s": 0.0, "tokens": 0,
+                                                         "iters_timed": 0}
+        self.train_curve: list = self.totals.setdefault("train_curve", [])  # (iter, ce, aux, z) per step
+        self.verbose = verbose
+        self.bar: Progress | None = None
+        self.last_checkpoint: str | None = None
+
+    # --- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def new(cls, tc: TrainConfig, dataset: Dataset | None = None, verbose: bool = True) -> "Trainer":
+        """A fresh run: read the data, build the model from the preset, initialise AdamW."""
+        tc = tc.resolved()
+        tc.validate()
+        if dataset is None:
+            block = tc.block_size or Config.preset(tc.preset).max_seq_len
+            dataset = build_dataset(tc.data, tc.tokenizer, block, tc.val_fraction)
+        cfg = model_config(tc, dataset)
+        if not tc.block_size:
+            tc.block_size = cfg.max_seq_len
+        model = Model(cfg, seed=tc.seed, tokenizer=dataset.tokenizer)
+        return cls(tc, model, dataset, make_optimizer(tc, model), verbose=verbose)
+
+    @classmethod
+    def resume(cls, folder: str, verbose: bool = True, **overrides) -> "Trainer":
+        """Continue the run in `folder` from its newest checkpoint. `overrides` change settings
+        (max_iters, out, eval_interval, ...); changing the schedule or the data breaks exactness."""
+        from minimoe.io.checkpoint import load
+        from minimoe.io.safetensors_file import read_tensors
+        ckpt = latest_checkpoint(folder)
+        state_path = os.path.join(ckpt, "train_state.json")
+        state = read_json(state_path)
+        if state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{state_path}: not a minimoe training state (format {state.get('format')!r})")
+        tc = TrainConfig.from_dict(state["train_config"], source=state_path)
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise MinimoeError(f"unknown training setting(s) {unknown}")
+        tc = dataclasses.replace(tc, **overrides)
+        if "out" not in overrides:
+            tc.out = folder
+        tc.validate()
+        model = load(ckpt)
+        dataset = build_dataset(tc.data, model.tokenizer, tc.block_size, tc.val_fraction)
+        if dataset.md5 != state["data"]["md5"]:
+            raise DataError(f"{tc.data}: the text differs from the one this run trained on (md5 "
+                            f"{dataset.md5}, the checkpoint says {state['data']['md5']}); resume with "
+                            f"the same --data")
+        opt = make_optimizer(tc, model)
+        tensors, _ = read_tensors(os.path.join(ckpt, "optimizer.safetensors"))
+        opt.load_state(tensors, state["optimizer"], source=os.path.join(ckpt, "optimizer.safetensors"))
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        trainer = cls(tc, model, dataset, opt, step=int(state["step"]), rng=rng,
+                      history=state["history"], totals=state["totals"], verbose=verbose)
+        trainer.last_checkpoint = ckpt
+        return trainer
+
+    # --- one step -------------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        """One optimiser step (over grad_accum micro-batches). Returns the step's losses, gradient
+        norm and learning rate. Raises TrainingDiverged, before changing any parameter, if a loss
+        or gradient is not finite."""
+        tc, model = self.tc, self.model
+        lr = lr_at(self.step, tc.lr, tc.min_lr, tc.warmup_iters, tc.lr_decay_iters)
+        scale = 1.0 / tc.grad_accum                        # the step's loss is the micro-batches' mean
+        grads = None
+        ce_sum = aux_sum = z_sum = 0.0
+        for _ in range(tc.grad_accum):
+            x, y = self.data.batch("train", tc.batch_size, tc.block_size, self.rng)   # (B, T) each
+            logits, cache = model.forward(x)                                         # (B, T, V)
+            ce, ce_cache = cross_entropy.forward(logits, y)
+            aux, daux = losses.load_balancing_loss(cache["routing"], tc.aux_loss_coef * scale,
+                                                   tc.aux_loss_form)
+            z, dz = losses.z_loss(cache["routing"], tc.z_loss_coef * scale)
+            total = ce + tc.aux_loss_coef * aux + tc.z_loss_coef * z
+            if not math.isfinite(total):
+                self._diverged(f"the loss is {total}", locate_nonfinite_forward(model, cache))
+            router_grads = losses.combine(daux if tc.aux_loss_coef else None, dz if tc.z_loss_coef else None)
+            g = model.backward(cross_entropy.backward(scale, ce_cache), cache, router_grads)
+            if grads is None:
+                grads = g
+            else:
+                for name, arr in g.items():
+                    grads[name] += arr
+            ce_sum, aux_sum, z_sum = ce_sum + ce * scale, aux_sum + aux * scale, z_sum + z * scale
+        norm = clip_by_global_norm(grads, tc.grad_clip)
+        if not math.isfinite(norm):
+            name = next(n for n, g in grads.items() if not np.isfinite(g).all())
+            self._diverged(f"the gradient norm is {norm}", f"the gradient of {name} ({layer_of(name)})")
+        self.opt.step(grads, lr)
+        self.step += 1
+        return {"ce": ce_sum, "aux": aux_sum, "z": z_sum, "grad_norm": norm, "lr": lr}
+
+    def _diverged(self, what: str, where: str):
+        keep = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                else "no checkpoint was saved yet")
+        raise TrainingDiverged(f"step {self.step}: {what}; first non-finite value: {where}. "
+                               f"Stopped without updating; {keep}. Try a lower --lr or --grad-clip.",
+                               self.step, where)
+
+    # --- evaluation -----------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Mean cross-entropy over `eval_iters` batches of each split, the router losses and the
+        expert load on val. The batches come from their own RNG (seeded by the step), so
+        evaluating never changes the training batches."""
+        tc, model = self.tc, self.model
+        rng = np.random.default_rng([tc.seed, 2, self.step])
+        out = {"iter": self.step}
+        E = model.config.n_experts
+        for split in ("train", "val"):
+            ces, auxs, zs = [], [], []
+            counts = [np.zeros(E) if model.config.is_moe_layer(i) else None for i in range(model.config.n_layers)]
+            for _ in range(tc.eval_iters):
+                x, y = self.data.batch(split, tc.batch_size, tc.block_size, rng)
+                logits, cache = model.forward(x)
+                ces.append(cross_entropy.forward(logits, y)[0])
+                routing = cache["routing"]
+                auxs.append(losses.load_balancing_loss(routing, 0.0, tc.aux_loss_form)[0])
+                zs.append(losses.z_loss(routing, 0.0)[0])
+                for i, stats in enumerate(routing):
+                    if stats is not None:
+                        counts[i] += stats["tokens_per_expert"]
+            out[f"{split}_loss"] = float(np.mean(ces))
+            if split == "val":
+                out["aux_loss"], out["z_loss"] = float(np.mean(auxs)), float(np.mean(zs))
+                out["expert_load"] = [None if c is None else (c / c.sum()).round(5).tolist() for c in counts]
+        return out
+
+    # --- the run --------------------------------------------------------------------------------------
+    def run(self, until: int | None = None) -> dict:
+        """Train from the current step to `until` (default max_iters), evaluating every
+        eval_interval steps and checkpointing every ckpt_interval steps and at the end. Returns
+        the metrics it writes to DIR/metrics.json."""
+        tc = self.tc
+        until = tc.max_iters if until is None else until
+        os.makedirs(tc.out, exist_ok=True)
+        session_t0 = time.perf_counter()
+        wall0 = self.totals["wall_s"]
+        tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum
+        self._say(self.describe())
+        self.bar = Progress(until, desc="train", initial=self.step, enabled=self.verbose)
+        smooth = None
+        status = "finished"
+        try:
+            if self.step == 0 and tc.eval_interval and not self.history:
+                self._record_eval()
+            while self.step < until:
+                t0 = time.perf_counter()
+                info = self.train_step()
+                dt = time.perf_counter() - t0
+                self.totals["train_s"] += dt
+                self.totals["tokens"] += tokens_per_step
+                self.totals["iters_timed"] += 1
+                self.train_curve.append([self.step, round(info["ce"], 5), round(info["aux"], 5),
+                                         round(info["z"], 5)])
+                smooth = info["ce"] if smooth is None else 0.9 * smooth + 0.1 * info["ce"]
+                fields = {"loss": f"{smooth:.3f}"}
+                if self.model.config.is_moe:
+                    fields.update(aux=f"{info['aux']:.3f}", z=f"{info['z']:.3f}")
+                fields["tok/s"] = f"{self.totals['tokens'] / max(self.totals['train_s'], 1e-9) / 1e3:.1f}k"
+                self.bar.update(1, **fields)
+                self.totals["wall_s"] = wall0 + time.perf_counter() - session_t0
+                if tc.eval_interval and self.step % tc.eval_interval == 0 and self.step < until:
+                    self._record_eval()
+                if tc.ckpt_interval and self.step % tc.ckpt_interval == 0 and self.step < until:
+                    self.save_checkpoint()
+        except TrainingDiverged as e:
+            status = f"diverged: {e}"
+            self.bar.close()
+            self.totals["wall_s"] = wall0 + time.perf_counter() - session_t0
+            self.write_metrics(status=status)
+            raise
+        except KeyboardInterrupt:
+            self.bar.close()
+            self.totals["wall_s"] = wall0 + time.perf_counter() - session_t0
+            self.write_metrics(status="interrupted")
+            raise
+        self.bar.close()
+        if not self.history or self.history[-1]["iter"] != self.step:
+            self._record_eval()
+        self.totals["wall_s"] = wall0 + time.perf_counter() - session_t0
+        self.save_checkpoint()
+        sample = self.sample()
+        self.totals["wall_s"] = wall0 + time.perf_counter() - session_t0
+        metrics = self.write_metrics(status=status, sample=sample)
+        self._say(self.summary(metrics))
+        return metrics
+
+    def _record_eval(self) -> None:
+        record = self.evaluate()
+        record["lr"] = lr_at(max(self.step - 1, 0), self.tc.lr, self.tc.min_lr, self.tc.warmup_iters,
+                             self.tc.lr_decay_iters)
+        record["wall_s"] = round(self.totals["wall_s"], 3)
+        self.history.append(record)
+        line = f"step {self.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}"
+        if self.model.config.is_moe:
+            line += f" (val aux {record['aux_loss']:.3f}, z {record['z_loss']:.3f}; {load_spread(record)})"
+        self._say(line)
+        self.write_metrics(status="running")
+
+    def _say(self, text: str) -> None:
+        if not self.verbose:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def save_checkpoint(self) -> str:
+        """Write a complete checkpoint of this step, then point LATEST at it (see the module doc)."""
+        from safetensors.numpy import save_file
+        root = os.path.join(self.tc.out, CHECKPOINT_DIR)
+        name = f"step-{self.step:06d}"
+        final = os.path.join(root, name)
+        tmp = os.path.join(root, f".tmp-{name}-{os.getpid()}")
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save(tmp)                                       # config, tokenizer, model
+        with atomic_path(os.path.join(tmp, "optimizer.safetensors")) as p:
+            save_file({k: np.ascontiguousarray(v) for k, v in self.opt.state_tensors().items()}, p,
+                      metadata={"format": "minimoe-adamw", "t": str(self.opt.t)})
+        atomic_write_text(os.path.join(tmp, "train_state.json"), json.dumps(self.state(), indent=1) + "\n")
+        if os.path.exists(final):                                  # a re-save of the same step
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        atomic_write_text(os.path.join(root, "LATEST"), name + "\n")   # the commit point
+        for old in os.listdir(root):                               # older checkpoints, stale temps
+            if old not in (name, "LATEST") and (old.startswith("step-") or old.startswith(".tmp-")):
+                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+        self.model.save(self.tc.out)                               # the run's model, for generate/info
+        self.last_checkpoint = final
+        return final
+
+    def state(self) -> dict:
+        """Everything besides the tensors that a resume needs, as JSON-able data."""
+        d = self.data
+        return {"format": STATE_FORMAT, "version": 1, "step": self.step,
+                "train_config": self.tc.to_dict(), "model_config": self.model.config.to_dict(),
+                "rng": self.rng.bit_generator.state, "optimizer": self.opt.state_info(),
+                "data": {"source": d.source, "description": d.description, "md5": d.md5,
+                         "tokenizer": d.tokenizer.kind, "n_train": int(len(d.train)), "n_val": int(len(d.val))},
+                "history": self.history, "totals": self.totals}
+
+    # --- reporting ------------------------------------------------------------------------------------
+    def sample(self) -> str:
+        """A short continuation of a newline, sampled at the configured temperature."""
+        tok = self.model.tokenizer
+        if not self.tc.sample_tokens or tok is None:
+            return ""
+        try:
+            prompt = tok.encode("\n")
+        except MinimoeError:
+            prompt = self.data.val[:1]
+        if len(prompt) == 0:
+            prompt = self.data.val[:1]
+        out = self.model.generate(prompt, self.tc.sample_tokens, temperature=self.tc.sample_temperature,
+                                  seed=self.tc.seed)
+        return tok.decode(out[len(prompt):])
+
+    def metrics(self, status: str = "finished", sample: str | None = None) -> dict:
+        last = self.history[-1] if self.history else {}
+        t = self.totals
+        counts = self.model.param_counts()
+        m = {"status": status, "preset": self.tc.preset, "data": self.data.description,
+             "iters": self.step, "max_iters": self.tc.max_iters,
+             "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss"),
+             "best_val_loss": min((h["val_loss"] for h in self.history), default=None),
+             "aux_loss": last.get("aux_loss"), "z_loss": last.get("z_loss"),
+             "tokens_per_s": round(t["tokens"] / t["train_s"], 1) if t["train_s"] else None,
+             "ms_per_iter": round(1e3 * t["train_s"] / t["iters_timed"], 3) if t["iters_timed"] else None,
+             "train_s": round(t["train_s"], 3), "wall_s": round(t["wall_s"], 3), "tokens": t["tokens"],
+             "params": counts["total"], "active_params": counts["active"],
+             "expert_load": last.get("expert_load"),
+             "settings": self.tc.to_dict(), "model_config": self.model.config.to_dict(),
+             "history": self.history, "train_curve": self.train_curve}
+        if sample is not None:
+            m["sample"] = sample
+        return m
+
+    def write_metrics(self, status: str, sample: str | None = None) -> dict:
+        m = self.metrics(status, sample)
+        atomic_write_text(os.path.join(self.tc.out, "metrics.json"), json.dumps(m, indent=1) + "\n")
+        return m
+
+    def describe(self) -> str:
+        tc, cfg, c = self.tc, self.model.config, self.model.param_counts()
+        moe = f"{cfg.n_experts} experts top-{cfg.top_k}" if cfg.is_moe else "dense"
+        verb = "resuming at" if self.step else "from"
+        return (f"training {tc.preset} ({moe}, {c['total']:,} parameters, {c['active']:,} active per token) "
+                f"on {self.data.description}: {len(self.data.train):,} train / {len(self.data.val):,} val "
+                f"tokens, vocab {cfg.vocab_size}; {verb} step {self.step} to {tc.max_iters}, batch "
+                f"{tc.batch_size}x{tc.block_size}" + (f"x{tc.grad_accum}" if tc.grad_accum > 1 else "")
+                + f", lr {tc.lr:g} -> {tc.min_lr:g}; writing {tc.out}")
+
+    def summary(self, m: dict) -> str:
+        lines = [f"done: {m['iters']} iterations, train loss {m['train_loss']:.4f}, val loss {m['val_loss']:.4f}; "
+                 f"{m['ms_per_iter']:.1f} ms/iter, {m['tokens_per_s']:,.0f} tokens/s, wall "
+                 f"{format_duration(m['wall_s'])}",
+                 f"checkpoint: {self.last_checkpoint}  (minimoe generate --model {self.tc.out})"]
+        if m.get("sample"):
+            lines += ["", "sample:", m["sample"], ""]
+        if self.model.config.is_moe and m.get("expert_load"):
+            lines.append(expert_usage(m["expert_load"], self.model.config.top_k))
+        return "\n".join(lines)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+def make_optimizer(tc: TrainConfig, model: Model) -> AdamW:
+    return AdamW(model.params, betas=(tc.beta1, tc.beta2), eps=tc.eps, weight_decay=tc.weight_decay,
+                 decay_embeddings=tc.decay_embeddings, decay_norms=tc.decay_norms)
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def latest_checkpoint(folder: str) -> str:
+    """The folder of the newest complete checkpoint of a run (named by DIR/checkpoint/LATEST)."""
+    pointer = os.path.join(folder, CHECKPOINT_DIR, "LATEST")
+    if not os.path.exists(pointer):
+        raise CheckpointError(f"{folder}: no training checkpoint to resume ({pointer} is missing)")
+    with open(pointer, encoding="utf-8") as f:
+        name = f.read().strip()
+    ckpt = os.path.join(folder, CHECKPOINT_DIR, name)
+    if not name or not os.path.isdir(ckpt):
+        raise CheckpointError(f"{pointer} names {name!r}, but {ckpt} is not a folder")
+    return ckpt
+
+
+def layer_of(name: str) -> str:
+    """"layers.2.attn.q.weight" -> "layer 2 (attn.q.weight)"; other names as they are."""
+    parts = name.split(".")
+    if parts[0] == "layers" and len(parts) > 2:
+        return f"layer {parts[1]} ({'.'.join(parts[2:])})"
+    return {"embed.weight": "the embedding", "norm.weight": "the final norm",
+            "head.weight": "the output head"}.get(name, name)
+
+
+def locate_nonfinite_forward(model: Model, cache: dict) -> str:
+    """Where a forward pass first produced a non-finite value: a parameter that already is one,
+    else the first layer whose attention or FFN output is (read from the norm caches, which hold
+    each sub-layer's normalised input), else the output head."""
+    for name, arr in model.params.items():
+        if isinstance(arr, np.ndarray) and not np.isfinite(arr).all():
+            return f"parameter {name}, in {layer_of(name)}"
+    x0 = cache["layers"][0][0][0] if cache["layers"] else None    # layer 0's normalised input
+    if x0 is not None and not np.isfinite(x0).all():
+        return "the embedding output"
+    n = len(cache["layers"])
+    for i, (n1, _, n2, _) in enumerate(cache["layers"]):
+        if not np.isfinite(n2[0]).all():
+            return f"layer {i} (the attention output, layers.{i}.attn)"
+        nxt = cache["layers"][i + 1][0] if i + 1 < n else cache["norm"]
+        if not np.isfinite(nxt[0]).all():
+            kind = "moe" if model.config.is_moe_layer(i) else "ffn"
+            return f"layer {i} (the {kind.upper()} output, layers.{i}.{kind})"
+    return "the output head (logits)"
+
+
+def load_spread(record: dict) -> str:
+    """"expert load 9.8-15.1%" over the MoE layers of an evaluation record."""
+    loads = [l for l in record.get("expert_load") or [] if l is not None]
+    if not loads:
+        return ""
+    lo, hi = min(min(l) for l in loads), max(max(l) for l in loads)
+    return f"expert load {100 * lo:.1f}-{100 * hi:.1f}%"
+
+
+def expert_usage(expert_load: list, top_k: int) -> str:
+    """A small table: per MoE layer, each expert's share of the top-k assignments on val."""
+    rows = [l for l in expert_load if l is not None]
+    E = len(rows[0])
+    lines = [f"expert usage (share of the top-{top_k} assignments on val; even would be {100 / E:.1f}% each):",
+             "         " + " ".join(f"{'e' + str(e):>6}" for e in range(E))]
+    for i, load in enumerate(expert_load):
+        if load is None:
+            continue
+        bar = " ".join(f"{100 * f:5.1f}%" for f in load)
+        lines.append(f"layer {i:2d} {bar}   (max/min {max(load) / max(min(load), 1e-9):.1f}x)")
+    return "\n".join(lines)
