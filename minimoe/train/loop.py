@@ -435,7 +435,7 @@ class Trainer:
              "aux_loss": last.get("aux_loss"), "z_loss": last.get("z_loss"),
              "tokens_per_s": round(t["tokens"] / t["train_s"], 1) if t["train_s"] else None,
              "ms_per_iter": round(1e3 * t["train_s"] / t["iters_timed"], 3) if t["iters_timed"] else None,
-             "train_s": round(t["train_s"], 3), "wall_s": round(t["wall_s"], 3), "tokens": t["tokens"],
+             "train_s": round(t["train_s"], 6), "wall_s": round(t["wall_s"], 3), "tokens": t["tokens"],
              "params": counts["total"], "active_params": counts["active"],
              "expert_load": last.get("expert_load"),
              "settings": self.tc.to_dict(), "model_config": self.model.config.to_dict(),

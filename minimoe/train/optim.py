@@ -42,7 +42,7 @@ def clip_by_global_norm(grads: dict, max_norm: float) -> float:
     """Scale every gradient in place so that the global norm is at most max_norm (if max_norm > 0).
     Returns the norm before clipping."""
     norm = global_norm(grads)
-    if max_norm > 0 and norm > max_norm:
+    if max_norm > 0 and math.isfinite(norm) and norm > max_norm:   # inf/nan: left for the NaN guard
         scale = np.float32(max_norm / (norm + 1e-6))
         for g in grads.values():
             g *= scale.astype(g.dtype)
