@@ -10,7 +10,7 @@ from minimoe.errors import CheckpointError, DataError, MinimoeError
 from minimoe.inspect.estimate import estimate
 from minimoe.inspect.tracing import trace
 from minimoe.io.checkpoint import load
-from minimoe.kernels import matmul
+from minimoe.kernels import backend, get_backend, matmul, set_backend
 from minimoe.model import Model
 from minimoe.quant.model import quantize_model as quantize
 from minimoe.tokenizer import ByteTokenizer, CharTokenizer

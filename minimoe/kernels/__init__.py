@@ -1,18 +1,49 @@
-"""The hot loops: matmul over float or packed 4/8-bit weights.
+"""The hot loops: matmul over float or packed 8/4-bit weights, MoE dispatch/combine, decode ops.
 
-Shape legend: N rows of activations, I input width, O output width.
+Shape legend: N rows of activations, I input width, O output width, E experts.
 
 `matmul(x, w)` is the one matmul the model calls. `w` is an (O, I) float array, or a packed
-`minimoe.quant.QTensor` of logical shape (O, I). The reference path for a packed weight is the
-plainest possible: dequantize to float32, then multiply.
+`minimoe.quant.QTensor` of logical shape (O, I). For a float weight it is BLAS (`x @ w.T`). For a
+packed q4_0 / q4_1 / q8_0 / mxfp4 weight it runs the fused dequantize-and-multiply kernels of
+qmatmul.py, on a copy of the bytes repacked once for them (packed.py). Any other format (nf4), or
+activations that are not float32, take the plainest reference path: dequantize, then multiply.
+
+Every kernel is a Numba function beside a NumPy twin with the same signature (backend.py):
+
+    minimoe.set_backend("numpy")          # or MINIMOE_BACKEND=numpy, or `with minimoe.backend("numpy"):`
+
+runs the twins everywhere, so a debugger can step into any line. See docs/kernels.md.
+
+Files:
+    backend.py   the switch, and `Kernel` (a Numba function paired with its twin)
+    packed.py    the kernels' layout of a QTensor (float32 scales, value bytes block-index-last)
+    qmatmul.py   fused GEMV (decode) and tile-dequantize + BLAS (prefill), per format
+    moe.py       MoE dispatch (group assignments by expert), gather, combine (weighted scatter-add)
+    ops.py       RMSNorm, rotary + attention over the KV cache for one new token, router top-k, SwiGLU
+    decode.py    a fused one-token forward pass that strings the kernels together
 """
 from __future__ import annotations
 
 import numpy as np
 
+from minimoe.kernels.backend import backend, get_backend, set_backend
+from minimoe.kernels.packed import PACKED_FORMATS, KernelInputError, PackedWeight, pack
+
 
 def matmul(x: np.ndarray, w) -> np.ndarray:
-    """x @ w.T: (..., I) @ (O, I).T -> (..., O). `w` may be a float array or a QTensor."""
+    """x @ w.T: (..., I) @ (O, I).T -> (..., O). `w` may be a float array, a QTensor or a PackedWeight."""
     if isinstance(w, np.ndarray):
-        return x @ w.T                                   # (..., I) @ (I, O) -> (..., O)
-    return x @ w.dequantize().astype(x.dtype, copy=False).T  # packed: dequantize, then multiply
+        return x @ w.T                                   # (..., I) @ (I, O) -> (..., O), BLAS
+    from minimoe.kernels.qmatmul import qmatmul
+    if isinstance(w, PackedWeight):
+        return qmatmul(x, w)
+    fmt = getattr(w, "fmt", None)
+    if fmt in PACKED_FORMATS and getattr(x, "dtype", None) == np.float32:
+        return qmatmul(x, pack(w))                       # fused dequantize-and-multiply
+    if fmt is None:
+        raise KernelInputError(f"matmul: w must be a float array or a QTensor, found {type(w).__name__}")
+    return x @ w.dequantize().astype(x.dtype, copy=False).T  # reference: dequantize, then multiply
+
+
+__all__ = ["matmul", "backend", "get_backend", "set_backend", "pack", "PackedWeight",
+           "KernelInputError", "PACKED_FORMATS"]

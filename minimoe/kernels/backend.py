@@ -1,0 +1,82 @@
+"""The backend switch: run the Numba kernels, or their NumPy twins.
+
+    minimoe.set_backend("numpy")            # every kernel now runs its NumPy twin
+    with minimoe.backend("numba"):          # ... except inside this block
+        model.generate(prompt, 32)
+    MINIMOE_BACKEND=numpy python train.py   # the same, chosen before anything runs
+
+Every kernel in minimoe/kernels/ is a pair: a compiled Numba function and a NumPy function with
+the same signature (its "twin"), written to be read and stepped through in a debugger. The two
+are tested equal on ragged shapes. A `Kernel` object holds the pair; calling it runs the one the
+current backend selects. (NUMBA_DISABLE_JIT=1 is the other way to step into a kernel: Numba then
+runs the kernel's own Python source, loops and all, slowly.)
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from minimoe.errors import MinimoeError
+
+BACKENDS = ("numba", "numpy")
+
+
+class BackendError(MinimoeError, ValueError):
+    """An unknown backend name (in set_backend, backend() or $MINIMOE_BACKEND)."""
+
+
+def _check(name, where: str) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise BackendError(f"{where}: backend must be one of {', '.join(BACKENDS)}, found {name!r}")
+    return name.lower()
+
+
+_current = [_check(os.environ.get("MINIMOE_BACKEND", "numba") or "numba", "$MINIMOE_BACKEND")]
+
+
+def get_backend() -> str:
+    """The backend kernels run on now: "numba" or "numpy"."""
+    return _current[0]
+
+
+def set_backend(name: str) -> str:
+    """Select the backend for every kernel from now on; returns the previous one."""
+    previous = _current[0]
+    _current[0] = _check(name, "set_backend")
+    return previous
+
+
+@contextlib.contextmanager
+def backend(name: str):
+    """`with minimoe.backend("numpy"): ...` runs the block on that backend, then restores the old one."""
+    previous = set_backend(name)
+    try:
+        yield name
+    finally:
+        _current[0] = previous
+
+
+class Kernel:
+    """A Numba kernel beside its NumPy twin. `k(*args)` runs the one the backend selects;
+    `k.numba(*args)` and `k.numpy(*args)` run one of them explicitly (tests, benchmarks)."""
+
+    def __init__(self, numba_fn, numpy_fn):
+        self.numba = numba_fn
+        self.numpy = numpy_fn
+        self.name = getattr(numpy_fn, "__name__", "kernel").removesuffix("_numpy")
+        self.__doc__ = numpy_fn.__doc__
+
+    def __call__(self, *args):
+        if _current[0] == "numba":
+            return self.numba(*args)
+        return self.numpy(*args)
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.name})"
+
+
+def twin(numpy_fn):
+    """Decorator: `@twin(f_numpy)` above `@njit def f(...)` makes `f` a Kernel pairing the two."""
+    def pair(numba_fn):
+        return Kernel(numba_fn, numpy_fn)
+    return pair

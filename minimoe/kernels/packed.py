@@ -1,0 +1,222 @@
+"""The kernels' layout of a packed weight, repacked once from the GGUF bytes of a QTensor.
+
+Shape legend: E stacked matrices (experts; 1 for a plain matrix), O output rows, I = nb*32 input
+width, nb blocks per row, J bytes per block that hold values (16 for the 4-bit formats, 32 for q8_0).
+
+On disk and in a QTensor, a row is nb GGUF blocks one after another, each block its scale
+followed by its 16 (or 32) bytes of values. That layout is fine to read but awkward to vectorize:
+every 18 bytes the loop must stop, decode an fp16 scale, and start again. So the kernels read a
+repacked copy, made once per tensor and cached:
+
+    d    float32 (E, O, nb)     the block scale: fp16 d for q4_0 / q4_1 / q8_0, and for mxfp4
+                                2^(e - 128), the E8M0 scale halved (the values table is doubled
+                                to match, as ggml does, so e = 255 stays finite)
+    m    float32 (E, O, nb)     q4_1's block minimum (an empty (0, 0, 0) array for the others)
+    qs   (E, O, J, nb)          byte j of every block, block index LAST: qs[e, o, j, b] is byte j
+                                of block b of row o. uint8 for the 4-bit formats (low nibble =
+                                element j, high nibble = element j + 16), int8 for q8_0 (element j)
+
+With the block index last, the innermost loop of a kernel runs over b: contiguous bytes, the same
+operation on each, which the compiler turns into SIMD instructions.
+
+The input axis is visited in "kernel order": position p = (i % 32) * nb + i // 32 of x holds
+element i. `to_kernel_order(x)` makes that copy of the activations once per call (it is small),
+so the weights are never reordered at run time.
+
+`pack(qt)` returns the PackedWeight of a QTensor, from a cache that lives as long as the QTensor's
+bytes do. QTensors are treated as immutable: writing into `qt.blocks` in place is not noticed.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from minimoe.errors import MinimoeError
+from minimoe.quant import QTensor
+from minimoe.quant.qtensor import fp16_from_bytes
+
+BLOCK = 32                                   # values per block, in every format packed here
+PACKED_FORMATS = ("q4_0", "q4_1", "q8_0", "mxfp4")
+
+
+class KernelInputError(MinimoeError, ValueError):
+    """A kernel was handed arrays of the wrong shape or dtype; the message names which and why."""
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A packed weight in the kernels' layout (see the module docstring).
+
+    shape is the logical float shape: (O, I) for one matrix, (E, O, I) for a stack of experts.
+    """
+    fmt: str
+    shape: tuple
+    d: np.ndarray        # float32 (E, O, nb)
+    m: np.ndarray        # float32 (E, O, nb) for q4_1, else (0, 0, 0)
+    qs: np.ndarray       # uint8 / int8 (E, O, J, nb)
+    gguf_nbytes: int     # bytes of the GGUF blocks it came from (what "weight bytes" means in benchmarks)
+
+    @property
+    def stacked(self) -> bool:
+        return len(self.shape) == 3
+
+    @property
+    def n_blocks(self) -> int:
+        return self.d.shape[-1]
+
+    def __getitem__(self, e: int) -> PackedWeight:
+        """Matrix e of a stack (E, O, I): a view, nothing copied."""
+        if not self.stacked:
+            raise KernelInputError(f"PackedWeight of shape {self.shape} is one matrix; only a stack "
+                                   f"(E, O, I) can be indexed")
+        E = self.shape[0]
+        if not -E <= e < E:
+            raise IndexError(f"expert index {e} out of range for a stack of {E}")
+        e = int(e) % E
+        sl = slice(e, e + 1)
+        m = self.m[sl] if self.m.size else self.m
+        return PackedWeight(self.fmt, self.shape[1:], self.d[sl], m, self.qs[sl], self.gguf_nbytes // E)
+
+    def validate(self) -> PackedWeight:
+        """Check that the arrays agree with each other and with `shape` (the kernels trust them)."""
+        E, O, I = (1, *self.shape) if len(self.shape) == 2 else self.shape
+        nb, J = I // BLOCK, (32 if self.fmt == "q8_0" else 16)
+        want_q = np.int8 if self.fmt == "q8_0" else np.uint8
+        what = f"packed {self.fmt} weight of shape {self.shape}"
+        if I % BLOCK:
+            raise KernelInputError(f"{what}: input width {I} is not a multiple of {BLOCK}")
+        if self.d.shape != (E, O, nb) or self.d.dtype != np.float32:
+            raise KernelInputError(f"{what}: scales must be float32 {(E, O, nb)}, found "
+                                   f"{self.d.dtype} {self.d.shape}")
+        if self.qs.shape != (E, O, J, nb) or self.qs.dtype != want_q:
+            raise KernelInputError(f"{what}: values must be {np.dtype(want_q)} {(E, O, J, nb)}, found "
+                                   f"{self.qs.dtype} {self.qs.shape}")
+        if self.fmt == "q4_1" and (self.m.shape != (E, O, nb) or self.m.dtype != np.float32):
+            raise KernelInputError(f"{what}: minimums must be float32 {(E, O, nb)}, found "
+                                   f"{self.m.dtype} {self.m.shape}")
+        for name in ("d", "m", "qs"):
+            if not getattr(self, name).flags.c_contiguous:
+                raise KernelInputError(f"{what}: {name} must be C-contiguous")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# GGUF blocks -> kernel layout
+# ----------------------------------------------------------------------------------------------
+
+def repack(qt: QTensor) -> PackedWeight:
+    """Repack a QTensor's GGUF blocks (read-only) into a new PackedWeight."""
+    if qt.fmt not in PACKED_FORMATS:
+        raise KernelInputError(f"no fused kernel for format {qt.fmt!r} (fused: {', '.join(PACKED_FORMATS)}); "
+                               f"use the reference path qt.dequantize()")
+    qt.validate()
+    if len(qt.shape) not in (2, 3):
+        raise KernelInputError(f"{qt!r}: the kernels take a matrix (O, I) or a stack (E, O, I), "
+                               f"found {len(qt.shape)} axes")
+    E, O, I = (1, *qt.shape) if len(qt.shape) == 2 else qt.shape
+    nb = I // BLOCK
+    BB = qt.format.BLOCK_BYTES
+    blocks = qt.blocks.reshape(E * O * nb, BB)                 # (E*O*nb, BB), one GGUF block a row
+    m = np.zeros((0, 0, 0), np.float32)
+    if qt.fmt == "mxfp4":
+        e8m0 = blocks[:, 0].astype(np.int32)                    # (E*O*nb,)
+        d = np.ldexp(np.float32(1), e8m0 - 128).astype(np.float32)   # 2^(e-128): halved scale
+        vals = blocks[:, 1:]                                    # (E*O*nb, 16)
+    else:
+        d = fp16_from_bytes(blocks[:, 0:2])                     # (E*O*nb,) fp16 -> float32, exact
+        if qt.fmt == "q4_1":
+            m = fp16_from_bytes(blocks[:, 2:4]).reshape(E, O, nb)
+            vals = blocks[:, 4:]
+        else:
+            vals = blocks[:, 2:]                                # q4_0: (.., 16); q8_0: (.., 32)
+    J = vals.shape[1]
+    qs = vals.reshape(E, O, nb, J).transpose(0, 1, 3, 2)       # (E, O, nb, J) -> (E, O, J, nb)
+    qs = np.ascontiguousarray(qs)
+    if qt.fmt == "q8_0":
+        qs = qs.view(np.int8)
+    pw = PackedWeight(qt.fmt, qt.shape, d.reshape(E, O, nb), np.ascontiguousarray(m), qs, qt.nbytes)
+    return pw.validate()
+
+
+def to_kernel_order(x: np.ndarray) -> np.ndarray:
+    """x (R, I) -> xk (R, 32, nb), xk[r, j, b] = x[r, b*32 + j], a C-contiguous float32 copy."""
+    R, I = x.shape
+    return np.ascontiguousarray(x.reshape(R, I // BLOCK, BLOCK).transpose(0, 2, 1), dtype=np.float32)
+
+
+def from_kernel_order(wk: np.ndarray) -> np.ndarray:
+    """The inverse for weights: wk (O, 32*nb) in kernel order -> w (O, I) in the original order."""
+    O, I = wk.shape
+    return wk.reshape(O, BLOCK, I // BLOCK).transpose(0, 2, 1).reshape(O, I)
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache: one PackedWeight per QTensor (and views of it for each expert)
+# ----------------------------------------------------------------------------------------------
+
+_cache: dict[tuple, tuple[weakref.ref, PackedWeight]] = {}
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    """The outermost ndarray `a` is a view of (the one whose memory it shares)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _key(fmt: str, shape: tuple, blocks: np.ndarray) -> tuple:
+    return (fmt, tuple(shape), blocks.__array_interface__["data"][0], blocks.shape)
+
+
+def _remember(key: tuple, blocks: np.ndarray, pw: PackedWeight) -> None:
+    root = _root(blocks)
+    _cache[key] = (weakref.ref(root), pw)
+    weakref.finalize(root, _cache.pop, key, None)              # forget it when the bytes go
+
+
+def pack(qt: QTensor) -> PackedWeight:
+    """The cached PackedWeight of `qt`; repacked on first use.
+
+    An expert's QTensor `stack[e]` (a view of a stack's bytes) gets a view of the stack's packed
+    arrays, so the stack is repacked once, not once per expert."""
+    key = _key(qt.fmt, qt.shape, qt.blocks)
+    hit = _cache.get(key)
+    if hit is not None and hit[0]() is _root(qt.blocks):
+        return hit[1]
+    parent = _stack_of(qt)
+    if parent is not None:
+        stack, e = parent
+        pw = pack(stack)[e]
+    else:
+        pw = repack(qt)
+        if len(qt.shape) == 3:                                 # register every expert's view too
+            per = qt.blocks[0].nbytes
+            base = qt.blocks.__array_interface__["data"][0]
+            for e in range(qt.shape[0]):
+                k = (qt.fmt, tuple(qt.shape[1:]), base + e * per, qt.blocks.shape[1:])
+                _remember(k, qt.blocks, pw[e])
+    _remember(key, qt.blocks, pw)
+    return pw
+
+
+def _stack_of(qt: QTensor):
+    """If qt.blocks is matrix e of a C-contiguous (E, O, bytes) array, that stack as a QTensor and e."""
+    if len(qt.shape) != 2:
+        return None
+    root = _root(qt.blocks)
+    if (root.ndim != 3 or root.dtype != np.uint8 or not root.flags.c_contiguous
+            or root.shape[1:] != qt.blocks.shape):
+        return None
+    offset = qt.blocks.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    per = qt.blocks.nbytes
+    if offset % per:
+        return None
+    stack = QTensor(qt.fmt, (root.shape[0], *qt.shape), root)
+    return stack, offset // per
+
+
+def clear_cache() -> None:
+    """Forget every repacked weight (benchmarks use it to time a cold start)."""
+    _cache.clear()
