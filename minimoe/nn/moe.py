@@ -29,6 +29,7 @@ import numpy as np
 
 from minimoe.config import Config
 from minimoe.inspect import tracing
+from minimoe.kernels import moe as moe_kernels
 from minimoe.nn import ffn, linear, router
 from minimoe.nn.ffn import sigmoid
 
@@ -75,12 +76,12 @@ def forward(x: np.ndarray, p: dict, cfg: Config):
     # dispatch: group the A = N*K assignments by expert
     tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
     t0 = tr.clock() if tr else 0.0
-    flat = experts.ravel()                               # (A,) expert of assignment a = n*K + k
-    order = np.argsort(flat, kind="stable")              # (A,) assignments sorted by expert
+    # order (A,): the assignments a = n*K + k sorted by expert (a stable counting sort);
+    # offsets (E+1,): expert e owns [offsets[e], offsets[e+1]). Kernels: minimoe/kernels/moe.py
+    order, offsets = moe_kernels.dispatch(experts, E)
     token = order // K                                   # (A,) the token of each sorted assignment
     counts = stats["tokens_per_expert"]                  # (E,)
-    offsets = np.concatenate([[0], np.cumsum(counts)])   # (E+1,) expert e owns [offsets[e], offsets[e+1])
-    xs = xf[token]                                       # (N, C)[(A,)] -> (A, C) gathered inputs
+    xs = moe_kernels.gather(xf, order, K)                # (N, C)[(A,)] -> (A, C) gathered inputs
     ys = np.empty_like(xs)                               # (A, C)
     if tr:
         tr.elementwise("moe.experts.dispatch", "dispatch", 0, (xf,), (xs,), N, t0)
@@ -92,10 +93,7 @@ def forward(x: np.ndarray, p: dict, cfg: Config):
 
     # combine: undo the sort, then weight and sum each token's K outputs
     t0 = tr.clock() if tr else 0.0
-    y_assign = np.empty_like(ys)                         # (A, C) back in (token, slot) order
-    y_assign[order] = ys
-    y_assign = y_assign.reshape(N, K, C)                 # (N, K, C)
-    y = np.einsum("nk,nkc->nc", weights, y_assign)       # (N, K) . (N, K, C) -> (N, C)
+    y = moe_kernels.combine(ys, order, weights)          # (A, C) -> (N, C): y[n] = sum_k weights[n, k] ys[(n, k)]
     if tr:
         tr.elementwise("moe.experts.combine", "combine", 2 * K, (ys, weights), (y,), N, t0)
 
@@ -103,7 +101,7 @@ def forward(x: np.ndarray, p: dict, cfg: Config):
     y = y + shared
     stats.update(experts=experts, weights=weights)
     cache = dict(router=router_cache, order=order, token=token, offsets=offsets,
-                 expert_caches=expert_caches, y_assign=y_assign, weights=weights,
+                 expert_caches=expert_caches, ys=ys, weights=weights,
                  shared=shared_cache, shape=(B, T, C), K=K, E=E)
     return y.reshape(B, T, C), cache, stats
 
@@ -132,13 +130,11 @@ def backward(dy: np.ndarray, cache, dprobs: np.ndarray | None = None,
     B, T, C = cache["shape"]
     N, K, E = B * T, cache["K"], cache["E"]
     dyf = dy.reshape(N, C)
-    weights, y_assign, order, offsets = cache["weights"], cache["y_assign"], cache["order"], cache["offsets"]
+    weights, ys, order, offsets = cache["weights"], cache["ys"], cache["order"], cache["offsets"]
     grads = {}
 
-    # y = sum_k w[n,k] y_assign[n,k]
-    dweights = np.einsum("nkc,nc->nk", y_assign, dyf)    # (N, K)
-    dy_assign = (weights[:, :, None] * dyf[:, None, :]).reshape(N * K, C)  # (A, C)
-    dys = dy_assign[order]                               # (A, C) sorted by expert again
+    # y[n] = sum_k w[n,k] ys[(n,k)]: dweights (N, K) = ys . dy, and dys (A, C) = w dy, sorted by expert
+    dweights, dys = moe_kernels.combine_backward(dyf, ys, order, weights)
     dxs = np.zeros_like(dys)                             # (A, C)
     for e, ecache in cache["expert_caches"].items():
         seg = slice(offsets[e], offsets[e + 1])
@@ -148,9 +144,7 @@ def backward(dy: np.ndarray, cache, dprobs: np.ndarray | None = None,
             if key not in grads:
                 grads[key] = np.zeros((E,) + arr.shape, dtype=arr.dtype)
             grads[key][e] = arr
-    dx_assign = np.empty_like(dxs)
-    dx_assign[order] = dxs
-    dx = dx_assign.reshape(N, K, C).sum(axis=1)          # (N, C) scatter back: sum each token's K
+    dx = moe_kernels.combine(dxs, order, np.ones((N, K), dxs.dtype))  # (N, C) scatter back: sum each token's K
 
     dxr, grads["router.weight"], db = router.backward(dweights, cache["router"], dprobs, dlogits_extra)
     if db is not None:
