@@ -19,6 +19,7 @@ import numpy as np
 from minimoe.config import Config
 from minimoe.errors import MinimoeError
 from minimoe.inspect import tracing
+from minimoe.kernels import decode
 from minimoe.nn import attention, embedding, ffn, linear, moe, norm, rope
 from minimoe.nn.kv_cache import KVCache
 from minimoe.params import count_params, param_shapes
@@ -132,6 +133,10 @@ class Model:
         if squeeze:
             tokens = tokens[None]                                  # (T,) -> (1, T)
         B, T = tokens.shape
+        if kv is not None and T == 1 and not tracing.ACTIVE and decode.available(self):
+            logits, routing = decode.forward_token(self, tokens[:, 0], kv)  # fused one-token step
+            logits = logits[:, None]                                        # (B, V) -> (B, 1, V)
+            return (logits[0] if squeeze else logits), dict(routing=routing, squeeze=squeeze)
         start = kv.length if kv is not None else 0
         cos, sin = self._rope(start, T)                           # (T, D)
 
