@@ -76,13 +76,14 @@ def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, si
 
     qg = q.reshape(B, G, R, T, D)                        # (B, H, T, D) -> (B, G, R, T, D)
     scale = 1.0 / np.sqrt(D)
-    scores = qg @ k_all[:, :, None].swapaxes(-1, -2)     # (B,G,R,T,D) @ (B,G,1,D,S) -> (B,G,R,T,S)
-    scores = scores * np.asarray(scale, dtype=scores.dtype)
+    qs = qg * qg.dtype.type(scale)                       # (B, G, R, T, D) q / sqrt(D): scaling q is
+                                                         # cheaper than scaling the (T, S) scores
+    scores = qs @ k_all[:, :, None].swapaxes(-1, -2)     # (B,G,R,T,D) @ (B,G,1,D,S) -> (B,G,R,T,S)
     mask = causal_mask(T, S, cfg.window(layer))          # (T, S)
-    scores = np.where(mask, scores, -np.inf)             # (B, G, R, T, S)
+    scores += mask_bias(mask, scores.dtype)              # (B, G, R, T, S) + (T, S): -inf where masked
     if tr:
         t0 = tr.attention_scores(qg, k_all, scores, mask, kv is not None, t0)
-    probs, sink_probs = _softmax_with_sinks(scores, p.get("sinks"), G, R)
+    probs, sink_probs = _softmax_with_sinks(scores, p.get("sinks"), G, R)  # overwrites scores
     if tr:
         t0 = tr.softmax("attn.softmax", scores, probs, t0, rows=B * T, weight=p.get("sinks"))
     y = probs @ v_all[:, :, None]                        # (B,G,R,T,S) @ (B,G,1,S,D) -> (B,G,R,T,D)
@@ -92,24 +93,36 @@ def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, si
     out, o_lin = linear.forward(y, p["o.weight"], p.get("o.bias"), name="attn.o")  # (B, T, H*D) -> (B, T, C)
 
     cache = dict(q_lin=q_lin, k_lin=k_lin, v_lin=v_lin, q_norm=q_norm, k_norm=k_norm,
-                 q_rope=q_rope, k_rope=k_rope, qg=qg, k=k_all, v=v_all, probs=probs,
+                 q_rope=q_rope, k_rope=k_rope, qs=qs, k=k_all, v=v_all, probs=probs,
                  sink_probs=sink_probs, o_lin=o_lin, scale=scale, shape=(B, T, H, G, D),
                  qk_norm=cfg.qk_norm, has_sinks="sinks" in p, biases=("q.bias" in p, "o.bias" in p))
     return out, cache
 
 
+def mask_bias(mask: np.ndarray, dtype) -> np.ndarray:
+    """(T, S) bool -> (T, S) of 0 where allowed and -inf where masked, to add to the scores."""
+    return np.where(mask, dtype.type(0), dtype.type(-np.inf))
+
+
 def _softmax_with_sinks(scores, sinks, G, R):
     """softmax over the last axis of scores (B, G, R, T, S), with an extra per-head logit if
-    `sinks` (H,) is given. Returns (probs (B, G, R, T, S), sink probs (B, G, R, T, 1) or None)."""
+    `sinks` (H,) is given. Returns (probs (B, G, R, T, S), sink probs (B, G, R, T, 1) or None).
+    Works in place: `scores` is overwritten and returned as the probabilities."""
+    m = scores.max(axis=-1, keepdims=True)               # (B, G, R, T, 1) row max, for stability
+    if sinks is not None:
+        s = sinks.astype(scores.dtype).reshape(1, G, R, 1, 1)  # (H,) -> (1, G, R, 1, 1)
+        m = np.maximum(m, s)                             # (B, G, R, T, 1)
+    e = scores
+    e -= m
+    np.exp(e, out=e)                                     # (B, G, R, T, S); exp(-inf) = 0 where masked
+    z = e.sum(axis=-1, keepdims=True)                    # (B, G, R, T, 1)
     if sinks is None:
-        m = scores.max(axis=-1, keepdims=True)           # (B, G, R, T, 1)
-        e = np.exp(scores - m)
-        return e / e.sum(axis=-1, keepdims=True), None
-    s = sinks.astype(scores.dtype).reshape(1, G, R, 1, 1)  # (H,) -> (1, G, R, 1, 1)
-    m = np.maximum(scores.max(axis=-1, keepdims=True), s)  # (B, G, R, T, 1)
-    e, e_sink = np.exp(scores - m), np.exp(s - m)
-    z = e.sum(axis=-1, keepdims=True) + e_sink           # (B, G, R, T, 1)
-    return e / z, e_sink / z
+        e /= z
+        return e, None
+    e_sink = np.exp(s - m)                               # (B, G, R, T, 1)
+    z += e_sink
+    e /= z
+    return e, e_sink / z
 
 
 def backward(dout: np.ndarray, cache):
@@ -127,17 +140,20 @@ def backward(dout: np.ndarray, cache):
     probs, v = cache["probs"], cache["v"]
     dprobs = dy @ v[:, :, None].swapaxes(-1, -2)         # (B,G,R,T,D) @ (B,G,1,D,S) -> (B,G,R,T,S)
     dv = (probs.swapaxes(-1, -2) @ dy).sum(axis=2)       # (B,G,R,S,T) @ (B,G,R,T,D) -> (B,G,S,D)
-    # P = softmax([scores, sink]); the sink column gets no gradient from y (it has no value)
-    inner = (dprobs * probs).sum(axis=-1, keepdims=True)  # (B, G, R, T, 1)
-    dscores = probs * (dprobs - inner)                   # (B, G, R, T, S); masked entries stay 0
+    # P = softmax([scores, sink]); the sink column gets no gradient from y (it has no value):
+    # dscores = P * (dP - sum_s dP * P), built in place on dprobs
+    inner = np.einsum("...s,...s->...", dprobs, probs)[..., None]  # (B, G, R, T, 1)
+    dscores = dprobs
+    dscores -= inner
+    dscores *= probs                                     # (B, G, R, T, S); masked entries stay 0
     if cache["has_sinks"]:
         dsink = -(cache["sink_probs"] * inner)           # (B, G, R, T, 1)
         grads["sinks"] = dsink.sum(axis=(0, 3, 4)).reshape(H)  # (G, R) -> (H,)
-    dscores = dscores * np.asarray(cache["scale"], dtype=dscores.dtype)
-    # scores = q k^T
-    qg, k = cache["qg"], cache["k"]
+    # scores = (q / sqrt(D)) k^T, and the forward pass kept qs = q / sqrt(D)
+    qs, k = cache["qs"], cache["k"]
     dq = dscores @ k[:, :, None]                         # (B,G,R,T,S) @ (B,G,1,S,D) -> (B,G,R,T,D)
-    dk = (dscores.swapaxes(-1, -2) @ qg).sum(axis=2)     # (B,G,R,S,T) @ (B,G,R,T,D) -> (B,G,S,D)
+    dq *= dq.dtype.type(cache["scale"])                  # through the scaling of q
+    dk = (dscores.swapaxes(-1, -2) @ qs).sum(axis=2)     # (B,G,R,S,T) @ (B,G,R,T,D) -> (B,G,S,D)
     dq = dq.reshape(B, H, T, D)
     # rotary positions, then the per-head norms
     dq = rope.backward(dq, cache["q_rope"])
@@ -152,10 +168,13 @@ def backward(dout: np.ndarray, cache):
         dq, grads["q_norm.weight"] = norm.backward(dq, cache["q_norm"])
         dk, grads["k_norm.weight"] = norm.backward(dk, cache["k_norm"])
     # the three projections all read x
-    dx = 0
+    dx = None
     for name, d in (("q", dq), ("k", dk), ("v", dv)):
         dxi, grads[f"{name}.weight"], db = linear.backward(d, cache[f"{name}_lin"])
         if db is not None:
             grads[f"{name}.bias"] = db
-        dx = dx + dxi
+        if dx is None:
+            dx = dxi
+        else:
+            dx += dxi
     return dx, grads

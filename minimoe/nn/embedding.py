@@ -24,5 +24,11 @@ def backward(dx: np.ndarray, cache):
     """dx (B, T, C) -> dweight (V, C): each row gathers the gradients of the tokens that used it."""
     tokens, shape = cache
     dweight = np.zeros(shape, dtype=dx.dtype)            # (V, C)
-    np.add.at(dweight, tokens.ravel(), dx.reshape(-1, shape[1]))  # scatter-add (B*T, C) rows
+    # the reference is one line, a scatter-add of the (B*T, C) rows:
+    #     np.add.at(dweight, tokens.ravel(), dx.reshape(-1, C))
+    # but np.add.at is slow; sorting the rows by token and summing each run is the same sum
+    flat = tokens.ravel()                                # (N,) N = B*T
+    order = np.argsort(flat, kind="stable")              # (N,) rows grouped by token
+    ids, starts = np.unique(flat[order], return_index=True)  # the tokens used, where each run starts
+    dweight[ids] = np.add.reduceat(dx.reshape(-1, shape[1])[order], starts, axis=0)  # (n_ids, C)
     return dweight

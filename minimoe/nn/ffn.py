@@ -19,16 +19,22 @@ from minimoe.nn import linear
 
 
 def sigmoid(a: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * a))               # = 1 / (1 + exp(-a)), never overflows
+    """1 / (1 + exp(-a)), computed as 0.5 * (1 + tanh(a / 2)), which never overflows."""
+    s = 0.5 * a                                          # a new array; the rest works in place on it
+    np.tanh(s, out=s)
+    s *= 0.5
+    s += 0.5
+    return s
 
 
 def glu_forward(a: np.ndarray, u: np.ndarray, act: str = "swiglu", limit: float = 7.0,
                 alpha: float = 1.702):
     """The gated activation h (..., F) from gate pre-activation a and up pre-activation u."""
     if act == "swiglu":
-        s = sigmoid(a)
-        h = a * s * u                                    # silu(a) * u
-        return h, (a, u, s, act)
+        s = sigmoid(a)                                   # (..., F)
+        silu = a * s                                     # (..., F) silu(a) = a sigmoid(a)
+        h = silu * u                                     # (..., F)
+        return h, (a, u, s, act, silu)
     # swiglu_oai: clamp, then a * sigmoid(alpha a) * (u + 1)
     a_c = np.minimum(a, limit)
     u_c = np.clip(u, -limit, limit)
@@ -41,9 +47,14 @@ def glu_backward(dh: np.ndarray, cache):
     """dh (..., F) -> (da, du)."""
     a, u, s, act = cache[:4]
     if act == "swiglu":
-        silu = a * s
-        du = dh * silu
-        da = dh * u * (s + silu * (1 - s))               # d silu/da = s + a s (1 - s)
+        silu = cache[4]
+        du = dh * silu                                   # h = silu(a) u  =>  dh/du = silu(a)
+        # d silu/da = s + a s (1 - s) = s + silu (1 - s); built in place on one array:
+        da = 1 - s
+        da *= silu
+        da += s
+        da *= u
+        da *= dh                                         # da = dh * u * (s + silu (1 - s))
         return da, du
     a_c, u_c, limit, alpha = cache[4:]
     glu = a_c * s

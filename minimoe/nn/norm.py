@@ -15,7 +15,9 @@ def forward(x: np.ndarray, weight: np.ndarray, eps: float, name: str = "norm"):
     """x (..., C), weight (C,) -> y (..., C). `name` labels it in a trace."""
     tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
     t0 = tr.clock() if tr else 0.0
-    ms = np.mean(x * x, axis=-1, keepdims=True)          # (..., 1) mean square
+    C = x.shape[-1]
+    # mean(x^2) as a dot product per row: einsum reads x once and allocates no (..., C) temporary
+    ms = np.einsum("...c,...c->...", x, x)[..., None] / C  # (..., 1) mean square
     rstd = 1.0 / np.sqrt(ms + eps)                       # (..., 1) reciprocal RMS
     xhat = x * rstd                                      # (..., C) unit-RMS vectors
     y = xhat * weight                                    # (..., C)
@@ -29,9 +31,11 @@ def backward(dy: np.ndarray, cache):
     """dy (..., C) -> (dx (..., C), dweight (C,))."""
     xhat, rstd, weight = cache
     C = xhat.shape[-1]
-    dweight = np.sum((dy * xhat).reshape(-1, C), axis=0)  # (C,) sum over every position
+    dweight = np.einsum("nc,nc->c", dy.reshape(-1, C), xhat.reshape(-1, C))  # (C,) sum of dy*xhat over rows
     dxhat = dy * weight                                   # (..., C)
     # in the forward pass xhat = x * rstd, and rstd depends on x through mean(x^2):
     # dx = rstd * (dxhat - xhat * mean(dxhat * xhat))
-    dx = rstd * (dxhat - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True))
+    proj = np.einsum("...c,...c->...", dxhat, xhat)[..., None] / C  # (..., 1) mean(dxhat * xhat)
+    dx = dxhat - xhat * proj                              # (..., C)
+    dx *= rstd
     return dx, dweight

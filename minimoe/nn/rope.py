@@ -78,8 +78,15 @@ def rotate_half(x: np.ndarray) -> np.ndarray:
 
 
 def forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray):
-    """x (..., T, D), cos/sin (T, D) -> rotated x (..., T, D)."""
-    y = x * cos + rotate_half(x) * sin                   # (..., T, D)
+    """x (..., T, D), cos/sin (T, D) -> rotated x (..., T, D).
+
+    y = x * cos + rotate_half(x) * sin, computed half by half (no concatenated copy):
+        y[:h] = x[:h] cos[:h] - x[h:] sin[:h],   y[h:] = x[h:] cos[h:] + x[:h] sin[h:]
+    """
+    h = x.shape[-1] // 2
+    y = x * cos                                          # (..., T, D)
+    y[..., :h] -= x[..., h:] * sin[:, :h]                # (..., T, D/2)
+    y[..., h:] += x[..., :h] * sin[:, h:]                # (..., T, D/2)
     return y, (cos, sin)
 
 
@@ -87,6 +94,8 @@ def backward(dy: np.ndarray, cache):
     """dy (..., T, D) -> dx. The rotation is orthogonal, so dx rotates dy back:
     dx = dy * cos + rotate_half^T(dy * sin), with rotate_half^T([a, b]) = [b, -a]."""
     cos, sin = cache
-    g = dy * sin
-    half = g.shape[-1] // 2
-    return dy * cos + np.concatenate([g[..., half:], -g[..., :half]], axis=-1)
+    h = dy.shape[-1] // 2
+    dx = dy * cos                                        # (..., T, D)
+    dx[..., :h] += dy[..., h:] * sin[:, h:]              # dx1 = dy1 cos + dy2 sin
+    dx[..., h:] -= dy[..., :h] * sin[:, :h]              # dx2 = dy2 cos - dy1 sin
+    return dx

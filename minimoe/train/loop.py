@@ -300,6 +300,7 @@ class Trainer:
         tc = self.tc
         until = tc.max_iters if until is None else until
         os.makedirs(tc.out, exist_ok=True)
+        keep_freed_memory()
         session_t0 = time.perf_counter()
         wall0 = self.totals["wall_s"]
         tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum
@@ -472,6 +473,29 @@ class Trainer:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the system.
+
+    Each training step allocates and frees hundreds of activation arrays of 0.1-1 MB. By default
+    glibc serves blocks that large with mmap and unmaps them on free, so every new array costs
+    page faults (the kernel zero-fills each 4 KB page on first touch): about a third of a step's
+    time at this model size. Raising the mmap threshold (to its 32 MB maximum) and the trim
+    threshold makes freed blocks stay in the heap and get reused, which is what PyTorch's caching
+    allocator does for its tensors. Process-wide and harmless elsewhere; a no-op off glibc.
+    Returns True if the settings took effect."""
+    import ctypes
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3   # from <malloc.h>
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+                    and libc.mallopt(M_TOP_PAD, 64 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
 def make_optimizer(tc: TrainConfig, model: Model) -> AdamW:
     return AdamW(model.params, betas=(tc.beta1, tc.beta2), eps=tc.eps, weight_decay=tc.weight_decay,
                  decay_embeddings=tc.decay_embeddings, decay_norms=tc.decay_norms)
