@@ -81,23 +81,47 @@ class AdamW:
         self.t = 0                                       # steps taken
 
     def step(self, grads: dict, lr: float) -> None:
+        """One update of every parameter, in place."""
         self.t += 1
         b1, b2 = self.beta1, self.beta2
-        step_size = lr / (1 - b1 ** self.t)
-        sqrt_bc2 = math.sqrt(1 - b2 ** self.t)
+        step_size = lr / (1 - b1 ** self.t)              # lr / (1 - b1^t): m's bias correction
+        inv_sqrt_bc2 = 1 / math.sqrt(1 - b2 ** self.t)   # 1 / sqrt(1 - b2^t): v's bias correction
         for name, p in self.params.items():
-            g, m, v = grads[name], self.m[name], self.v[name]
-            dt = p.dtype.type
-            if self.decay[name] and self.weight_decay:
-                p *= dt(1 - lr * self.weight_decay)                 # p <- p - lr wd p
-            m *= dt(b1)
-            m += dt(1 - b1) * g                                     # m <- b1 m + (1 - b1) g
-            v *= dt(b2)
-            v += dt(1 - b2) * (g * g)                               # v <- b2 v + (1 - b2) g^2
-            denom = np.sqrt(v)
-            denom *= dt(1 / sqrt_bc2)
-            denom += dt(self.eps)                                   # sqrt(v_hat) + eps
-            p -= dt(step_size) * (m / denom)                        # p <- p - lr m_hat / denom
+            decay = 1 - lr * self.weight_decay if self.decay[name] and self.weight_decay else None
+            g, m, v = grads[name].reshape(-1), self.m[name].reshape(-1), self.v[name].reshape(-1)
+            flat = p.reshape(-1)                                    # views: updates land in p
+            # a few thousand entries at a time, so the ~12 passes below run in cache
+            for a in range(0, flat.size, self.CHUNK):
+                sl = slice(a, a + self.CHUNK)
+                self._update(flat[sl], g[sl], m[sl], v[sl], b1, b2, step_size, inv_sqrt_bc2, decay)
+
+    CHUNK = 1 << 15
+
+    def _update(self, p, g, m, v, b1, b2, step_size, inv_sqrt_bc2, decay):
+        """The AdamW update of one flat slice (p, g, m, v of equal length), in place."""
+        dt = p.dtype.type
+        tmp = self._scratch(p.size, p.dtype)
+        if decay is not None:
+            p *= dt(decay)                                          # p <- p - lr wd p
+        np.multiply(g, dt(1 - b1), out=tmp)
+        m *= dt(b1)
+        m += tmp                                                    # m <- b1 m + (1 - b1) g
+        np.multiply(g, g, out=tmp)
+        tmp *= dt(1 - b2)
+        v *= dt(b2)
+        v += tmp                                                    # v <- b2 v + (1 - b2) g^2
+        np.sqrt(v, out=tmp)
+        tmp *= dt(inv_sqrt_bc2)
+        tmp += dt(self.eps)                                         # sqrt(v_hat) + eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= dt(step_size)
+        p -= tmp                                                    # p <- p - lr m_hat / (sqrt(v_hat) + eps)
+
+    def _scratch(self, n: int, dtype) -> np.ndarray:
+        buf = getattr(self, "_buf", None)
+        if buf is None or buf.size < n or buf.dtype != dtype:
+            buf = self._buf = np.empty(max(n, self.CHUNK), dtype)
+        return buf[:n]
 
     # --- saving and restoring (safetensors tensors + a JSON-able dict) -----------------------------
     def state_tensors(self) -> dict[str, np.ndarray]:
