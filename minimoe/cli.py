@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     "minimoe.commands.inspect",
     "minimoe.commands.train",
     "minimoe.commands.data",
+    "minimoe.commands.bench",
 ]
 
 

@@ -1,0 +1,108 @@
+"""`minimoe bench decode`: prefill and decode tokens/s of a preset, per quantization recipe and backend.
+
+Shape legend: P prompt tokens, N new tokens.
+
+For each recipe (fp32, q8_0, q4_1, q4_0, mxfp4, and the mixed recipes) the model is built with
+random weights from the preset, quantized with `minimoe.quantize`, warmed up (the first call
+repacks the weights and loads the compiled kernels), then:
+    prefill   one forward pass over the P-token prompt, filling a KV cache: P / seconds
+    decode    N greedy steps of one token each, through the KV cache: N / seconds
+exactly what `model.generate(prompt, N)` does, timed in two parts.
+
+The NumPy backend runs the twins: on packed weights they decode every weight to float32 on every
+call, which is slow by design (they are for reading), so it decodes fewer tokens (`numpy_new_tokens`).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from minimoe.bench.timing import machine_info
+from minimoe.kernels import backend
+
+RECIPES = ("fp32", "q8_0", "q4_1", "q4_0", "mxfp4", "mxfp4-moe", "q4_0-moe")
+# Peers, measured on this machine class with the same architecture (issue 7): tokens/s.
+PEERS = {"hf_eager_fp32": {"decode": 67, "prefill": 1952},
+         "llama.cpp_f32": {"decode": 147}, "llama.cpp_q8_0": {"decode": 470},
+         "llama.cpp_q4_0": {"decode": 684, "prefill": 1696}}
+
+
+def time_generate(model, prompt: np.ndarray, new_tokens: int) -> dict:
+    """Greedy generation, prefill and decode timed apart. prompt (P,) -> tokens/s of each."""
+    P = len(prompt)
+    kv = model.new_kv_cache(1, P + new_tokens)
+    t0 = time.perf_counter()
+    logits, _ = model.forward(prompt[None], kv)                   # (1, P, V)
+    t1 = time.perf_counter()
+    nxt = logits[:, -1].argmax(axis=-1)                           # (1,)
+    steps = []
+    for _ in range(new_tokens):
+        s = time.perf_counter()
+        logits, _ = model.forward(nxt[:, None], kv)               # (1, 1, V)
+        nxt = logits[:, -1].argmax(axis=-1)
+        steps.append(time.perf_counter() - s)
+    return {"prefill_tok_s": P / (t1 - t0), "decode_tok_s": new_tokens / sum(steps) if steps else None,
+            "decode_ms_median": 1e3 * float(np.median(steps)) if steps else None,
+            "prompt_tokens": P, "new_tokens": new_tokens}
+
+
+def build(preset: str, recipe: str, seed: int = 0, base=None):
+    """The preset's model with random weights, quantized by `recipe` ("fp32": left float)."""
+    import minimoe
+    if base is None:
+        base = minimoe.Model(minimoe.Config.preset(preset), seed=seed)
+    return base if recipe == "fp32" else minimoe.quantize(base, recipe)
+
+
+def run(preset: str = "mixtral-mini", recipes=RECIPES, backends=("numba", "numpy"), prompt_tokens: int = 256,
+        new_tokens: int = 128, numpy_new_tokens: int = 8, seed: int = 0, progress=None) -> dict:
+    import minimoe
+    step = progress or (lambda msg: None)
+    step(f"{preset}: random weights")
+    base = minimoe.Model(minimoe.Config.preset(preset), seed=seed)
+    prompt = np.random.default_rng(seed).integers(0, base.config.vocab_size, prompt_tokens)
+    out = {"preset": preset, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+           "numpy_new_tokens": numpy_new_tokens, "machine": machine_info(), "peers": PEERS, "results": {}}
+    for recipe in recipes:
+        step(f"{recipe}: quantize")
+        model = build(preset, recipe, seed, base)
+        for be in backends:
+            step(f"{recipe} on {be}")
+            with backend(be):
+                model.generate(prompt[:4], 2)                       # warm-up: repack, load kernels
+                n = new_tokens if be == "numba" else numpy_new_tokens
+                out["results"].setdefault(recipe, {})[be] = time_generate(model, prompt, n)
+        del model
+    q4 = out["results"].get("q4_0", {}).get("numba")
+    fp = out["results"].get("fp32", {}).get("numba")
+    out["targets"] = {}
+    if q4:
+        out["targets"]["q4_0 decode >= 2x HF eager fp32 (134 tok/s)"] = _target(q4["decode_tok_s"], 134)
+        out["targets"]["q4_0 decode >= half llama.cpp q4_0 (342 tok/s)"] = _target(q4["decode_tok_s"], 342)
+    if fp:
+        out["targets"]["fp32 decode > HF eager fp32 (67 tok/s)"] = _target(fp["decode_tok_s"], 67)
+    return out
+
+
+def _target(value, goal) -> dict:
+    return {"value": value, "target": goal, "met": bool(value is not None and value >= goal)}
+
+
+def format_report(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"minimoe bench decode --preset {r['preset']}: {r['prompt_tokens']}-token prompt, "
+             f"{r['new_tokens']} new tokens greedy ({r['numpy_new_tokens']} on the numpy backend)",
+             f"  {m['cpu']}, {m['cores']} cores; {m['blas']} ({m['blas_core']}); numba {m['numba_threads']} threads", "",
+             f"{'recipe':<11}{'backend':<8}{'prefill tok/s':>14}{'decode tok/s':>14}{'ms/token':>10}"]
+    for recipe, per in r["results"].items():
+        for be, t in per.items():
+            lines.append(f"{recipe:<11}{be:<8}{t['prefill_tok_s']:>14.0f}{t['decode_tok_s']:>14.1f}"
+                         f"{t['decode_ms_median']:>10.2f}")
+    lines += ["", "peers on this machine (same architecture, random weights): " + "; ".join(
+        f"{k} " + ", ".join(f"{kk} {vv}" for kk, vv in v.items()) for k, v in r["peers"].items())]
+    if r["targets"]:
+        lines += ["", "targets:"]
+        for name, t in r["targets"].items():
+            lines.append(f"  {'met    ' if t['met'] else 'NOT met'}  {name}: {t['value']:.1f} tok/s")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""This machine's two roofline numbers: memory bandwidth and matmul peak, measured and cached.
+
+    from minimoe.bench import machine_peaks
+    peaks = machine_peaks()          # measures once (a few seconds), then reads the cache
+    peaks["copy_gbs"]                # GB/s moved by a parallel copy (bytes read + bytes written)
+    peaks["read_gbs"]                # GB/s read by a parallel sum
+    peaks["sgemm_gflops"]            # float32 matmul GFLOP/s through NumPy's BLAS (2048^3)
+
+A kernel that streams its weights once (a decode GEMV) cannot beat read_gbs; a kernel that does
+many flops per byte (a prefill GEMM) cannot beat sgemm_gflops. The roofline plot puts each
+kernel between the two (tutorials/05_kernels_and_roofline.py; minimoe inspect reads the same file).
+
+The cache is $MINIMOE_CACHE/machine.json, or ~/.cache/minimoe/machine.json. It is measured again
+when the CPU or core count it was measured on differs, or with machine_peaks(refresh=True).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from numba import njit, prange
+
+from minimoe.bench.timing import best_time, machine_info
+from minimoe.kernels.backend import twin
+
+GB = 1e9
+
+
+def cache_path() -> str:
+    """Where the measured peaks are kept."""
+    root = os.environ.get("MINIMOE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minimoe")
+    return os.path.join(root, "machine.json")
+
+
+# The two streaming loops, each with its NumPy twin (NumPy's copy and sum run on one core).
+
+def copy_numpy(src, dst):
+    """dst[:] = src."""
+    np.copyto(dst, src)
+
+
+@twin(copy_numpy)
+@njit(parallel=True, cache=True)
+def copy(src, dst):
+    for i in prange(src.shape[0]):
+        dst[i] = src[i]
+
+
+def read_sum_numpy(src):
+    """The sum of src (every byte read once)."""
+    return src.sum()
+
+
+@twin(read_sum_numpy)
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
+def read_sum(src):
+    total = 0.0
+    for i in prange(src.shape[0]):
+        total += src[i]
+    return total
+
+
+def measure(quick: bool = False) -> dict:
+    """Measure copy and read bandwidth (arrays far larger than the caches) and the sgemm peak."""
+    n = (16 if quick else 256) * 2**20 // 4                  # float32 elements: 16 or 256 MiB
+    src = np.ones(n, np.float32)
+    dst = np.empty_like(src)
+    repeat = 3 if quick else 7
+    t_copy = best_time(lambda: copy.numba(src, dst), repeat)
+    t_read = best_time(lambda: read_sum.numba(src), repeat)
+    t_copy_np = best_time(lambda: copy.numpy(src, dst), repeat)
+    m = 1024 if quick else 2048
+    a = np.random.default_rng(0).standard_normal((m, m), dtype=np.float32)
+    t_mm = best_time(lambda: a @ a, 3 if quick else 5)
+    return {
+        "copy_gbs": 2 * src.nbytes / t_copy / GB,              # read + write
+        "read_gbs": src.nbytes / t_read / GB,
+        "copy_gbs_numpy_1core": 2 * src.nbytes / t_copy_np / GB,
+        "sgemm_gflops": 2 * m**3 / t_mm / GB,
+        "sgemm_size": m,
+        "array_mib": src.nbytes / 2**20,
+        "quick": quick,
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **machine_info(),
+    }
+
+
+def machine_peaks(refresh: bool = False, quick: bool = False, save: bool = True) -> dict:
+    """This machine's peaks: {"copy_gbs", "read_gbs", "sgemm_gflops", ... "cpu", "blas_core"},
+    read from the cache file if it was measured on this CPU, else measured (and saved)."""
+    path = cache_path()
+    info = machine_info()
+    if not refresh and os.path.exists(path):
+        try:
+            with open(path) as f:
+                cached = json.load(f)
+            if cached.get("cpu") == info["cpu"] and cached.get("cores") == info["cores"] and \
+                    (quick or not cached.get("quick")):
+                return cached
+        except (OSError, ValueError):
+            pass                                           # unreadable: measure again
+    peaks = measure(quick)
+    if save:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(peaks, f, indent=2)
+        os.replace(tmp, path)
+    return peaks
