@@ -1,0 +1,342 @@
+"""Every Numba kernel against its NumPy twin and a float64 reference, on ragged shapes; the backend
+switch; the whole model on both backends; and clear errors for malformed inputs.
+
+Compile time counts against the suite's budget: every kernel is called with one dtype (float32)
+and one layout, so each compiles once (and Numba's cache=True keeps it for the next run).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minimoe
+from minimoe import quant
+from minimoe.kernels import KernelInputError, backend, matmul, ops, pack
+from minimoe.kernels import moe as mk
+from minimoe.kernels import qmatmul as qm
+from minimoe.kernels.backend import BackendError
+from minimoe.kernels.packed import PackedWeight, to_kernel_order
+
+FORMATS = ["q4_0", "q4_1", "q8_0", "mxfp4"]
+# (R rows of x, O output rows, I input width): one row, odd rows, the prefill path (R > 4),
+# one block (I = 32), many blocks (I = 1280), a tile boundary (O > TILE_ROWS)
+SHAPES = [(1, 1, 32), (1, 7, 1280), (3, 5, 96), (4, 33, 64), (5, 3, 32), (9, 131, 160)]
+
+
+def rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def assert_close_to_reference(y, x, w64):
+    """|y - x @ w.T| <= 1e-5 * (|x| @ |w|.T), the float64 reference and its natural scale."""
+    ref = x.astype(np.float64) @ w64.T
+    scale = np.abs(x.astype(np.float64)) @ np.abs(w64).T
+    assert y.shape == ref.shape and y.dtype == np.float32
+    assert np.all(np.abs(y - ref) <= 1e-5 * scale + 1e-30), np.max(np.abs(y - ref) / (scale + 1e-30))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("R,O,I", SHAPES)
+def test_fused_matmul_equals_twin_and_float64_reference(fmt, R, O, I):
+    w = rand(O, I, seed=1)
+    qt = quant.quantize(w, fmt)
+    w64 = qt.dequantize().astype(np.float64)
+    x = rand(R, I, seed=2)
+    with backend("numba"):
+        y_numba = matmul(x, qt)
+    with backend("numpy"):
+        y_twin = matmul(x, qt)
+    assert_close_to_reference(y_numba, x, w64)
+    assert_close_to_reference(y_twin, x, w64)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gemv_over_a_stack_of_experts(fmt):
+    E, O, I = 5, 9, 64
+    w = rand(E, O, I, seed=3)
+    qt = quant.quantize(w, fmt)
+    pw = pack(qt)
+    x = rand(3, I, seed=4)
+    experts = np.array([4, 0, 4], np.int64)                       # each row its own expert
+    w64 = qt.dequantize().astype(np.float64)
+    for be in ("numba", "numpy"):
+        with backend(be):
+            y = qm.qmatmul(x, pw, experts)
+        for r, e in enumerate(experts):
+            assert_close_to_reference(y[r:r + 1], x[r:r + 1], w64[e])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dequantize_loops_are_bit_exact(fmt):
+    qt = quant.quantize(rand(3, 7, 96, seed=5), fmt)
+    for be in ("numba", "numpy"):
+        with backend(be):
+            np.testing.assert_array_equal(qm.dequantize(pack(qt)), qt.dequantize())
+
+
+def test_gemv_kernels_equal_twins_directly():
+    """The Kernel pairs themselves, called with the same arrays."""
+    x = rand(3, 224, seed=7)
+    xk = to_kernel_order(x)
+    xs = qm.block_sums(xk)
+    experts = np.array([1, 0, 1], np.int64)
+    for fmt in FORMATS:
+        qt = quant.quantize(rand(2, 17, 224, seed=6), fmt)
+        pw = pack(qt)
+        w64 = qt.dequantize().astype(np.float64)
+        for fn in (qm.GEMV[fmt].numba, qm.GEMV[fmt].numpy):
+            y = np.empty((3, 17), np.float32)
+            fn(xk, xs, pw.d, pw.m, pw.qs, experts, y)
+            for r, e in enumerate(experts):
+                assert_close_to_reference(y[r:r + 1], x[r:r + 1], w64[e])
+        ta, tb = np.empty((5, 224), np.float32), np.empty((5, 224), np.float32)
+        qm.DEQUANT_TILE[fmt].numba(pw.d, pw.m, pw.qs, 1, 11, ta)
+        qm.DEQUANT_TILE[fmt].numpy(pw.d, pw.m, pw.qs, 1, 11, tb)
+        np.testing.assert_array_equal(ta, tb)
+        np.testing.assert_array_equal(ta, to_kernel_order(qt.dequantize()[1, 11:16]).reshape(5, 224))
+
+
+def test_expert_views_share_the_stack_repack():
+    qt = quant.quantize(rand(4, 8, 64, seed=8), "q4_0")
+    stack = pack(qt)
+    e2 = pack(qt[2])                                              # QTensor view of expert 2
+    assert np.shares_memory(e2.qs, stack.qs) and e2.shape == (8, 64)
+    assert pack(qt) is stack                                       # cached
+
+
+# ----------------------------------------------------------------------------------------------
+# decode ops and MoE dispatch/combine: Numba == twin == a plain float64 formula
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("R,C", [(1, 8), (3, 17), (2, 512)])
+def test_rmsnorm(R, C):
+    x, w = rand(R, C, seed=9), rand(C, seed=10)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    a, b = np.empty_like(x), np.empty_like(x)
+    ops.rmsnorm.numba(x, w, 1e-5, a)
+    ops.rmsnorm.numpy(x, w, 1e-5, b)
+    np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b, ref, rtol=1e-5, atol=1e-6)
+
+
+def _attention_reference(q, k, v, cos, sin, kc, vc, pos, window, sinks):
+    """float64, written from the formula: rotate, append, softmax(q k / sqrt(D)) v."""
+    from minimoe.nn.rope import rotate_half
+    q, k, v = (a.astype(np.float64) for a in (q, k, v))
+    kc, vc = kc.astype(np.float64).copy(), vc.astype(np.float64).copy()
+    kc[:, :, pos] = k * cos + rotate_half(k) * sin
+    vc[:, :, pos] = v
+    q = q * cos + rotate_half(q) * sin
+    B, H, D = q.shape
+    G = k.shape[1]
+    out = np.zeros((B, H, D))
+    for b in range(B):
+        for h in range(H):
+            g = h // (H // G)
+            s0 = max(0, pos + 1 - window) if window else 0
+            s = kc[b, g, s0:pos + 1] @ q[b, h] / np.sqrt(D)
+            logits = np.concatenate([s, sinks[h:h + 1]]) if len(sinks) else s
+            p = np.exp(logits - logits.max())
+            p = p[:len(s)] / p.sum()
+            out[b, h] = p @ vc[b, g, s0:pos + 1]
+    return out, kc
+
+
+@pytest.mark.parametrize("B,H,G,D,pos,window,with_sinks", [
+    (1, 4, 2, 8, 0, 0, False), (2, 6, 3, 16, 5, 0, True), (1, 8, 2, 64, 40, 7, False), (3, 2, 1, 4, 9, 3, True)])
+def test_attend_one(B, H, G, D, pos, window, with_sinks):
+    L = pos + 3
+    q, k, v = rand(B, H, D, seed=11), rand(B, G, D, seed=12), rand(B, G, D, seed=13)
+    ang = np.linspace(0, 3, D // 2)
+    cos = np.cos(np.concatenate([ang, ang])).astype(np.float32)
+    sin = np.sin(np.concatenate([ang, ang])).astype(np.float32)
+    kc0, vc0 = rand(B, G, L, D, seed=14), rand(B, G, L, D, seed=15)
+    sinks = rand(H, seed=16) if with_sinks else np.zeros(0, np.float32)
+    ref, kref = _attention_reference(q, k, v, cos, sin, kc0, vc0, pos, window, sinks)
+    for fn in (ops.attend_one.numba, ops.attend_one.numpy):
+        kc, vc, out = kc0.copy(), vc0.copy(), np.empty((B, H, D), np.float32)
+        fn(q, k, v, cos, sin, kc, vc, pos, window, sinks, out)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(kc, kref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(kc[:, :, pos + 1:], kc0[:, :, pos + 1:])   # nothing past pos
+
+
+@pytest.mark.parametrize("rule,renorm", [("softmax_topk", True), ("softmax_topk", False), ("topk_softmax", False)])
+@pytest.mark.parametrize("R,E,K", [(1, 4, 2), (5, 8, 2), (3, 7, 1), (2, 64, 4)])
+def test_route(rule, renorm, R, E, K):
+    logits = rand(R, E, seed=17)
+    logits[0, 1] = logits[0, 2] = logits[0].max() + 1                # a tie: the lower index wins
+    # reference: the rules of minimoe/nn/router.py, in float64
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    scores = probs if rule == "softmax_topk" else logits
+    want_e = np.argsort(-scores, axis=-1, kind="stable")[:, :K]
+    g = np.take_along_axis(scores, want_e, -1).astype(np.float64)
+    if rule == "topk_softmax":
+        g = np.exp(g - g.max(-1, keepdims=True))
+        g /= g.sum(-1, keepdims=True)
+    elif renorm:
+        g = g / g.sum(-1, keepdims=True)
+    for fn in (ops.route.numba, ops.route.numpy):
+        w, e = np.empty((R, K), np.float32), np.empty((R, K), np.int64)
+        fn(logits, K, ops.ROUTERS[rule], renorm, np.float32(1.0), w, e)
+        np.testing.assert_array_equal(e, want_e)
+        np.testing.assert_allclose(w, g, rtol=1e-5, atol=1e-7)
+
+
+def test_swiglu():
+    a, u = rand(3, 37, seed=18), rand(3, 37, seed=19)
+    a64 = a.astype(np.float64)
+    ref = a64 / (1 + np.exp(-a64)) * u
+    for fn in (ops.swiglu.numba, ops.swiglu.numpy):
+        out = np.empty_like(a)
+        fn(a, u, out)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("N,K,E", [(1, 1, 1), (1, 2, 4), (7, 2, 8), (13, 3, 5)])
+def test_moe_dispatch_gather_combine(N, K, E):
+    rng = np.random.default_rng(N * 100 + E)
+    experts = np.stack([rng.choice(E, K, replace=False) for _ in range(N)]).astype(np.int64)  # (N, K)
+    x, weights = rand(N, 6, seed=20), rand(N, K, seed=21)
+    ys = rand(N * K, 6, seed=22)
+    dy = rand(N, 6, seed=23)
+    want_order = np.argsort(experts.ravel(), kind="stable")
+    want_offsets = np.concatenate([[0], np.cumsum(np.bincount(experts.ravel(), minlength=E))])
+    y_assign = np.empty_like(ys, dtype=np.float64)
+    y_assign[want_order] = ys                                       # (A, C) in (token, slot) order
+    want_y = np.einsum("nk,nkc->nc", weights.astype(np.float64), y_assign.reshape(N, K, 6))
+    want_dw = np.einsum("nkc,nc->nk", y_assign.reshape(N, K, 6), dy)
+    want_dys = (weights[:, :, None].astype(np.float64) * dy[:, None, :]).reshape(N * K, 6)[want_order]
+    for be in ("numba", "numpy"):
+        with backend(be):
+            order, offsets = mk.dispatch(experts, E)
+            np.testing.assert_array_equal(order, want_order)
+            np.testing.assert_array_equal(offsets, want_offsets)
+            np.testing.assert_array_equal(mk.gather(x, order, K), x[order // K])
+            np.testing.assert_allclose(mk.combine(ys, order, weights), want_y, rtol=1e-5, atol=1e-6)
+            dw, dys = mk.combine_backward(dy, ys, order, weights)
+            np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(dys, want_dys, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# The backend switch
+# ----------------------------------------------------------------------------------------------
+
+def test_backend_switch_and_context():
+    assert minimoe.get_backend() == "numba"
+    with minimoe.backend("numpy"):
+        assert minimoe.get_backend() == "numpy"
+        with minimoe.backend("NUMBA"):
+            assert minimoe.get_backend() == "numba"
+        assert minimoe.get_backend() == "numpy"
+    assert minimoe.get_backend() == "numba"
+    assert minimoe.set_backend("numpy") == "numba"
+    assert minimoe.set_backend("numba") == "numpy"
+    with pytest.raises(BackendError, match="must be one of numba, numpy, found 'cuda'"):
+        minimoe.set_backend("cuda")
+
+
+def test_backend_from_environment():
+    code = "import minimoe; print(minimoe.get_backend())"
+    env = dict(os.environ, MINIMOE_BACKEND="numpy")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "numpy"
+    env["MINIMOE_BACKEND"] = "fortran"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "$MINIMOE_BACKEND: backend must be one of numba, numpy, found 'fortran'" in out.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole model on both backends, float and packed; fused decode == the general forward
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("recipe", ["fp32", "q4_0", "mxfp4-moe", "q8_0"])
+def test_model_same_logits_and_tokens_on_both_backends(recipe):
+    cfg = minimoe.Config.preset("tiny-moe", d_model=64, d_expert=64, d_ff=64)
+    model = minimoe.Model(cfg, seed=3)
+    if recipe != "fp32":
+        model = minimoe.quantize(model, recipe)
+    prompt = np.arange(11) % cfg.vocab_size
+    runs = {}
+    for be in ("numba", "numpy"):
+        with backend(be):
+            runs[be] = (model(prompt), model.generate(prompt, 12))
+    np.testing.assert_allclose(runs["numba"][0], runs["numpy"][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(runs["numba"][1], runs["numpy"][1])
+
+
+@pytest.mark.parametrize("recipe", ["fp32", "q4_0"])
+def test_fused_decode_step_equals_full_forward(recipe):
+    from minimoe.kernels import decode
+    cfg = minimoe.Config.preset("tiny-moe", d_model=64, d_expert=64, d_ff=64)
+    model = minimoe.Model(cfg, seed=4)
+    if recipe != "fp32":
+        model = minimoe.quantize(model, recipe)
+    assert decode.available(model)
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 9))
+    full = model(tokens)                                           # (2, 9, V), general path
+    kv = model.new_kv_cache(2)
+    model.forward(tokens[:, :5], kv)
+    for t in range(5, 9):
+        step, cache = model.forward(tokens[:, t:t + 1], kv)        # fused path
+        np.testing.assert_allclose(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
+        assert cache["routing"][0]["experts"].shape == (2, cfg.top_k)
+
+
+# ----------------------------------------------------------------------------------------------
+# Malformed inputs: clear errors, never a crash or garbage
+# ----------------------------------------------------------------------------------------------
+
+def test_malformed_inputs_raise_clear_errors():
+    qt = quant.quantize(rand(8, 64), "q4_0")
+    with pytest.raises(KernelInputError, match=r"x must have shape \(\.\.\., 64\).*found \(2, 63\)"):
+        matmul(rand(2, 63), qt)
+    pw = pack(qt)
+    with pytest.raises(KernelInputError, match="x must be float32, found float64"):
+        qm.qmatmul(np.zeros((1, 64)), pw)
+    stack = pack(quant.quantize(rand(3, 8, 64), "q8_0"))
+    with pytest.raises(KernelInputError, match=r"experts must lie in 0\.\.2, found 0\.\.3"):
+        qm.qmatmul(rand(2, 64), stack, np.array([0, 3]))
+    with pytest.raises(KernelInputError, match="needs `experts`"):
+        qm.qmatmul(rand(2, 64), stack)
+    with pytest.raises(KernelInputError, match=r"experts must be int64 of shape \(2,\)"):
+        qm.qmatmul(rand(2, 64), stack, np.array([0], np.int64))
+    bad = PackedWeight("q4_0", (8, 64), pw.d[:, :, :1].copy(), pw.m, pw.qs, pw.gguf_nbytes)
+    with pytest.raises(KernelInputError, match=r"scales must be float32 \(1, 8, 2\), found float32 \(1, 8, 1\)"):
+        bad.validate()
+    bad = PackedWeight("q4_0", (8, 64), pw.d, pw.m, pw.qs[..., :1].copy(), pw.gguf_nbytes)
+    with pytest.raises(KernelInputError, match=r"values must be uint8 \(1, 8, 16, 2\)"):
+        bad.validate()
+    with pytest.raises(quant.QuantError):                          # a truncated QTensor never reaches a kernel
+        quant.QTensor("q4_0", (8, 64), qt.blocks[:, :-1].copy())
+    with pytest.raises(KernelInputError, match="no fused kernel for format 'nf4'"):
+        pack(quant.quantize(rand(4, 64), "nf4"))
+    with pytest.raises(KernelInputError, match=r"expert ids must lie in 0\.\.3, found 0\.\.4"):
+        mk.dispatch(np.array([[0, 4]]), 4)
+    with pytest.raises(KernelInputError, match=r"order must be int64 \(4,\)"):
+        mk.gather(rand(2, 3), np.arange(3), 2)
+    with pytest.raises(KernelInputError, match=r"ys must be \(A=4, C\)"):
+        mk.combine(rand(3, 5), np.arange(4), rand(2, 2))
+    kc = np.zeros((1, 1, 4, 8), np.float32)
+    cos = np.ones(8, np.float32)
+    with pytest.raises(KernelInputError, match="position 4 outside the cache of 4 positions"):
+        ops.attend(rand(1, 2, 8), rand(1, 1, 8), rand(1, 1, 8), cos, cos, kc, kc.copy(), 4)
+    with pytest.raises(KernelInputError, match=r"caches must be \(B=1, G=1, L, D=8\)"):
+        ops.attend(rand(1, 2, 8), rand(1, 1, 8), rand(1, 1, 8), cos, cos, kc[..., :4], kc[..., :4], 0)
+    with pytest.raises(KernelInputError, match="0 < K <= E"):
+        ops.route_topk(rand(2, 4), 5, "softmax_topk", True, 1.0)
+    with pytest.raises(KernelInputError, match="weight must have shape"):
+        ops.rms_norm(rand(2, 8), rand(7), 1e-5)
+
+
+def test_float64_activations_take_the_reference_path():
+    qt = quant.quantize(rand(8, 64), "q4_0")
+    x = np.random.default_rng(0).standard_normal((2, 64))
+    y = matmul(x, qt)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, x @ qt.dequantize().astype(np.float64).T, rtol=1e-12)
