@@ -40,7 +40,8 @@ flops_causal      the same, counting only the (query, key) pairs the mask keeps:
                   causal kernel does, and what minimoe.estimate counts. Equal to flops at decode.
 elementwise_flops everything that is not a dot product, per element of the op's output:
                     rmsnorm 4 (square, sum, times rstd, times weight)   rope 3 (2 mul, 1 add)
-                    score scale 1        softmax 5 (max, subtract, exp, sum, divide)
+                    scores: 1 per q element (the 1/sqrt(D) scale) + 1 per score (the mask)
+                    softmax 5 (max, subtract, exp, sum, divide)
                     swiglu 6 (sigmoid 4, 2 mul), swiglu_oai 8       bias add 1
                     router top-k: the softmax/sigmoid (5 per score), 2 per chosen weight
                     MoE combine 2 per (token, slot, channel) (weight times output, add)
@@ -237,7 +238,7 @@ class Trace:
 
     def attention_scores(self, q: np.ndarray, k: np.ndarray, scores: np.ndarray, mask: np.ndarray,
                          cached: bool, t0: float) -> float:
-        """scores (B, G, R, T, S) = q (B, G, R, T, D) . k (B, G, S, D), scaled and masked;
+        """scores (B, G, R, T, S) = q (B, G, R, T, D) / sqrt(D) . k (B, G, S, D), plus the mask;
         mask (T, S) True where a pair is kept. k comes from the KV cache if `cached`."""
         B, G, R, T, D = q.shape
         S = k.shape[-2]
@@ -247,7 +248,7 @@ class Trace:
         kv = k.nbytes if cached else 0
         return self._add("attn.scores", "attention", t0, B * T, flops=2 * B * G * R * T * S * D,
                          flops_causal=2 * B * G * R * D * int(mask.sum()),
-                         elementwise_flops=scores.size, kv_cache_bytes=kv,
+                         elementwise_flops=q.size + scores.size, kv_cache_bytes=kv,
                          activation_bytes=q.nbytes + scores.nbytes + (0 if cached else k.nbytes))
 
     def softmax(self, name: str, x: np.ndarray, y: np.ndarray, t0: float, rows: int | None = None,
