@@ -3,8 +3,7 @@
 Shape legend: B batch (windows per forward pass), T time (window length), V vocab,
 N tokens in the split.
 
-    tokens = encode_text(model, "tinyshakespeare.txt")       # (N_all,) with the model's tokenizer
-    train, val = split_tokens(tokens)                       # nanoGPT's split: the last 10% is val
+    val = eval_tokens(model, "tinyshakespeare.txt")          # (N,) the last 10%, model's tokenizer
     result = evaluate(model, val)                           # {"loss", "perplexity", "n_tokens", ...}
 
 `evaluate` is deterministic: it cuts the split into consecutive windows of T+1 tokens that
@@ -16,7 +15,8 @@ before it in its window (at most T of them, as in training):
 
 loss = mean over those N-1 targets of -log p(target), in nats; perplexity = exp(loss).
 Two models evaluated on the same split see exactly the same windows, so their losses compare
-directly (the quantization report relies on this).
+directly (the quantization report relies on this). The training loop's periodic val loss
+(minimoe/train/loop.py) averages `eval_iters` random batches instead, so it differs slightly.
 """
 from __future__ import annotations
 
@@ -27,46 +27,32 @@ import numpy as np
 
 from minimoe.errors import DataError, MinimoeError
 
-VAL_FRACTION = 0.1     # nanoGPT's split: the first 90% of the tokens train, the last 10% validate
+SPLITS = ("val", "train", "all")
 
 
-def read_text(path) -> str:
-    """The UTF-8 text of `path`, or a DataError naming the file for missing, empty or binary data."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    if not raw.strip():
-        raise DataError(f"{path}: the file is empty; expected text")
-    if b"\x00" in raw[:1 << 16]:
-        raise DataError(f"{path}: looks binary (contains NUL bytes); expected UTF-8 text")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+def eval_tokens(model, source, split: str = "val", val_fraction: float = 0.1) -> np.ndarray:
+    """Token ids (N,) of one split of `source`, tokenized with the model's own tokenizer.
 
-
-def encode_text(model, path) -> np.ndarray:
-    """Token ids (N,) of the text at `path`, with the tokenizer stored in the model's checkpoint."""
+    `source` is what `minimoe train --data` takes: a text file, "pydoc" or "shakespeare". The text
+    is read, encoded and split by minimoe.train.data.build_dataset, exactly as for training: the
+    first 1 - val_fraction of the ids are "train", the rest "val" (nanoGPT's split).
+    """
+    from minimoe.train.data import build_dataset
+    if split not in SPLITS:
+        raise MinimoeError(f"split must be one of {list(SPLITS)}, found {split!r}")
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise MinimoeError("this model has no tokenizer (no tokenizer.json in its checkpoint); "
                            "evaluation must use the tokenizer the model was trained with")
     try:
-        ids = tok.encode(read_text(path))
-    except MinimoeError as e:
-        if isinstance(e, DataError):
+        data = build_dataset(os.fspath(source), tok, block_size=1, val_fraction=val_fraction)
+    except DataError as e:
+        if os.fspath(source) in str(e):
             raise
-        raise DataError(f"{os.fspath(path)}: cannot be encoded with the model's {tok.kind} tokenizer: {e}") from None
-    return np.asarray(ids, dtype=np.int64)
-
-
-def split_tokens(tokens: np.ndarray, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val): the first 1 - val_fraction of the tokens, and the rest."""
-    n = int(len(tokens) * (1 - val_fraction))
-    return tokens[:n], tokens[n:]
+        raise DataError(f"{os.fspath(source)}: {e} (the model's {tok.kind} tokenizer)") from None
+    if split == "all":
+        return np.concatenate([data.train, data.val])
+    return data.val if split == "val" else data.train
 
 
 def evaluate(model, tokens, block_size: int | None = None, batch_size: int = 8,

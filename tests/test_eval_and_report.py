@@ -12,11 +12,12 @@ import minimoe
 from minimoe import quant
 from minimoe.cli import main
 from minimoe.errors import DataError, MinimoeError
-from minimoe.evaluate import encode_text, evaluate, read_text, split_tokens
+from minimoe.evaluate import eval_tokens, evaluate
 from minimoe.nn import loss
 from minimoe.quant.model import REPORT_RECIPES
 from minimoe.quant.report import format_report, plot_report, quantization_report
 from minimoe.tokenizer import CharTokenizer
+from minimoe.train.data import build_dataset
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 12
@@ -61,9 +62,11 @@ def oracle_loss(model, tokens, T):
 
 def test_evaluate_against_window_by_window_oracle(ckpt, data):
     model = minimoe.load(ckpt)
-    tokens = encode_text(model, data)
-    _, val = split_tokens(tokens)
-    assert len(val) == len(tokens) - int(0.9 * len(tokens))
+    val = eval_tokens(model, data)
+    same_as_training = build_dataset(str(data), model.tokenizer, block_size=32)
+    np.testing.assert_array_equal(val, same_as_training.val)          # the split `minimoe train` uses
+    np.testing.assert_array_equal(eval_tokens(model, data, "train"), same_as_training.train)
+    assert len(eval_tokens(model, data, "all")) == len(TEXT)
     for T, B in [(32, 8), (7, 3), (32, 1)]:
         r = evaluate(model, val, block_size=T, batch_size=B)
         expected, n = oracle_loss(model, val, T)
@@ -81,25 +84,27 @@ def test_evaluate_refuses_bad_input(ckpt):
         evaluate(model, np.arange(10), block_size=64)
 
 
-@pytest.mark.parametrize("content, match", [(b"", "empty"), (b"  \n", "empty"),
-                                            (b"ab\x00cd", "binary"), (b"\xff\xfe\xfa", "not UTF-8")])
-def test_bad_data_files(tmp_path, content, match):
+@pytest.mark.parametrize("content, match", [(b"", "empty"), (b"ab\x00cd", "binary"),
+                                            (b"\xff\xfe\xfa", "not UTF-8"), (b"Speak", "too short")])
+def test_bad_data_files(ckpt, tmp_path, content, match):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)
     with pytest.raises(DataError, match=match) as info:
-        read_text(path)
+        eval_tokens(minimoe.load(ckpt), path)
     assert str(path) in str(info.value)
     with pytest.raises(DataError, match="cannot read"):
-        read_text(tmp_path / "missing.txt")
+        eval_tokens(minimoe.load(ckpt), tmp_path / "missing.txt")
 
 
 def test_text_the_tokenizer_cannot_encode(ckpt, tmp_path):
     path = tmp_path / "other.txt"
-    path.write_text("zebra ZZZ", encoding="utf-8")
-    with pytest.raises(DataError, match=r"other.txt: cannot be encoded with the model's char tokenizer"):
-        encode_text(minimoe.load(ckpt), path)
+    path.write_text("zebra ZZZ" * 10, encoding="utf-8")
+    with pytest.raises(DataError, match=r"other.txt: character '.' is not in .* char tokenizer"):
+        eval_tokens(minimoe.load(ckpt), path)
     with pytest.raises(MinimoeError, match="no tokenizer"):
-        encode_text(minimoe.Model(minimoe.Config.preset("tiny")), path)
+        eval_tokens(minimoe.Model(minimoe.Config.preset("tiny")), path)
+    with pytest.raises(MinimoeError, match="split must be one of"):
+        eval_tokens(minimoe.load(ckpt), path, "test")
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ def test_quantization_report(ckpt, data, tmp_path):
     assert mem == sorted(mem, reverse=True)
     assert by["mxfp4-moe"]["mixed"] and not by["q4_0"]["mixed"]
     assert abs(by["q8_0"]["delta_loss"]) < 0.01                       # 8 bits barely move the loss
-    val = split_tokens(encode_text(model, data))[1]
+    val = eval_tokens(model, data)
     q4 = minimoe.quantize(model, "q4_0")
     assert by["q4_0"]["val_loss"] == pytest.approx(evaluate(q4, val)["loss"], rel=1e-12)
     text = format_report(rows)
@@ -179,7 +184,7 @@ def test_cli_eval(ckpt, data, tmp_path, capsys):
     assert main(["eval", "--model", str(ckpt), "--data", str(data), "--split", "all", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     model = minimoe.load(ckpt)
-    assert r["loss"] == pytest.approx(evaluate(model, encode_text(model, data))["loss"], rel=1e-12)
+    assert r["loss"] == pytest.approx(evaluate(model, eval_tokens(model, data, "all"))["loss"], rel=1e-12)
     # a quantized checkpoint evaluates the same way
     main(["quantize", "--model", str(ckpt), "--recipe", "q4_0", "--out", str(tmp_path / "q")])
     capsys.readouterr()

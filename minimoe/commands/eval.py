@@ -3,8 +3,9 @@
     minimoe eval --model runs/moe --data tinyshakespeare.txt
     minimoe eval --model runs/moe-q4_0 --data tinyshakespeare.txt --split all --json
 
-The text is tokenized with the tokenizer stored in the model's checkpoint. The val split is the
-last 10% of the tokens (nanoGPT's split); see minimoe/evaluate.py for exactly which windows count.
+The text is tokenized with the tokenizer stored in the model's checkpoint and split as
+`minimoe train` splits it (minimoe/train/data.py): the val split is the last 10% of the tokens.
+See minimoe/evaluate.py for exactly which windows count.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from minimoe.commands.common import add_model_args, open_model
 def add_parser(sub):
     p = sub.add_parser("eval", help="validation loss and perplexity of a model on a text file")
     add_model_args(p)
-    p.add_argument("--data", metavar="PATH", required=True, help="a UTF-8 text file")
+    p.add_argument("--data", metavar="PATH", required=True,
+                   help="a UTF-8 text file, 'shakespeare' or 'pydoc' (as for `minimoe train`)")
     p.add_argument("--split", choices=("val", "train", "all"), default="val",
                    help="which part of the text: the last 10%% (val, default), the first 90%%, or all")
     p.add_argument("--block-size", type=int, metavar="T", help="window length (default: max_seq_len)")
@@ -27,12 +29,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from minimoe.evaluate import encode_text, evaluate, split_tokens
+    from minimoe.evaluate import eval_tokens, evaluate
     model = open_model(args)
-    tokens = encode_text(model, args.data)
-    if args.split != "all":
-        train, val = split_tokens(tokens)
-        tokens = val if args.split == "val" else train
+    tokens = eval_tokens(model, args.data, args.split)
     r = evaluate(model, tokens, block_size=args.block_size, batch_size=args.batch_size,
                  max_tokens=args.max_tokens)
     r.update(split=args.split, data=str(args.data))

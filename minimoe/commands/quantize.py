@@ -29,7 +29,7 @@ def add_parser(sub):
     p.add_argument("--report", action="store_true",
                    help=f"compare recipes ({', '.join(REPORT_RECIPES)}) by weight memory and val loss")
     p.add_argument("--recipes", metavar="A,B,..", help="with --report: the recipes to compare")
-    p.add_argument("--data", metavar="PATH", help="with --report: a text file; its last 10%% is the val split")
+    p.add_argument("--data", metavar="PATH", help="with --report: a text file (or 'shakespeare', 'pydoc'); its last 10%% is the val split")
     p.add_argument("--plot", metavar="FILE", help="with --report: save the figure here (e.g. report.png)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="with --report: evaluate only N val tokens")
     p.add_argument("--block-size", type=int, metavar="T", help="with --report: window length (default max_seq_len)")

@@ -27,14 +27,15 @@ from .model import FLOAT, REPORT_RECIPES, error_rows, get_recipe, quantize_model
 
 def quantization_report(model, data=None, recipes=None, block_size: int | None = None,
                         max_tokens: int | None = None, batch_size: int = 8) -> list[dict]:
-    """One dict per recipe (see the module docstring). `data` is a text file (its val split is
-    used) or an int array of tokens (used whole), or None to skip the val loss."""
-    from minimoe.evaluate import encode_text, evaluate, split_tokens
+    """One dict per recipe (see the module docstring). `data` is a text file, "pydoc" or
+    "shakespeare" (its val split is used), or an int array of tokens (used whole), or None to skip
+    the val loss."""
+    from minimoe.evaluate import eval_tokens, evaluate
     recipes = list(REPORT_RECIPES if recipes is None else recipes)
     tokens = None
     if data is not None:
         if isinstance(data, (str, os.PathLike)):
-            tokens = split_tokens(encode_text(model, data))[1]       # (N,) the val split
+            tokens = eval_tokens(model, data, "val")                  # (N,) the val split
         else:
             tokens = np.asarray(data, dtype=np.int64)
     rows = []
