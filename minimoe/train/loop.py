@@ -573,5 +573,5 @@ def expert_usage(expert_load: list, top_k: int) -> str:
         if load is None:
             continue
         bar = " ".join(f"{100 * f:5.1f}%" for f in load)
-        lines.append(f"layer {i:2d} {bar}   (max/min {max(load) / max(min(load), 1e-9):.1f}x)")
+        lines.append(f"layer {i:2d} {bar}   (busiest {max(load) * len(load):.1f}x even)")
     return "\n".join(lines)
