@@ -77,25 +77,32 @@ def test_dequantize_loops_are_bit_exact(fmt):
 
 
 def test_gemv_kernels_equal_twins_directly():
-    """The Kernel pairs themselves, called with the same arrays."""
+    """The Kernel pairs themselves, called with the same arrays (17 rows: a padded last group)."""
     x = rand(3, 224, seed=7)
-    xk = to_kernel_order(x)
-    xs = qm.block_sums(xk)
+    xk = to_kernel_order(x)                                       # (3, 32, 7)
     experts = np.array([1, 0, 1], np.int64)
     for fmt in FORMATS:
         qt = quant.quantize(rand(2, 17, 224, seed=6), fmt)
         pw = pack(qt)
+        assert pw.G == 16 and pw.d.shape == (2, 2, 16 * 7)
+        xr, xs = np.tile(xk, (1, 1, pw.G)), np.tile(qm.block_sums(xk), (1, pw.G))
+        for fn in (qm.gemv_operands.numba, qm.gemv_operands.numpy):
+            xr2, xs2 = np.empty_like(xr), np.empty_like(xs)
+            fn(x, pw.G, xr2, xs2)
+            np.testing.assert_array_equal(xr2, xr)
+            np.testing.assert_allclose(xs2, xs, rtol=1e-6, atol=1e-6)
         w64 = qt.dequantize().astype(np.float64)
         for fn in (qm.GEMV[fmt].numba, qm.GEMV[fmt].numpy):
             y = np.empty((3, 17), np.float32)
-            fn(xk, xs, pw.d, pw.m, pw.qs, experts, y)
+            fn(xr, xs, pw.d, pw.m, pw.qs, pw.G, experts, y)
             for r, e in enumerate(experts):
                 assert_close_to_reference(y[r:r + 1], x[r:r + 1], w64[e])
-        ta, tb = np.empty((5, 224), np.float32), np.empty((5, 224), np.float32)
-        qm.DEQUANT_TILE[fmt].numba(pw.d, pw.m, pw.qs, 1, 11, ta)
-        qm.DEQUANT_TILE[fmt].numpy(pw.d, pw.m, pw.qs, 1, 11, tb)
+        ta, tb = np.empty((16, 224), np.float32), np.empty((16, 224), np.float32)
+        qm.DEQUANT_TILE[fmt].numba(pw.d, pw.m, pw.qs, pw.G, 1, 1, ta)   # rows 16..31: 16 real, 15 padding
+        qm.DEQUANT_TILE[fmt].numpy(pw.d, pw.m, pw.qs, pw.G, 1, 1, tb)
         np.testing.assert_array_equal(ta, tb)
-        np.testing.assert_array_equal(ta, to_kernel_order(qt.dequantize()[1, 11:16]).reshape(5, 224))
+        np.testing.assert_array_equal(ta[:1], to_kernel_order(qt.dequantize()[1, 16:17]).reshape(1, 224))
+        np.testing.assert_array_equal(ta[1:], 0)
 
 
 def test_expert_views_share_the_stack_repack():
@@ -306,11 +313,14 @@ def test_malformed_inputs_raise_clear_errors():
         qm.qmatmul(rand(2, 64), stack)
     with pytest.raises(KernelInputError, match=r"experts must be int64 of shape \(2,\)"):
         qm.qmatmul(rand(2, 64), stack, np.array([0], np.int64))
-    bad = PackedWeight("q4_0", (8, 64), pw.d[:, :, :1].copy(), pw.m, pw.qs, pw.gguf_nbytes)
-    with pytest.raises(KernelInputError, match=r"scales must be float32 \(1, 8, 2\), found float32 \(1, 8, 1\)"):
+    bad = PackedWeight("q4_0", (8, 64), pw.d[:, :, :1].copy(), pw.m, pw.qs, pw.G, pw.gguf_nbytes)
+    with pytest.raises(KernelInputError, match=r"scales must be float32 \(1, 1, 32\), found float32 \(1, 1, 1\)"):
         bad.validate()
-    bad = PackedWeight("q4_0", (8, 64), pw.d, pw.m, pw.qs[..., :1].copy(), pw.gguf_nbytes)
-    with pytest.raises(KernelInputError, match=r"values must be uint8 \(1, 8, 16, 2\)"):
+    bad = PackedWeight("q4_0", (8, 64), pw.d, pw.m, pw.qs[..., :1].copy(), pw.G, pw.gguf_nbytes)
+    with pytest.raises(KernelInputError, match=r"values must be uint8 \(1, 1, 16, 32\)"):
+        bad.validate()
+    bad = PackedWeight("q4_0", (8, 64), pw.d, pw.m, pw.qs, 4, pw.gguf_nbytes)
+    with pytest.raises(KernelInputError, match="rows per group must be 16, found 4"):
         bad.validate()
     with pytest.raises(quant.QuantError):                          # a truncated QTensor never reaches a kernel
         quant.QTensor("q4_0", (8, 64), qt.blocks[:, :-1].copy())

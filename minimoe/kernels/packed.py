@@ -1,23 +1,27 @@
 """The kernels' layout of a packed weight, repacked once from the GGUF bytes of a QTensor.
 
 Shape legend: E stacked matrices (experts; 1 for a plain matrix), O output rows, I = nb*32 input
-width, nb blocks per row, J bytes per block that hold values (16 for the 4-bit formats, 32 for q8_0).
+width, nb blocks per row, J bytes per block that hold values (16 for the 4-bit formats, 32 for
+q8_0), G rows per group, OG = ceil(O / G) groups, W = G*nb.
 
 On disk and in a QTensor, a row is nb GGUF blocks one after another, each block its scale
 followed by its 16 (or 32) bytes of values. That layout is fine to read but awkward to vectorize:
 every 18 bytes the loop must stop, decode an fp16 scale, and start again. So the kernels read a
 repacked copy, made once per tensor and cached:
 
-    d    float32 (E, O, nb)     the block scale: fp16 d for q4_0 / q4_1 / q8_0, and for mxfp4
-                                2^(e - 128), the E8M0 scale halved (the values table is doubled
-                                to match, as ggml does, so e = 255 stays finite)
-    m    float32 (E, O, nb)     q4_1's block minimum (an empty (0, 0, 0) array for the others)
-    qs   (E, O, J, nb)          byte j of every block, block index LAST: qs[e, o, j, b] is byte j
-                                of block b of row o. uint8 for the 4-bit formats (low nibble =
-                                element j, high nibble = element j + 16), int8 for q8_0 (element j)
+    d    float32 (E, OG, W)     the block scales: d[e, og, r*nb + b] is the scale of block b of row
+                                og*G + r. fp16 d for q4_0 / q4_1 / q8_0; for mxfp4 2^(e8m0 - 128),
+                                the E8M0 scale halved (the value table is doubled to match, as ggml
+                                does, so e8m0 = 255 stays finite)
+    m    float32 (E, OG, W)     q4_1's block minimums (an empty (0, 0, 0) array for the others)
+    qs   (E, OG, J, W)          qs[e, og, j, r*nb + b] is byte j of that block. uint8 for the 4-bit
+                                formats (low nibble = element j, high nibble = element j + 16), int8
+                                for q8_0 (element j)
 
-With the block index last, the innermost loop of a kernel runs over b: contiguous bytes, the same
-operation on each, which the compiler turns into SIMD instructions.
+With the block index last, the innermost loop of a kernel runs over W = G*nb contiguous bytes
+doing the same thing to each, which the compiler turns into SIMD instructions. G rows are
+interleaved so that this loop is long enough (W >= 128) even for narrow matrices: a 512-wide
+row has only 16 blocks, so 8 rows share one loop. Rows past O (padding of the last group) are zero.
 
 The input axis is visited in "kernel order": position p = (i % 32) * nb + i // 32 of x holds
 element i. `to_kernel_order(x)` makes that copy of the activations once per call (it is small),
@@ -45,6 +49,14 @@ class KernelInputError(MinimoeError, ValueError):
     """A kernel was handed arrays of the wrong shape or dtype; the message names which and why."""
 
 
+def group_rows(nb: int) -> int:
+    """G, the rows interleaved per group: enough that G*nb >= 128 bytes per inner loop (at most 16)."""
+    G = 1
+    while G * nb < 128 and G < 16:
+        G *= 2
+    return G
+
+
 @dataclass(frozen=True)
 class PackedWeight:
     """A packed weight in the kernels' layout (see the module docstring).
@@ -53,9 +65,10 @@ class PackedWeight:
     """
     fmt: str
     shape: tuple
-    d: np.ndarray        # float32 (E, O, nb)
-    m: np.ndarray        # float32 (E, O, nb) for q4_1, else (0, 0, 0)
-    qs: np.ndarray       # uint8 / int8 (E, O, J, nb)
+    d: np.ndarray        # float32 (E, OG, G*nb)
+    m: np.ndarray        # float32 (E, OG, G*nb) for q4_1, else (0, 0, 0)
+    qs: np.ndarray       # uint8 / int8 (E, OG, J, G*nb)
+    G: int               # rows per group
     gguf_nbytes: int     # bytes of the GGUF blocks it came from (what "weight bytes" means in benchmarks)
 
     @property
@@ -63,8 +76,13 @@ class PackedWeight:
         return len(self.shape) == 3
 
     @property
+    def rows(self) -> int:
+        """O, the output rows of each matrix."""
+        return self.shape[-2]
+
+    @property
     def n_blocks(self) -> int:
-        return self.d.shape[-1]
+        return self.shape[-1] // BLOCK
 
     def __getitem__(self, e: int) -> PackedWeight:
         """Matrix e of a stack (E, O, I): a view, nothing copied."""
@@ -77,24 +95,39 @@ class PackedWeight:
         e = int(e) % E
         sl = slice(e, e + 1)
         m = self.m[sl] if self.m.size else self.m
-        return PackedWeight(self.fmt, self.shape[1:], self.d[sl], m, self.qs[sl], self.gguf_nbytes // E)
+        return PackedWeight(self.fmt, self.shape[1:], self.d[sl], m, self.qs[sl], self.G, self.gguf_nbytes // E)
+
+    def ungrouped(self, name: str) -> np.ndarray:
+        """d, m or qs with one row per output row: (E, O, nb) or (E, O, J, nb). For the NumPy twins."""
+        a = getattr(self, name)
+        E, OG, nb = a.shape[0], a.shape[1], self.n_blocks
+        if name == "qs":
+            J = a.shape[2]
+            a = a.reshape(E, OG, J, self.G, nb).transpose(0, 1, 3, 2, 4).reshape(E, OG * self.G, J, nb)
+        elif a.size:
+            a = a.reshape(E, OG * self.G, nb)
+        return a[:, :self.rows]
 
     def validate(self) -> PackedWeight:
         """Check that the arrays agree with each other and with `shape` (the kernels trust them)."""
         E, O, I = (1, *self.shape) if len(self.shape) == 2 else self.shape
         nb, J = I // BLOCK, (32 if self.fmt == "q8_0" else 16)
+        G = self.G
+        OG = -(-O // G)
         want_q = np.int8 if self.fmt == "q8_0" else np.uint8
         what = f"packed {self.fmt} weight of shape {self.shape}"
-        if I % BLOCK:
-            raise KernelInputError(f"{what}: input width {I} is not a multiple of {BLOCK}")
-        if self.d.shape != (E, O, nb) or self.d.dtype != np.float32:
-            raise KernelInputError(f"{what}: scales must be float32 {(E, O, nb)}, found "
+        if I % BLOCK or I == 0:
+            raise KernelInputError(f"{what}: input width {I} is not a positive multiple of {BLOCK}")
+        if G != group_rows(nb):
+            raise KernelInputError(f"{what}: rows per group must be {group_rows(nb)}, found {G}")
+        if self.d.shape != (E, OG, G * nb) or self.d.dtype != np.float32:
+            raise KernelInputError(f"{what}: scales must be float32 {(E, OG, G * nb)}, found "
                                    f"{self.d.dtype} {self.d.shape}")
-        if self.qs.shape != (E, O, J, nb) or self.qs.dtype != want_q:
-            raise KernelInputError(f"{what}: values must be {np.dtype(want_q)} {(E, O, J, nb)}, found "
+        if self.qs.shape != (E, OG, J, G * nb) or self.qs.dtype != want_q:
+            raise KernelInputError(f"{what}: values must be {np.dtype(want_q)} {(E, OG, J, G * nb)}, found "
                                    f"{self.qs.dtype} {self.qs.shape}")
-        if self.fmt == "q4_1" and (self.m.shape != (E, O, nb) or self.m.dtype != np.float32):
-            raise KernelInputError(f"{what}: minimums must be float32 {(E, O, nb)}, found "
+        if self.fmt == "q4_1" and (self.m.shape != (E, OG, G * nb) or self.m.dtype != np.float32):
+            raise KernelInputError(f"{what}: minimums must be float32 {(E, OG, G * nb)}, found "
                                    f"{self.m.dtype} {self.m.shape}")
         for name in ("d", "m", "qs"):
             if not getattr(self, name).flags.c_contiguous:
@@ -117,26 +150,34 @@ def repack(qt: QTensor) -> PackedWeight:
                                f"found {len(qt.shape)} axes")
     E, O, I = (1, *qt.shape) if len(qt.shape) == 2 else qt.shape
     nb = I // BLOCK
+    if nb == 0:
+        raise KernelInputError(f"{qt!r}: input width must be at least one block of {BLOCK}")
+    G = group_rows(nb)
+    OG = -(-O // G)
     BB = qt.format.BLOCK_BYTES
-    blocks = qt.blocks.reshape(E * O * nb, BB)                 # (E*O*nb, BB), one GGUF block a row
+    blocks = qt.blocks.reshape(E, O, nb, BB)
+    if OG * G != O:                                             # pad the last group with zero rows
+        blocks = np.concatenate([blocks, np.zeros((E, OG * G - O, nb, BB), np.uint8)], axis=1)
+    blocks = blocks.reshape(E * OG * G * nb, BB)                # one GGUF block a row
     m = np.zeros((0, 0, 0), np.float32)
     if qt.fmt == "mxfp4":
-        e8m0 = blocks[:, 0].astype(np.int32)                    # (E*O*nb,)
-        d = np.ldexp(np.float32(1), e8m0 - 128).astype(np.float32)   # 2^(e-128): halved scale
-        vals = blocks[:, 1:]                                    # (E*O*nb, 16)
+        e8m0 = blocks[:, 0].astype(np.int32)
+        d = np.ldexp(np.float32(1), e8m0 - 128).astype(np.float32)   # 2^(e-128): the halved scale
+        vals = blocks[:, 1:]                                    # (.., 16)
     else:
-        d = fp16_from_bytes(blocks[:, 0:2])                     # (E*O*nb,) fp16 -> float32, exact
+        d = fp16_from_bytes(blocks[:, 0:2])                     # fp16 -> float32, exact
         if qt.fmt == "q4_1":
-            m = fp16_from_bytes(blocks[:, 2:4]).reshape(E, O, nb)
+            m = fp16_from_bytes(blocks[:, 2:4]).reshape(E, OG, G * nb)
             vals = blocks[:, 4:]
         else:
             vals = blocks[:, 2:]                                # q4_0: (.., 16); q8_0: (.., 32)
     J = vals.shape[1]
-    qs = vals.reshape(E, O, nb, J).transpose(0, 1, 3, 2)       # (E, O, nb, J) -> (E, O, J, nb)
+    # (E, OG, G, nb, J) -> (E, OG, J, G, nb): byte j of every block of the group's rows, contiguous
+    qs = vals.reshape(E, OG, G, nb, J).transpose(0, 1, 4, 2, 3).reshape(E, OG, J, G * nb)
     qs = np.ascontiguousarray(qs)
     if qt.fmt == "q8_0":
         qs = qs.view(np.int8)
-    pw = PackedWeight(qt.fmt, qt.shape, d.reshape(E, O, nb), np.ascontiguousarray(m), qs, qt.nbytes)
+    pw = PackedWeight(qt.fmt, qt.shape, d.reshape(E, OG, G * nb), np.ascontiguousarray(m), qs, G, qt.nbytes)
     return pw.validate()
 
 

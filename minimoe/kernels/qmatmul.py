@@ -43,20 +43,36 @@ _FAST = {"reassoc", "contract", "nsz"}   # let sums be reordered (SIMD); keep in
 
 
 # ----------------------------------------------------------------------------------------------
-# The GEMVs. Arguments, the same for every format:
-#   xk (R, 32, nb) float32   activations in kernel order (packed.to_kernel_order)
-#   xs (R, nb)     float32   sum of x over each block
-#   d, m           float32   (E, O, nb) scales and (q4_1) minimums
-#   qs             (E, O, J, nb) the value bytes
+# The GEMVs. Arguments, the same for every format (layout: packed.py; W = G*nb):
+#   xr (R, 32, W)  float32   activations in kernel order, repeated G times along the last axis
+#                            (xr[r, j, g*nb + b] = x[r, b*32 + j]), so they line up with a group
+#   xs (R, W)      float32   the sum of x over each block, repeated the same way
+#   d, m           float32   (E, OG, W) scales and (q4_1) minimums
+#   qs             (E, OG, J, W) the value bytes
+#   G              int       rows per group
 #   experts (R,)   int64     which matrix of the stack row r multiplies (all 0 for one matrix)
 #   out (R, O)     float32   written
 # ----------------------------------------------------------------------------------------------
 
-def _gemv_numpy(xk, weights, experts, out):
-    """Shared by the twins: weights (R, O, 32, nb) float32 in kernel order -> out (R, O)."""
+def _ungroup(a, G, nb, O):
+    """(E, OG, [J,] G*nb) -> (E, O, [J,] nb): one row per output row, as the twins read it."""
+    if a.ndim == 4:
+        E, OG, J, _ = a.shape
+        return a.reshape(E, OG, J, G, nb).transpose(0, 1, 3, 2, 4).reshape(E, OG * G, J, nb)[:, :O]
+    return a.reshape(a.shape[0], -1, nb)[:, :O]
+
+
+def _gemv_numpy(xr, values, d, m, G, experts, out):
+    """Shared by the twins. values (E, O, 32, nb) float32 codes (or table values) in kernel order:
+    W[e, o, b*32 + j] = d[e, o, b] * values[e, o, j, b] (+ m[e, o, b])."""
     R, O = out.shape
-    w = weights.reshape(R, O, -1)                                  # (R, O, I)
-    out[:] = (w @ xk.reshape(R, -1, 1))[:, :, 0]                   # (R, O, I) @ (R, I, 1) -> (R, O)
+    nb = xr.shape[2] // G
+    xk = xr[:, :, :nb]                                             # (R, 32, nb) one copy of x
+    scale = _ungroup(d, G, nb, O)[experts]                         # (R, O, nb)
+    w = scale[:, :, None, :] * values[experts]                     # (R, O, 32, nb) float weights
+    if m.size:
+        w = w + _ungroup(m, G, nb, O)[experts][:, :, None, :]
+    out[:] = np.einsum("rojb,rjb->ro", w, xk)                       # sum over the 32*nb inputs
 
 
 def _nibbles(qs):
@@ -64,209 +80,258 @@ def _nibbles(qs):
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-2)
 
 
-def gemv_q4_0_numpy(xk, xs, d, m, qs, experts, out):
+def gemv_q4_0_numpy(xr, xs, d, m, qs, G, experts, out):
     """y[r, o] = sum_i W[experts[r], o, i] x[r, i] with W = d * (q - 8)."""
-    codes = _nibbles(qs[experts]).astype(np.float32)               # (R, O, 32, nb)
-    _gemv_numpy(xk, d[experts][:, :, None, :] * (codes - 8), experts, out)
+    codes = _nibbles(_ungroup(qs, G, xr.shape[2] // G, out.shape[1])).astype(np.float32)  # (E, O, 32, nb)
+    _gemv_numpy(xr, codes - 8, d, m, G, experts, out)
 
 
-def gemv_q4_1_numpy(xk, xs, d, m, qs, experts, out):
+def gemv_q4_1_numpy(xr, xs, d, m, qs, G, experts, out):
     """W = d * q + m."""
-    codes = _nibbles(qs[experts]).astype(np.float32)               # (R, O, 32, nb)
-    _gemv_numpy(xk, d[experts][:, :, None, :] * codes + m[experts][:, :, None, :], experts, out)
+    codes = _nibbles(_ungroup(qs, G, xr.shape[2] // G, out.shape[1])).astype(np.float32)
+    _gemv_numpy(xr, codes, d, m, G, experts, out)
 
 
-def gemv_q8_0_numpy(xk, xs, d, m, qs, experts, out):
+def gemv_q8_0_numpy(xr, xs, d, m, qs, G, experts, out):
     """W = d * q, q int8."""
-    _gemv_numpy(xk, d[experts][:, :, None, :] * qs[experts].astype(np.float32), experts, out)
+    _gemv_numpy(xr, _ungroup(qs, G, xr.shape[2] // G, out.shape[1]).astype(np.float32), d, m, G, experts, out)
 
 
-def gemv_mxfp4_numpy(xk, xs, d, m, qs, experts, out):
+def gemv_mxfp4_numpy(xr, xs, d, m, qs, G, experts, out):
     """W = d * LUT2[q]: d = 2^(e-128), LUT2 = 2 * E2M1."""
-    values = MXFP4_LUT2[_nibbles(qs[experts])]                     # (R, O, 32, nb)
-    _gemv_numpy(xk, d[experts][:, :, None, :] * values, experts, out)
+    values = MXFP4_LUT2[_nibbles(_ungroup(qs, G, xr.shape[2] // G, out.shape[1]))]
+    _gemv_numpy(xr, values, d, m, G, experts, out)
 
 
 @twin(gemv_q4_0_numpy)
 @njit(parallel=True, fastmath=_FAST, cache=True)
-def gemv_q4_0(xk, xs, d, m, qs, experts, out):
-    R = xk.shape[0]
-    O, nb = qs.shape[1], qs.shape[3]
-    n_chunks = (O + CHUNK - 1) // CHUNK
-    for item in prange(R * n_chunks):                       # (row of x, chunk of output rows)
-        r, c = item // n_chunks, item % n_chunks
+def gemv_q4_0(xr, xs, d, m, qs, G, experts, out):
+    R, O = out.shape
+    OG, W = qs.shape[1], qs.shape[3]
+    nb = W // G
+    per_item = max(1, CHUNK // G)                           # groups per parallel work item
+    n_items = (OG + per_item - 1) // per_item
+    for item in prange(R * n_items):                        # (row of x, a few groups of rows)
+        r, c = item // n_items, item % n_items
         e = experts[r]
-        t = np.empty(nb, np.float32)                        # one partial sum per block
-        for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
-            for b in range(nb):
-                t[b] = np.float32(-8.0) * xs[r, b]          # the "- 8" of every code, folded in
+        t = np.empty(W, np.float32)                         # one partial sum per block of the group
+        for og in range(c * per_item, min(OG, c * per_item + per_item)):
+            for i in range(W):
+                t[i] = np.float32(-8.0) * xs[r, i]          # the "- 8" of every code, folded in
             for j in range(16):
-                for b in range(nb):                         # SIMD over blocks
-                    q = np.uint32(qs[e, o, j, b])
-                    lo = np.float32(np.uint32(q & np.uint32(0x0F)))     # element j
+                for i in range(W):                          # SIMD over the group's blocks
+                    q = np.uint32(qs[e, og, j, i])
+                    lo = np.float32(np.uint32(q & np.uint32(0x0F)))     # element j of the block
                     hi = np.float32(np.uint32(q >> np.uint32(4)))       # element j + 16
-                    t[b] += xk[r, j, b] * lo + xk[r, 16 + j, b] * hi
-            acc = np.float32(0.0)
-            for b in range(nb):
-                acc += d[e, o, b] * t[b]
-            out[r, o] = acc
+                    t[i] += xr[r, j, i] * lo + xr[r, 16 + j, i] * hi
+            for g in range(min(G, O - og * G)):             # y[o] = sum_b d[o, b] * t[o, b]
+                acc = np.float32(0.0)
+                for b in range(g * nb, g * nb + nb):
+                    acc += d[e, og, b] * t[b]
+                out[r, og * G + g] = acc
 
 
 @twin(gemv_q4_1_numpy)
 @njit(parallel=True, fastmath=_FAST, cache=True)
-def gemv_q4_1(xk, xs, d, m, qs, experts, out):
-    R = xk.shape[0]
-    O, nb = qs.shape[1], qs.shape[3]
-    n_chunks = (O + CHUNK - 1) // CHUNK
-    for item in prange(R * n_chunks):
-        r, c = item // n_chunks, item % n_chunks
+def gemv_q4_1(xr, xs, d, m, qs, G, experts, out):
+    R, O = out.shape
+    OG, W = qs.shape[1], qs.shape[3]
+    nb = W // G
+    per_item = max(1, CHUNK // G)
+    n_items = (OG + per_item - 1) // per_item
+    for item in prange(R * n_items):
+        r, c = item // n_items, item % n_items
         e = experts[r]
-        t = np.empty(nb, np.float32)
-        for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
+        t = np.empty(W, np.float32)
+        for og in range(c * per_item, min(OG, c * per_item + per_item)):
             t[:] = 0.0
             for j in range(16):
-                for b in range(nb):
-                    q = np.uint32(qs[e, o, j, b])
+                for i in range(W):
+                    q = np.uint32(qs[e, og, j, i])
                     lo = np.float32(np.uint32(q & np.uint32(0x0F)))
                     hi = np.float32(np.uint32(q >> np.uint32(4)))
-                    t[b] += xk[r, j, b] * lo + xk[r, 16 + j, b] * hi
-            acc = np.float32(0.0)
-            for b in range(nb):
-                acc += d[e, o, b] * t[b] + m[e, o, b] * xs[r, b]   # the minimum times the block's sum
-            out[r, o] = acc
+                    t[i] += xr[r, j, i] * lo + xr[r, 16 + j, i] * hi
+            for g in range(min(G, O - og * G)):
+                acc = np.float32(0.0)
+                for b in range(g * nb, g * nb + nb):
+                    acc += d[e, og, b] * t[b] + m[e, og, b] * xs[r, b]   # the minimum times the block's sum
+                out[r, og * G + g] = acc
 
 
 @twin(gemv_q8_0_numpy)
 @njit(parallel=True, fastmath=_FAST, cache=True)
-def gemv_q8_0(xk, xs, d, m, qs, experts, out):
-    R = xk.shape[0]
-    O, nb = qs.shape[1], qs.shape[3]
-    n_chunks = (O + CHUNK - 1) // CHUNK
-    for item in prange(R * n_chunks):
-        r, c = item // n_chunks, item % n_chunks
+def gemv_q8_0(xr, xs, d, m, qs, G, experts, out):
+    R, O = out.shape
+    OG, W = qs.shape[1], qs.shape[3]
+    nb = W // G
+    per_item = max(1, CHUNK // G)
+    n_items = (OG + per_item - 1) // per_item
+    for item in prange(R * n_items):
+        r, c = item // n_items, item % n_items
         e = experts[r]
-        t = np.empty(nb, np.float32)
-        for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
+        t = np.empty(W, np.float32)
+        for og in range(c * per_item, min(OG, c * per_item + per_item)):
             t[:] = 0.0
             for j in range(32):
-                for b in range(nb):
-                    t[b] += xk[r, j, b] * np.float32(qs[e, o, j, b])
-            acc = np.float32(0.0)
-            for b in range(nb):
-                acc += d[e, o, b] * t[b]
-            out[r, o] = acc
+                for i in range(W):
+                    t[i] += xr[r, j, i] * np.float32(qs[e, og, j, i])
+            for g in range(min(G, O - og * G)):
+                acc = np.float32(0.0)
+                for b in range(g * nb, g * nb + nb):
+                    acc += d[e, og, b] * t[b]
+                out[r, og * G + g] = acc
 
 
 @twin(gemv_mxfp4_numpy)
 @njit(parallel=True, fastmath=_FAST, cache=True)
-def gemv_mxfp4(xk, xs, d, m, qs, experts, out):
-    R = xk.shape[0]
-    O, nb = qs.shape[1], qs.shape[3]
-    n_chunks = (O + CHUNK - 1) // CHUNK
+def gemv_mxfp4(xr, xs, d, m, qs, G, experts, out):
+    R, O = out.shape
+    OG, W = qs.shape[1], qs.shape[3]
+    nb = W // G
+    per_item = max(1, CHUNK // G)
+    n_items = (OG + per_item - 1) // per_item
     lut = MXFP4_LUT2
-    for item in prange(R * n_chunks):
-        r, c = item // n_chunks, item % n_chunks
+    for item in prange(R * n_items):
+        r, c = item // n_items, item % n_items
         e = experts[r]
-        t = np.empty(nb, np.float32)
-        for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
+        t = np.empty(W, np.float32)
+        for og in range(c * per_item, min(OG, c * per_item + per_item)):
             t[:] = 0.0
             for j in range(16):
-                for b in range(nb):
-                    q = np.uint32(qs[e, o, j, b])
-                    t[b] += xk[r, j, b] * lut[q & np.uint32(0x0F)] + xk[r, 16 + j, b] * lut[q >> np.uint32(4)]
-            acc = np.float32(0.0)
-            for b in range(nb):
-                acc += d[e, o, b] * t[b]
-            out[r, o] = acc
+                for i in range(W):
+                    q = np.uint32(qs[e, og, j, i])
+                    t[i] += xr[r, j, i] * lut[q & np.uint32(0x0F)] + xr[r, 16 + j, i] * lut[q >> np.uint32(4)]
+            for g in range(min(G, O - og * G)):
+                acc = np.float32(0.0)
+                for b in range(g * nb, g * nb + nb):
+                    acc += d[e, og, b] * t[b]
+                out[r, og * G + g] = acc
+
+
+# The activations in the GEMVs' order: x (R, I) -> xr (R, 32, G*nb), xs (R, G*nb), both written.
+
+def gemv_operands_numpy(x, G, xr, xs):
+    """xr[r, j, g*nb + b] = x[r, b*32 + j] for every g < G; xs[r, g*nb + b] = sum_j x[r, b*32 + j]."""
+    R, I = x.shape
+    nb = I // BLOCK
+    xk = x.reshape(R, nb, BLOCK).transpose(0, 2, 1)                # (R, 32, nb) kernel order
+    xr[:] = np.broadcast_to(xk[:, :, None, :], (R, BLOCK, G, nb)).reshape(R, BLOCK, G * nb)
+    xs[:] = np.broadcast_to(xk.sum(axis=1)[:, None, :], (R, G, nb)).reshape(R, G * nb)
+
+
+@twin(gemv_operands_numpy)
+@njit(cache=True)
+def gemv_operands(x, G, xr, xs):
+    R, I = x.shape
+    nb = I // 32
+    for r in range(R):
+        for b in range(nb):
+            s = np.float32(0.0)
+            for j in range(32):
+                v = x[r, b * 32 + j]
+                s += v
+                for g in range(G):
+                    xr[r, j, g * nb + b] = v
+            for g in range(G):
+                xs[r, g * nb + b] = s
 
 
 # ----------------------------------------------------------------------------------------------
-# Dequantize rows o0 .. o0+T of matrix e into a float32 tile (T, 32*nb) in kernel order:
-# tile[t, j*nb + b] = W[e, o0 + t, b*32 + j]. The prefill path multiplies tiles with BLAS;
-# `dequantize` below turns a whole matrix back into the original order.
+# Dequantize rows o0 = og0*G ... o0+T-1 of matrix e (T a multiple of G; rows past O come out 0)
+# into a float32 tile (T, 32*nb) in kernel order: tile[t, j*nb + b] = W[e, o0 + t, b*32 + j].
+# The prefill path multiplies tiles with BLAS; `dequantize` below puts a matrix back in order.
 # ----------------------------------------------------------------------------------------------
 
-def _tile_numpy(values, d, m, out):
-    """values (T, 32, nb) float32 codes or table values, d/m (T, nb) -> out (T, 32*nb)."""
-    T, _, nb = values.shape
-    w = d[:, None, :] * values                                      # (T, 1, nb) * (T, 32, nb)
-    if m is not None:
-        w = w + m[:, None, :]
+def _tile_numpy(values, d, m, G, e, og0, out):
+    """values (E, OG*G, 32, nb) float32 codes or table values -> out (T, 32*nb)."""
+    T = out.shape[0]
+    nb = values.shape[-1]
+    rows = slice(og0 * G, og0 * G + T)
+    w = d.reshape(d.shape[0], -1, nb)[e, rows][:, None, :] * values[e, rows]   # (T, 1, nb) * (T, 32, nb)
+    if m.size:
+        w = w + m.reshape(m.shape[0], -1, nb)[e, rows][:, None, :]
     out[:] = w.reshape(T, 32 * nb)
 
 
-def dequant_tile_q4_0_numpy(d, m, qs, e, o0, out):
-    """out (T, 32*nb) = rows o0.. of W[e], q4_0: d * (q - 8)."""
-    T = out.shape[0]
-    codes = _nibbles(qs[e, o0:o0 + T]).astype(np.float32)          # (T, 32, nb)
-    _tile_numpy(codes - 8, d[e, o0:o0 + T], None, out)
+def dequant_tile_q4_0_numpy(d, m, qs, G, e, og0, out):
+    """out (T, 32*nb) = rows og0*G.. of W[e], q4_0: d * (q - 8)."""
+    nb = qs.shape[3] // G
+    codes = _nibbles(_ungroup(qs, G, nb, qs.shape[1] * G)).astype(np.float32)   # (E, OG*G, 32, nb)
+    _tile_numpy(codes - 8, d, m, G, e, og0, out)
 
 
-def dequant_tile_q4_1_numpy(d, m, qs, e, o0, out):
-    T = out.shape[0]
-    codes = _nibbles(qs[e, o0:o0 + T]).astype(np.float32)
-    _tile_numpy(codes, d[e, o0:o0 + T], m[e, o0:o0 + T], out)
+def dequant_tile_q4_1_numpy(d, m, qs, G, e, og0, out):
+    nb = qs.shape[3] // G
+    codes = _nibbles(_ungroup(qs, G, nb, qs.shape[1] * G)).astype(np.float32)
+    _tile_numpy(codes, d, m, G, e, og0, out)
 
 
-def dequant_tile_q8_0_numpy(d, m, qs, e, o0, out):
-    T = out.shape[0]
-    _tile_numpy(qs[e, o0:o0 + T].astype(np.float32), d[e, o0:o0 + T], None, out)
+def dequant_tile_q8_0_numpy(d, m, qs, G, e, og0, out):
+    nb = qs.shape[3] // G
+    _tile_numpy(_ungroup(qs, G, nb, qs.shape[1] * G).astype(np.float32), d, m, G, e, og0, out)
 
 
-def dequant_tile_mxfp4_numpy(d, m, qs, e, o0, out):
-    T = out.shape[0]
-    _tile_numpy(MXFP4_LUT2[_nibbles(qs[e, o0:o0 + T])], d[e, o0:o0 + T], None, out)
+def dequant_tile_mxfp4_numpy(d, m, qs, G, e, og0, out):
+    nb = qs.shape[3] // G
+    _tile_numpy(MXFP4_LUT2[_nibbles(_ungroup(qs, G, nb, qs.shape[1] * G))], d, m, G, e, og0, out)
 
 
 @twin(dequant_tile_q4_0_numpy)
 @njit(parallel=True, cache=True)
-def dequant_tile_q4_0(d, m, qs, e, o0, out):
-    T, nb = out.shape[0], qs.shape[3]
+def dequant_tile_q4_0(d, m, qs, G, e, og0, out):
+    T, W = out.shape[0], qs.shape[3]
+    nb = W // G
     for t in prange(T):
-        o = o0 + t
+        og, g = og0 + t // G, t % G
         for j in range(16):
             for b in range(nb):
-                q = np.uint32(qs[e, o, j, b])
-                out[t, j * nb + b] = d[e, o, b] * (np.float32(np.uint32(q & np.uint32(0x0F))) - np.float32(8))
-                out[t, (16 + j) * nb + b] = d[e, o, b] * (np.float32(np.uint32(q >> np.uint32(4))) - np.float32(8))
+                i = g * nb + b
+                q = np.uint32(qs[e, og, j, i])
+                out[t, j * nb + b] = d[e, og, i] * (np.float32(np.uint32(q & np.uint32(0x0F))) - np.float32(8))
+                out[t, (16 + j) * nb + b] = d[e, og, i] * (np.float32(np.uint32(q >> np.uint32(4))) - np.float32(8))
 
 
 @twin(dequant_tile_q4_1_numpy)
 @njit(parallel=True, cache=True)
-def dequant_tile_q4_1(d, m, qs, e, o0, out):
-    T, nb = out.shape[0], qs.shape[3]
+def dequant_tile_q4_1(d, m, qs, G, e, og0, out):
+    T, W = out.shape[0], qs.shape[3]
+    nb = W // G
     for t in prange(T):
-        o = o0 + t
+        og, g = og0 + t // G, t % G
         for j in range(16):
             for b in range(nb):
-                q = np.uint32(qs[e, o, j, b])
-                out[t, j * nb + b] = d[e, o, b] * np.float32(np.uint32(q & np.uint32(0x0F))) + m[e, o, b]
-                out[t, (16 + j) * nb + b] = d[e, o, b] * np.float32(np.uint32(q >> np.uint32(4))) + m[e, o, b]
+                i = g * nb + b
+                q = np.uint32(qs[e, og, j, i])
+                out[t, j * nb + b] = d[e, og, i] * np.float32(np.uint32(q & np.uint32(0x0F))) + m[e, og, i]
+                out[t, (16 + j) * nb + b] = d[e, og, i] * np.float32(np.uint32(q >> np.uint32(4))) + m[e, og, i]
 
 
 @twin(dequant_tile_q8_0_numpy)
 @njit(parallel=True, cache=True)
-def dequant_tile_q8_0(d, m, qs, e, o0, out):
-    T, nb = out.shape[0], qs.shape[3]
+def dequant_tile_q8_0(d, m, qs, G, e, og0, out):
+    T, W = out.shape[0], qs.shape[3]
+    nb = W // G
     for t in prange(T):
-        o = o0 + t
+        og, g = og0 + t // G, t % G
         for j in range(32):
             for b in range(nb):
-                out[t, j * nb + b] = d[e, o, b] * np.float32(qs[e, o, j, b])
+                out[t, j * nb + b] = d[e, og, g * nb + b] * np.float32(qs[e, og, j, g * nb + b])
 
 
 @twin(dequant_tile_mxfp4_numpy)
 @njit(parallel=True, cache=True)
-def dequant_tile_mxfp4(d, m, qs, e, o0, out):
-    T, nb = out.shape[0], qs.shape[3]
+def dequant_tile_mxfp4(d, m, qs, G, e, og0, out):
+    T, W = out.shape[0], qs.shape[3]
+    nb = W // G
     lut = MXFP4_LUT2
     for t in prange(T):
-        o = o0 + t
+        og, g = og0 + t // G, t % G
         for j in range(16):
             for b in range(nb):
-                q = np.uint32(qs[e, o, j, b])
-                out[t, j * nb + b] = d[e, o, b] * lut[q & np.uint32(0x0F)]
-                out[t, (16 + j) * nb + b] = d[e, o, b] * lut[q >> np.uint32(4)]
+                i = g * nb + b
+                q = np.uint32(qs[e, og, j, i])
+                out[t, j * nb + b] = d[e, og, i] * lut[q & np.uint32(0x0F)]
+                out[t, (16 + j) * nb + b] = d[e, og, i] * lut[q >> np.uint32(4)]
 
 
 GEMV = {"q4_0": gemv_q4_0, "q4_1": gemv_q4_1, "q8_0": gemv_q8_0, "mxfp4": gemv_mxfp4}
@@ -306,11 +371,10 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
     lead = x.shape[:-1]
     X = x.reshape(-1, I)                                              # (R, I)
     R = X.shape[0]
-    E, O = w.d.shape[0], w.d.shape[1]
+    E, O = w.d.shape[0], w.rows
     if experts is None:
         if w.stacked:
             raise KernelInputError(f"{what}: a stack of matrices needs `experts`, one index per row")
-        experts = _NO_EXPERT[:R] if R <= GEMV_MAX_ROWS else None
     else:
         experts = np.asarray(experts)
         if experts.shape != (R,) or experts.dtype != np.int64:
@@ -322,31 +386,36 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
     out = np.empty((R, O), np.float32)
     if R == 0:
         return out.reshape(*lead, O)
-    xk = to_kernel_order(X)                                           # (R, 32, nb)
-    if experts is not None and (R <= GEMV_MAX_ROWS or len(np.unique(experts)) > 1):
-        if R > GEMV_MAX_ROWS:                                        # rows for several experts: one by one
-            for e in np.unique(experts):
-                rows = np.flatnonzero(experts == e)
-                out[rows] = qmatmul(X[rows], w[int(e)] if w.stacked else w)
-            return out.reshape(*lead, O)
-        GEMV[w.fmt](xk, block_sums(xk), w.d, w.m, w.qs, experts, out)
+    if experts is not None and R > GEMV_MAX_ROWS:                     # many rows, several experts:
+        for e in np.unique(experts):                                  # one matrix at a time
+            rows = np.flatnonzero(experts == e)
+            out[rows] = qmatmul(X[rows], w[int(e)])
         return out.reshape(*lead, O)
-    e = int(experts[0]) if experts is not None else 0
-    xk2 = xk.reshape(R, -1)                                           # (R, I) kernel order
-    tile = np.empty((min(TILE_ROWS, O), xk2.shape[1]), np.float32)    # (T, I) reused buffer
+    if R <= GEMV_MAX_ROWS:                                            # decode: GEMV over the bytes
+        W = w.d.shape[2]
+        xr, xs = np.empty((R, BLOCK, W), np.float32), np.empty((R, W), np.float32)
+        gemv_operands(np.ascontiguousarray(X), w.G, xr, xs)           # (R, 32, G*nb), (R, G*nb)
+        ex = _NO_EXPERT[:R] if experts is None else experts
+        GEMV[w.fmt](xr, xs, w.d, w.m, w.qs, w.G, ex, out)
+        return out.reshape(*lead, O)
+    xk2 = to_kernel_order(X).reshape(R, -1)                           # (R, I) in kernel order
+    step = TILE_ROWS                                                  # a multiple of every G (<= 16)
+    tile = np.empty((min(step, w.d.shape[1] * w.G), xk2.shape[1]), np.float32)   # (T, I) reused buffer
     dequant = DEQUANT_TILE[w.fmt]
-    for o0 in range(0, O, TILE_ROWS):
-        T = min(TILE_ROWS, O - o0)
-        dequant(w.d, w.m, w.qs, e, o0, tile[:T])                       # (T, I) float32
-        np.matmul(xk2, tile[:T].T, out=out[:, o0:o0 + T])              # (R, I) @ (I, T) -> (R, T)
+    for o0 in range(0, O, step):                                      # prefill: tile by tile
+        T = min(step, w.d.shape[1] * w.G - o0)                        # whole groups (padding rows are 0)
+        dequant(w.d, w.m, w.qs, w.G, 0, o0 // w.G, tile[:T])          # (T, I) float32
+        valid = min(T, O - o0)
+        np.matmul(xk2, tile[:valid].T, out=out[:, o0:o0 + valid])     # (R, I) @ (I, T) -> (R, T)
     return out.reshape(*lead, O)
 
 
 def dequantize(w: PackedWeight) -> np.ndarray:
     """A packed matrix (O, I) or stack (E, O, I) back to float32 in the original order."""
-    E, O, nb = w.d.shape
-    out = np.empty((E, O, 32 * nb), np.float32)
+    E, OG, W = w.d.shape
+    nb, O = W // w.G, w.rows
+    out = np.empty((E, OG * w.G, 32 * nb), np.float32)
     for e in range(E):
-        DEQUANT_TILE[w.fmt](w.d, w.m, w.qs, e, 0, out[e])            # (O, 32*nb) kernel order
-    natural = out.reshape(E, O, BLOCK, nb).transpose(0, 1, 3, 2).reshape(E, O, 32 * nb)
+        DEQUANT_TILE[w.fmt](w.d, w.m, w.qs, w.G, e, 0, out[e])        # (OG*G, 32*nb) kernel order
+    natural = out[:, :O].reshape(E, O, BLOCK, nb).transpose(0, 1, 3, 2).reshape(E, O, 32 * nb)
     return np.ascontiguousarray(natural.reshape(w.shape))
