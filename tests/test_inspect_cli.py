@@ -3,15 +3,19 @@ import json
 
 import pytest
 
+import minimoe
 from minimoe.cli import main
 from minimoe.inspect import machine
 
 
 @pytest.fixture(autouse=True)
 def quick_machine(monkeypatch):
-    """Skip the bandwidth/peak measurement: the numbers only place the roofline."""
+    """Skip the bandwidth/peak measurement (the numbers only place the roofline), and Numba's
+    start-up (the trace counts the same on the NumPy twins)."""
     monkeypatch.setattr(machine, "machine", lambda: {"bandwidth_gbs": 10.0, "peak_gflops": 100.0,
                                                      "source": "test"})
+    with minimoe.backend("numpy"):
+        yield
 
 
 def test_inspect_prints_the_table_totals_and_routing(capsys):
