@@ -60,7 +60,6 @@ except ImportError:                       # an older minimoe without the trainin
 
 if from_dir:
     model = minimoe.load(from_dir)
-    text = build_dataset("pydoc", model.tokenizer, 64).val if Trainer else None
     print(f"loaded the trained model in {from_dir}")
 elif Trainer is not None:
     iters = 8 if FAST else 1500

@@ -13,6 +13,8 @@ It runs the prompt (a prefill, filling a KV cache), then decodes one more token,
   * the routing of the prompt: for each token, the experts each layer chose.
 With --plot DIR it draws every figure of minimoe/inspect/plots.py; the FLOPs/bytes bars trace the
 same token in fp32 and in each quantized recipe.
+
+Shape legend: T prompt tokens, V vocab.
 """
 from __future__ import annotations
 
