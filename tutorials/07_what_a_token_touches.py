@@ -239,17 +239,20 @@ for layer, r in t_val.routing().items():
     top1 = r["experts"][:, 0]                                  # (N,) each token's first choice
     counts = np.zeros((E, len(KINDS)))
     np.add.at(counts, (top1, kinds), 1)                        # (E, kinds)
-    p_kind_given_e = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    lifts[layer] = p_kind_given_e / np.maximum(base, 1e-9)     # (E, kinds)
-    best = [KINDS[k] for k in lifts[layer].argmax(axis=1)]
-    print(f"layer {layer}: " + "  ".join(f"e{e}:{b}({lifts[layer][e].max():.1f}x)" for e, b in enumerate(best)))
+    got = counts.sum(axis=1, keepdims=True)                    # (E, 1) tokens each expert got
+    p_kind_given_e = np.where(got > 0, counts / np.maximum(got, 1), np.nan)
+    lifts[layer] = p_kind_given_e / np.maximum(base, 1e-9)     # (E, kinds); NaN: expert got nothing
+    print(f"layer {layer}: " + "  ".join(
+        f"e{e}:{KINDS[int(np.argmax(row))]}({row.max():.1f}x)" if got[e, 0] else f"e{e}:-"
+        for e, row in enumerate(lifts[layer])))
 
 from matplotlib.figure import Figure
 
 fig = Figure(figsize=(3 * len(lifts), 3.4), layout="constrained")
 axes = fig.subplots(1, len(lifts))
 for ax, (layer, lift) in zip(np.atleast_1d(axes), lifts.items()):
-    im = ax.imshow(np.log2(np.maximum(lift, 1 / 16)), cmap="RdBu_r", vmin=-3, vmax=3)
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#dddddd")   # grey: no tokens
+    im = ax.imshow(np.log2(np.maximum(lift, 1 / 16)), cmap=cmap, vmin=-3, vmax=3)
     ax.set_xticks(range(len(KINDS)), KINDS, rotation=45, fontsize=8)
     ax.set_yticks(range(lift.shape[0]), [f"expert {e}" for e in range(lift.shape[0])], fontsize=8)
     ax.set_title(f"layer {layer}", fontsize=9)
