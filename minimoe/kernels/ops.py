@@ -1,7 +1,7 @@
 """The small kernels a decode step spends its time between matmuls in.
 
 Shape legend: R rows (tokens), B batch, C model width, H query heads, G kv heads, D head dim,
-L KV-cache capacity, E experts, K top-k, F expert width.
+L KV-cache capacity, E experts, K top-k.
 
 Decoding one token runs each of these once per layer on a few hundred numbers. In NumPy every
 one is a dozen array operations, each a microsecond or more of Python and dispatch overhead,
@@ -12,7 +12,9 @@ loop each, they cost about a call.
     attend_one      rotary positions on the new q, k; write k, v into the cache at `pos`;
                     softmax(q k^T / sqrt(D)) v over the cached positions (as minimoe/nn/attention.py)
     route           softmax / top-k / renormalise the router logits   (as minimoe/nn/router.py)
-    swiglu          h = silu(a) * u                                   (as minimoe/nn/ffn.py)
+
+Not everything is faster compiled: SwiGLU's silu(a) * u stays NumPy (minimoe/nn/ffn.py), whose
+tanh runs on SIMD units, while Numba calls the scalar libm tanh (measured 4x slower at F = 1408).
 
 Each is a Numba kernel beside its NumPy twin, with the same signature; the checked wrappers at
 the bottom validate shapes and dtypes before a kernel runs (Numba does not bounds-check), and
@@ -99,44 +101,49 @@ def attend_one(q, k, v, cos, sin, kc, vc, pos, window, sinks, out):
     half = D // 2
     scale = np.float32(1.0 / math.sqrt(D))
     s0 = max(0, pos + 1 - window) if window > 0 else 0
-    S = pos + 1 - s0
-    qr = np.empty(D, np.float32)
-    p = np.empty(S, np.float32)
+    S = pos + 1 - s0                                     # visible positions
+    qr = np.empty((R, D), np.float32)                    # the R query heads that share kv head g
+    p = np.empty((R, S), np.float32)                     # their scores, then probabilities
+    acc = np.empty((R, D), np.float32)
     for b in range(B):
-        for g in range(G):                               # rotate the new key, store it and the value
-            for i in range(half):
+        for g in range(G):
+            for i in range(half):                        # rotate the new key, store it and the value
                 k1, k2 = k[b, g, i], k[b, g, half + i]
                 kc[b, g, pos, i] = k1 * cos[i] - k2 * sin[i]
                 kc[b, g, pos, half + i] = k2 * cos[half + i] + k1 * sin[half + i]
             for i in range(D):
                 vc[b, g, pos, i] = v[b, g, i]
-        for h in range(H):
-            g = h // R
-            for i in range(half):                        # rotate the query
-                q1, q2 = q[b, h, i], q[b, h, half + i]
-                qr[i] = q1 * cos[i] - q2 * sin[i]
-                qr[half + i] = q2 * cos[half + i] + q1 * sin[half + i]
-            m = -np.inf
-            for s in range(S):                           # scores against every visible key
-                acc = np.float32(0.0)
-                for i in range(D):
-                    acc += qr[i] * kc[b, g, s0 + s, i]
-                p[s] = acc * scale
-                m = max(m, p[s])
-            if len(sinks):
-                m = max(m, sinks[h])
-            z = np.float32(0.0)
-            for s in range(S):
-                p[s] = np.exp(p[s] - m)
-                z += p[s]
-            if len(sinks):
-                z += np.exp(sinks[h] - m)
-            for i in range(D):
-                out[b, h, i] = 0.0
+            for r in range(R):                           # rotate (and pre-scale) the R queries
+                h = g * R + r
+                for i in range(half):
+                    q1, q2 = q[b, h, i], q[b, h, half + i]
+                    qr[r, i] = (q1 * cos[i] - q2 * sin[i]) * scale
+                    qr[r, half + i] = (q2 * cos[half + i] + q1 * sin[half + i]) * scale
+            for s in range(S):                           # each cached key is read once, for R heads
+                for r in range(R):
+                    a = np.float32(0.0)
+                    for i in range(D):
+                        a += qr[r, i] * kc[b, g, s0 + s, i]
+                    p[r, s] = a
+            for r in range(R):                           # softmax over the positions (+ the sink)
+                m = sinks[g * R + r] if len(sinks) else np.float32(-np.inf)
+                for s in range(S):
+                    m = max(m, p[r, s])
+                z = np.exp(sinks[g * R + r] - m) if len(sinks) else np.float32(0.0)
+                for s in range(S):
+                    p[r, s] = np.exp(p[r, s] - m)
+                    z += p[r, s]
+                for s in range(S):
+                    p[r, s] /= z
+            acc[:] = 0.0
             for s in range(S):                           # the probability-weighted sum of values
-                w = p[s] / z
+                for r in range(R):
+                    w = p[r, s]
+                    for i in range(D):
+                        acc[r, i] += w * vc[b, g, s0 + s, i]
+            for r in range(R):
                 for i in range(D):
-                    out[b, h, i] += w * vc[b, g, s0 + s, i]
+                    out[b, g * R + r, i] = acc[r, i]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,24 +208,6 @@ def route(logits, K, rule, renorm, scale, weights, experts):
 
 
 # ----------------------------------------------------------------------------------------------
-# SwiGLU: gate (R, F), up (R, F) -> out (R, F) = silu(gate) * up, silu(a) = a * sigmoid(a)
-# ----------------------------------------------------------------------------------------------
-
-def swiglu_numpy(gate, up, out):
-    out[:] = gate * (0.5 * (1.0 + np.tanh(0.5 * gate))) * up          # sigmoid as nn/ffn.py writes it
-
-
-@twin(swiglu_numpy)
-@njit(cache=True, fastmath={"contract"})
-def swiglu(gate, up, out):
-    R, F = gate.shape
-    for r in range(R):
-        for f in range(F):
-            a = gate[r, f]
-            out[r, f] = a * (np.float32(0.5) * (np.float32(1.0) + np.tanh(np.float32(0.5) * a))) * up[r, f]
-
-
-# ----------------------------------------------------------------------------------------------
 # Checked entry points
 # ----------------------------------------------------------------------------------------------
 
@@ -276,12 +265,3 @@ def route_topk(logits: np.ndarray, K: int, rule: str, renorm: bool, scale: float
     fn = route.numba if _f32(logits) else route.numpy
     fn(logits, int(K), ROUTERS[rule], bool(renorm), logits.dtype.type(scale), weights, experts)
     return weights, experts
-
-
-def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """gate (R, F), up (R, F) -> silu(gate) * up (R, F)."""
-    _expect(gate.shape == up.shape and gate.ndim == 2,
-            f"silu_mul: gate and up must be (R, F) of one shape, found {gate.shape} and {up.shape}")
-    out = np.empty_like(gate)
-    (swiglu.numba if _f32(gate, up) else swiglu.numpy)(gate, up, out)
-    return out

@@ -44,9 +44,9 @@ _FAST = {"reassoc", "contract", "nsz"}   # let sums be reordered (SIMD); keep in
 
 # ----------------------------------------------------------------------------------------------
 # The GEMVs. Arguments, the same for every format (layout: packed.py; W = G*nb):
-#   xr (R, 32, W)  float32   activations in kernel order, repeated G times along the last axis
-#                            (xr[r, j, g*nb + b] = x[r, b*32 + j]), so they line up with a group
-#   xs (R, W)      float32   the sum of x over each block, repeated the same way
+#   x (R, I)       float32   activations; each kernel first copies them into kernel order,
+#                            repeated G times (xr[r, j, g*nb + b] = x[r, b*32 + j]) to line up with
+#                            a group's bytes, with the sum of x over each block (xs) the same way
 #   d, m           float32   (E, OG, W) scales and (q4_1) minimums
 #   qs             (E, OG, J, W) the value bytes
 #   G              int       rows per group
@@ -62,12 +62,12 @@ def _ungroup(a, G, nb, O):
     return a.reshape(a.shape[0], -1, nb)[:, :O]
 
 
-def _gemv_numpy(xr, values, d, m, G, experts, out):
+def _gemv_numpy(x, values, d, m, G, experts, out):
     """Shared by the twins. values (E, O, 32, nb) float32 codes (or table values) in kernel order:
     W[e, o, b*32 + j] = d[e, o, b] * values[e, o, j, b] (+ m[e, o, b])."""
     R, O = out.shape
-    nb = xr.shape[2] // G
-    xk = xr[:, :, :nb]                                             # (R, 32, nb) one copy of x
+    nb = x.shape[1] // BLOCK
+    xk = x.reshape(R, nb, BLOCK).transpose(0, 2, 1)               # (R, 32, nb) kernel order
     scale = _ungroup(d, G, nb, O)[experts]                         # (R, O, nb)
     w = scale[:, :, None, :] * values[experts]                     # (R, O, 32, nb) float weights
     if m.size:
@@ -80,33 +80,34 @@ def _nibbles(qs):
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-2)
 
 
-def gemv_q4_0_numpy(xr, xs, d, m, qs, G, experts, out):
+def gemv_q4_0_numpy(x, d, m, qs, G, experts, out):
     """y[r, o] = sum_i W[experts[r], o, i] x[r, i] with W = d * (q - 8)."""
-    codes = _nibbles(_ungroup(qs, G, xr.shape[2] // G, out.shape[1])).astype(np.float32)  # (E, O, 32, nb)
-    _gemv_numpy(xr, codes - 8, d, m, G, experts, out)
+    codes = _nibbles(_ungroup(qs, G, x.shape[1] // BLOCK, out.shape[1])).astype(np.float32)  # (E, O, 32, nb)
+    _gemv_numpy(x, codes - 8, d, m, G, experts, out)
 
 
-def gemv_q4_1_numpy(xr, xs, d, m, qs, G, experts, out):
+def gemv_q4_1_numpy(x, d, m, qs, G, experts, out):
     """W = d * q + m."""
-    codes = _nibbles(_ungroup(qs, G, xr.shape[2] // G, out.shape[1])).astype(np.float32)
-    _gemv_numpy(xr, codes, d, m, G, experts, out)
+    codes = _nibbles(_ungroup(qs, G, x.shape[1] // BLOCK, out.shape[1])).astype(np.float32)
+    _gemv_numpy(x, codes, d, m, G, experts, out)
 
 
-def gemv_q8_0_numpy(xr, xs, d, m, qs, G, experts, out):
+def gemv_q8_0_numpy(x, d, m, qs, G, experts, out):
     """W = d * q, q int8."""
-    _gemv_numpy(xr, _ungroup(qs, G, xr.shape[2] // G, out.shape[1]).astype(np.float32), d, m, G, experts, out)
+    _gemv_numpy(x, _ungroup(qs, G, x.shape[1] // BLOCK, out.shape[1]).astype(np.float32), d, m, G, experts, out)
 
 
-def gemv_mxfp4_numpy(xr, xs, d, m, qs, G, experts, out):
+def gemv_mxfp4_numpy(x, d, m, qs, G, experts, out):
     """W = d * LUT2[q]: d = 2^(e-128), LUT2 = 2 * E2M1."""
-    values = MXFP4_LUT2[_nibbles(_ungroup(qs, G, xr.shape[2] // G, out.shape[1]))]
-    _gemv_numpy(xr, values, d, m, G, experts, out)
+    values = MXFP4_LUT2[_nibbles(_ungroup(qs, G, x.shape[1] // BLOCK, out.shape[1]))]
+    _gemv_numpy(x, values, d, m, G, experts, out)
 
 
 @twin(gemv_q4_0_numpy)
 @njit(parallel=True, fastmath=_FAST, cache=True)
-def gemv_q4_0(xr, xs, d, m, qs, G, experts, out):
+def gemv_q4_0(x, d, m, qs, G, experts, out):
     R, O = out.shape
+    xr, xs = _operands(x, G)                                # serial, before the parallel loop
     OG, W = qs.shape[1], qs.shape[3]
     nb = W // G
     per_item = max(1, CHUNK // G)                           # groups per parallel work item
@@ -133,8 +134,9 @@ def gemv_q4_0(xr, xs, d, m, qs, G, experts, out):
 
 @twin(gemv_q4_1_numpy)
 @njit(parallel=True, fastmath=_FAST, cache=True)
-def gemv_q4_1(xr, xs, d, m, qs, G, experts, out):
+def gemv_q4_1(x, d, m, qs, G, experts, out):
     R, O = out.shape
+    xr, xs = _operands(x, G)                                # serial, before the parallel loop
     OG, W = qs.shape[1], qs.shape[3]
     nb = W // G
     per_item = max(1, CHUNK // G)
@@ -160,8 +162,9 @@ def gemv_q4_1(xr, xs, d, m, qs, G, experts, out):
 
 @twin(gemv_q8_0_numpy)
 @njit(parallel=True, fastmath=_FAST, cache=True)
-def gemv_q8_0(xr, xs, d, m, qs, G, experts, out):
+def gemv_q8_0(x, d, m, qs, G, experts, out):
     R, O = out.shape
+    xr, xs = _operands(x, G)                                # serial, before the parallel loop
     OG, W = qs.shape[1], qs.shape[3]
     nb = W // G
     per_item = max(1, CHUNK // G)
@@ -184,8 +187,9 @@ def gemv_q8_0(xr, xs, d, m, qs, G, experts, out):
 
 @twin(gemv_mxfp4_numpy)
 @njit(parallel=True, fastmath=_FAST, cache=True)
-def gemv_mxfp4(xr, xs, d, m, qs, G, experts, out):
+def gemv_mxfp4(x, d, m, qs, G, experts, out):
     R, O = out.shape
+    xr, xs = _operands(x, G)                                # serial, before the parallel loop
     OG, W = qs.shape[1], qs.shape[3]
     nb = W // G
     per_item = max(1, CHUNK // G)
@@ -208,22 +212,15 @@ def gemv_mxfp4(xr, xs, d, m, qs, G, experts, out):
                 out[r, og * G + g] = acc
 
 
-# The activations in the GEMVs' order: x (R, I) -> xr (R, 32, G*nb), xs (R, G*nb), both written.
+# The activations in the GEMVs' order: x (R, I) -> xr (R, 32, G*nb), xs (R, G*nb).
 
-def gemv_operands_numpy(x, G, xr, xs):
+@njit(cache=True)
+def _operands(x, G):
     """xr[r, j, g*nb + b] = x[r, b*32 + j] for every g < G; xs[r, g*nb + b] = sum_j x[r, b*32 + j]."""
     R, I = x.shape
-    nb = I // BLOCK
-    xk = x.reshape(R, nb, BLOCK).transpose(0, 2, 1)                # (R, 32, nb) kernel order
-    xr[:] = np.broadcast_to(xk[:, :, None, :], (R, BLOCK, G, nb)).reshape(R, BLOCK, G * nb)
-    xs[:] = np.broadcast_to(xk.sum(axis=1)[:, None, :], (R, G, nb)).reshape(R, G * nb)
-
-
-@twin(gemv_operands_numpy)
-@njit(cache=True)
-def gemv_operands(x, G, xr, xs):
-    R, I = x.shape
     nb = I // 32
+    xr = np.empty((R, 32, G * nb), np.float32)
+    xs = np.empty((R, G * nb), np.float32)
     for r in range(R):
         for b in range(nb):
             s = np.float32(0.0)
@@ -234,6 +231,7 @@ def gemv_operands(x, G, xr, xs):
                     xr[r, j, g * nb + b] = v
             for g in range(G):
                 xs[r, g * nb + b] = s
+    return xr, xs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,11 +390,8 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
             out[rows] = qmatmul(X[rows], w[int(e)])
         return out.reshape(*lead, O)
     if R <= GEMV_MAX_ROWS:                                            # decode: GEMV over the bytes
-        W = w.d.shape[2]
-        xr, xs = np.empty((R, BLOCK, W), np.float32), np.empty((R, W), np.float32)
-        gemv_operands(np.ascontiguousarray(X), w.G, xr, xs)           # (R, 32, G*nb), (R, G*nb)
         ex = _NO_EXPERT[:R] if experts is None else experts
-        GEMV[w.fmt](xr, xs, w.d, w.m, w.qs, w.G, ex, out)
+        GEMV[w.fmt](np.ascontiguousarray(X), w.d, w.m, w.qs, w.G, ex, out)
         return out.reshape(*lead, O)
     xk2 = to_kernel_order(X).reshape(R, -1)                           # (R, I) in kernel order
     step = TILE_ROWS                                                  # a multiple of every G (<= 16)
