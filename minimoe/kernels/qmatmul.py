@@ -18,9 +18,11 @@ Two paths, picked by the number of rows R:
       Each row r of x may use its own matrix experts[r] of a stack: that is an MoE layer's
       "gather" for a decode step, one call for all K experts of a token.
 
-  prefill (R > GEMV_MAX_ROWS): dequantize TILE_ROWS rows at a time into a small float32 buffer
-      (it stays in cache) and hand each tile to BLAS: y[:, tile] = xk @ tile.T. The flops then
-      dominate, and BLAS does them best.
+  prefill (R > GEMV_MAX_ROWS): dequantize a tile of rows (TILE_VALUES weights) at a time into a
+      small float32 buffer (it stays in cache) and hand each tile to BLAS: y[:, tile] = xk @ tile.T.
+      The flops then dominate, and BLAS does them best, on all cores. The dequantizing loop runs on
+      one core: two thread pools (Numba's and OpenBLAS's) taking turns many times a second would
+      wait for each other's spinning threads.
 
 Each kernel has a NumPy twin with the same signature (run with MINIMOE_BACKEND=numpy).
 """
@@ -33,7 +35,7 @@ from minimoe.kernels.backend import twin
 from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, to_kernel_order
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
-TILE_ROWS = 128            # rows of W dequantized per tile in the prefill path (128 x 4096 x 4 B = 2 MiB)
+TILE_VALUES = 2**18        # weights dequantized per tile in the prefill path (1 MiB of float32: stays in L2)
 CHUNK = 16                 # output rows per parallel work item in the GEMV kernels
 
 # MXFP4's E2M1 values, doubled to integers (ggml's kvalues_mxfp4), to pair with the halved scale
@@ -275,11 +277,11 @@ def dequant_tile_mxfp4_numpy(d, m, qs, G, e, og0, out):
 
 
 @twin(dequant_tile_q4_0_numpy)
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def dequant_tile_q4_0(d, m, qs, G, e, og0, out):
     T, W = out.shape[0], qs.shape[3]
     nb = W // G
-    for t in prange(T):
+    for t in range(T):
         og, g = og0 + t // G, t % G
         for j in range(16):
             for b in range(nb):
@@ -290,11 +292,11 @@ def dequant_tile_q4_0(d, m, qs, G, e, og0, out):
 
 
 @twin(dequant_tile_q4_1_numpy)
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def dequant_tile_q4_1(d, m, qs, G, e, og0, out):
     T, W = out.shape[0], qs.shape[3]
     nb = W // G
-    for t in prange(T):
+    for t in range(T):
         og, g = og0 + t // G, t % G
         for j in range(16):
             for b in range(nb):
@@ -305,11 +307,11 @@ def dequant_tile_q4_1(d, m, qs, G, e, og0, out):
 
 
 @twin(dequant_tile_q8_0_numpy)
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def dequant_tile_q8_0(d, m, qs, G, e, og0, out):
     T, W = out.shape[0], qs.shape[3]
     nb = W // G
-    for t in prange(T):
+    for t in range(T):
         og, g = og0 + t // G, t % G
         for j in range(32):
             for b in range(nb):
@@ -317,12 +319,12 @@ def dequant_tile_q8_0(d, m, qs, G, e, og0, out):
 
 
 @twin(dequant_tile_mxfp4_numpy)
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def dequant_tile_mxfp4(d, m, qs, G, e, og0, out):
     T, W = out.shape[0], qs.shape[3]
     nb = W // G
     lut = MXFP4_LUT2
-    for t in prange(T):
+    for t in range(T):
         og, g = og0 + t // G, t % G
         for j in range(16):
             for b in range(nb):
@@ -394,7 +396,7 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
         GEMV[w.fmt](np.ascontiguousarray(X), w.d, w.m, w.qs, w.G, ex, out)
         return out.reshape(*lead, O)
     xk2 = to_kernel_order(X).reshape(R, -1)                           # (R, I) in kernel order
-    step = TILE_ROWS                                                  # a multiple of every G (<= 16)
+    step = max(16, TILE_VALUES // I // 16 * 16)                       # rows per tile, a multiple of every G
     tile = np.empty((min(step, w.d.shape[1] * w.G), xk2.shape[1]), np.float32)   # (T, I) reused buffer
     dequant = DEQUANT_TILE[w.fmt]
     for o0 in range(0, O, step):                                      # prefill: tile by tile
