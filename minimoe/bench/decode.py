@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from minimoe.bench.timing import machine_info
+from minimoe.bench.timing import load_warning, machine_info
 from minimoe.kernels import backend
 
 RECIPES = ("fp32", "q8_0", "q4_1", "q4_0", "mxfp4", "mxfp4-moe", "q4_0-moe")
@@ -93,8 +93,10 @@ def format_report(r: dict) -> str:
     m = r["machine"]
     lines = [f"minimoe bench decode --preset {r['preset']}: {r['prompt_tokens']}-token prompt, "
              f"{r['new_tokens']} new tokens greedy ({r['numpy_new_tokens']} on the numpy backend)",
-             f"  {m['cpu']}, {m['cores']} cores; {m['blas']} ({m['blas_core']}); numba {m['numba_threads']} threads", "",
-             f"{'recipe':<11}{'backend':<8}{'prefill tok/s':>14}{'decode tok/s':>14}{'ms/token':>10}"]
+             f"  {m['cpu']}, {m['cores']} cores; {m['blas']} ({m['blas_core']}); numba {m['numba_threads']} threads", ""]
+    if load_warning(m):
+        lines.insert(2, "  " + load_warning(m))
+    lines += [f"{'recipe':<11}{'backend':<8}{'prefill tok/s':>14}{'decode tok/s':>14}{'ms/token':>10}"]
     for recipe, per in r["results"].items():
         for be, t in per.items():
             lines.append(f"{recipe:<11}{be:<8}{t['prefill_tok_s']:>14.0f}{t['decode_tok_s']:>14.1f}"

@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from minimoe.bench.timing import best_time, machine_info
+from minimoe.bench.timing import best_time, load_warning, machine_info
 from minimoe.kernels import backend
 from minimoe.kernels.packed import pack
 from minimoe.kernels.qmatmul import dequantize, qmatmul
@@ -129,8 +129,10 @@ def format_report(r: dict) -> str:
     fb = r["fp32_blas"]
     lines = [f"minimoe bench kernels: W {O} x {I}, x 1 x {I} (decode) and {r['batch']} x {I} (prefill)",
              f"  {m['cpu']}, {m['cores']} cores; {m['blas']} ({m['blas_core']}, {m['blas_threads']} threads); "
-             f"numba {m['numba']} ({m['numba_threads']} threads)", "",
-             f"fp32 BLAS: GEMV {fb['gemv_ms']:.2f} ms ({fb['gemv_gbs']:.1f} GB/s of weights), "
+             f"numba {m['numba']} ({m['numba_threads']} threads)", ""]
+    if load_warning(m):
+        lines.insert(2, "  " + load_warning(m))
+    lines += [f"fp32 BLAS: GEMV {fb['gemv_ms']:.2f} ms ({fb['gemv_gbs']:.1f} GB/s of weights), "
              f"batch {r['batch']} {fb['prefill_ms']:.1f} ms ({fb['prefill_gflops']:.0f} GFLOP/s)", "",
              f"{'batch 1':<10}{'bytes':>11}{'fused ms':>10}{'GB/s':>7}{'vs fp32':>9}{'deq+BLAS':>10}"
              f"{'vs fp32':>9}{'twin ms':>9}{'numba/twin':>11}"]

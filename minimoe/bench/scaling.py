@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from minimoe.bench.timing import machine_info
+from minimoe.bench.timing import load_warning, machine_info
 
 EXPERTS = (4, 8, 16, 32, 64)
 SMALL = dict(vocab_size=256, d_model=256, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=64, d_ff=512,
@@ -119,6 +119,8 @@ def plot(r: dict, path: str) -> str:
 def format_report(r: dict) -> str:
     lines = [f"minimoe bench moe-scaling: top-2, active parameters fixed, {r['recipe']} weights, "
              f"median of {r['new_tokens']} decode steps after a {r['prompt_tokens']}-token prompt"]
+    if load_warning(r["machine"]):
+        lines.append("  " + load_warning(r["machine"]))
     for name, m in r["models"].items():
         lines += ["", f"{name}:", f"{'E':>5}{'total params':>15}{'active':>13}{'weight MiB':>12}{'ms/token':>10}"]
         for x in m["rows"]:

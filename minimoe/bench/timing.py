@@ -70,5 +70,24 @@ def machine_info() -> dict:
     import numba
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
                                       "OMP_NUM_THREADS", "NUMBA_NUM_THREADS") if k in os.environ}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cores": os.cpu_count(), "numba": numba.__version__,
-            "numba_threads": numba.get_num_threads(), "env": env, **blas_info()}
+            "numba_threads": numba.get_num_threads(), "numba_threading_layer": _threading_layer(),
+            "load_average_1min": load, "env": env, **blas_info()}
+
+
+def _threading_layer() -> str:
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:                                   # no parallel kernel has run yet
+        return "not started"
+
+
+def load_warning(info: dict) -> str | None:
+    """A warning line when other programs keep the cores busy (parallel kernels then wait)."""
+    load, cores = info.get("load_average_1min"), info.get("cores") or 1
+    if load is not None and load > 0.5 * cores:
+        return (f"warning: load average {load:.1f} on {cores} cores: other programs are running, "
+                f"and every parallel kernel waits for its slowest thread; these times are pessimistic")
+    return None
