@@ -10,6 +10,8 @@ One iteration (`Trainer.train_step`), for each of `grad_accum` micro-batches:
     grads += model.backward(dCE, cache, router_grads)    every parameter, by name
 
 then clip the summed gradient to a global norm, and take one AdamW step at the scheduled rate.
+With `threads` > 1 each micro-batch is split by rows into shards that run on their own threads
+(minimoe/train/parallel.py); the step computes the same thing, up to float rounding order.
 
 A run folder (`--out DIR`) holds:
 
@@ -29,6 +31,7 @@ batches as if the run had never stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -47,6 +50,7 @@ from minimoe.nn import loss as cross_entropy
 from minimoe.train import losses
 from minimoe.train.data import Dataset, build_dataset
 from minimoe.train.optim import AdamW, clip_by_global_norm, lr_at
+from minimoe.train.parallel import Shards, blas_threads, merge_routing, shard_rows, split_router_grads
 from minimoe.train.progress import Progress, format_duration
 
 CHECKPOINT_DIR = "checkpoint"
@@ -93,6 +97,7 @@ class TrainConfig:
     ckpt_interval: int = 500          # also at the end; 0: only at the end
     val_fraction: float = 0.1
     seed: int = 1337
+    threads: int = 0                  # data-parallel shards of each batch, one thread each; 0 -> auto
     sample_tokens: int = 300
     sample_temperature: float = 0.8
 
@@ -104,6 +109,8 @@ class TrainConfig:
             tc.out = os.path.join("runs", tc.preset)
         if not tc.lr_decay_iters:
             tc.lr_decay_iters = tc.max_iters
+        if not tc.threads:
+            tc.threads = default_threads()
         return tc
 
     def validate(self) -> None:
@@ -112,7 +119,7 @@ class TrainConfig:
             if not isinstance(v, int) or v < 1:
                 raise MinimoeError(f"{name} must be a positive integer, found {v!r}")
         for name in ("block_size", "warmup_iters", "lr_decay_iters", "eval_interval", "ckpt_interval",
-                     "sample_tokens"):
+                     "sample_tokens", "threads"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise MinimoeError(f"{name} must be a non-negative integer, found {v!r}")
@@ -170,6 +177,8 @@ class Trainer:
         self.verbose = verbose
         self.bar: Progress | None = None
         self.last_checkpoint: str | None = None
+        self.shards = Shards(tc.threads)
+        model._rope(0, tc.block_size)                      # fill the RoPE table before any thread reads it
 
     # --- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -204,6 +213,8 @@ class Trainer:
         tc = dataclasses.replace(tc, **overrides)
         if "out" not in overrides:
             tc.out = folder
+        if not tc.threads:                                 # a state from before --threads: one shard
+            tc.threads = 1
         tc.validate()
         model = load(ckpt)
         dataset = build_dataset(tc.data, model.tokenizer, tc.block_size, tc.val_fraction)
@@ -233,21 +244,33 @@ class Trainer:
         ce_sum = aux_sum = z_sum = 0.0
         for _ in range(tc.grad_accum):
             x, y = self.data.batch("train", tc.batch_size, tc.block_size, self.rng)   # (B, T) each
-            logits, cache = model.forward(x)                                         # (B, T, V)
-            ce, ce_cache = cross_entropy.forward(logits, y)
-            aux, daux = losses.load_balancing_loss(cache["routing"], tc.aux_loss_coef * scale,
-                                                   tc.aux_loss_form)
-            z, dz = losses.z_loss(cache["routing"], tc.z_loss_coef * scale)
+            rows = shard_rows(len(x), self.shards.n)
+            sizes = [r.stop - r.start for r in rows]
+            # forward and cross-entropy, one shard per thread
+            fwd = self.shards.map(lambda r: self._forward(x[r], y[r]), rows)
+            ce = sum(f[1] * n for f, n in zip(fwd, sizes)) / len(x)                  # mean over all rows
+            # the router losses over the whole micro-batch (f_e and P_e are batch averages)
+            routing = merge_routing([f[0]["routing"] for f in fwd])
+            aux, daux = losses.load_balancing_loss(routing, tc.aux_loss_coef * scale, tc.aux_loss_form)
+            z, dz = losses.z_loss(routing, tc.z_loss_coef * scale)
             total = ce + tc.aux_loss_coef * aux + tc.z_loss_coef * z
             if not math.isfinite(total):
-                self._diverged(f"the loss is {total}", locate_nonfinite_forward(model, cache))
-            router_grads = losses.combine(daux if tc.aux_loss_coef else None, dz if tc.z_loss_coef else None)
-            g = model.backward(cross_entropy.backward(scale, ce_cache), cache, router_grads)
-            if grads is None:
-                grads = g
-            else:
-                for name, arr in g.items():
-                    grads[name] += arr
+                bad = next((f[0] for f in fwd if not math.isfinite(f[1])), fwd[0][0])
+                self._diverged(f"the loss is {total}", locate_nonfinite_forward(model, bad))
+            tokens = [n * tc.block_size for n in sizes]   # router gradients are per token (N, E)
+            daux_s = split_router_grads(daux if tc.aux_loss_coef else {}, tokens)
+            dz_s = split_router_grads(dz if tc.z_loss_coef else {}, tokens)
+            # backward, one shard per thread; a shard's cross-entropy weighs by its share of rows
+            parts = self.shards.map(
+                lambda f, n, da, dzz: model.backward(cross_entropy.backward(scale * n / len(x), f[2]), f[0],
+                                                     losses.combine(da, dzz)),
+                fwd, sizes, daux_s, dz_s)
+            for g in parts:                                # summed in shard order: deterministic
+                if grads is None:
+                    grads = g
+                else:
+                    for name, arr in g.items():
+                        grads[name] += arr
             ce_sum, aux_sum, z_sum = ce_sum + ce * scale, aux_sum + aux * scale, z_sum + z * scale
         norm = clip_by_global_norm(grads, tc.grad_clip)
         if not math.isfinite(norm):
@@ -256,6 +279,12 @@ class Trainer:
         self.opt.step(grads, lr)
         self.step += 1
         return {"ce": ce_sum, "aux": aux_sum, "z": z_sum, "grad_norm": norm, "lr": lr}
+
+    def _forward(self, x, y):
+        """(forward cache, cross-entropy, its cache) of one shard."""
+        logits, cache = self.model.forward(x)                                        # (b, T, V)
+        ce, ce_cache = cross_entropy.forward(logits, y)
+        return cache, ce, ce_cache
 
     def _diverged(self, what: str, where: str):
         keep = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
@@ -278,14 +307,15 @@ class Trainer:
             counts = [np.zeros(E) if model.config.is_moe_layer(i) else None for i in range(model.config.n_layers)]
             for _ in range(tc.eval_iters):
                 x, y = self.data.batch(split, tc.batch_size, tc.block_size, rng)
-                logits, cache = model.forward(x)
-                ces.append(cross_entropy.forward(logits, y)[0])
-                routing = cache["routing"]
+                rows = shard_rows(len(x), self.shards.n)
+                fwd = self.shards.map(lambda r: self._forward(x[r], y[r]), rows)
+                ces.append(sum(f[1] * (r.stop - r.start) for f, r in zip(fwd, rows)) / len(x))
+                routing = merge_routing([f[0]["routing"] for f in fwd])
                 auxs.append(losses.load_balancing_loss(routing, 0.0, tc.aux_loss_form)[0])
                 zs.append(losses.z_loss(routing, 0.0)[0])
                 for i, stats in enumerate(routing):
                     if stats is not None:
-                        counts[i] += stats["tokens_per_expert"]
+                        counts[i] += np.bincount(stats["experts"].ravel(), minlength=E)   # (E,)
             out[f"{split}_loss"] = float(np.mean(ces))
             if split == "val":
                 out["aux_loss"], out["z_loss"] = float(np.mean(auxs)), float(np.mean(zs))
@@ -301,6 +331,11 @@ class Trainer:
         until = tc.max_iters if until is None else until
         os.makedirs(tc.out, exist_ok=True)
         keep_freed_memory()
+        with blas_threads(1) if self.shards.n > 1 else contextlib.nullcontext():
+            return self._run(until)
+
+    def _run(self, until: int) -> dict:
+        tc = self.tc
         session_t0 = time.perf_counter()
         wall0 = self.totals["wall_s"]
         tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum
@@ -494,6 +529,16 @@ def keep_freed_memory() -> bool:
                     and libc.mallopt(M_TOP_PAD, 64 << 20))
     except (OSError, AttributeError):
         return False
+
+
+def default_threads() -> int:
+    """Shards per batch when --threads is not given: one per core, at most 2. (With batch 12 a
+    third shard of 4 rows makes the matrix products too thin to pay.)"""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:                                         # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
 
 
 def make_optimizer(tc: TrainConfig, model: Model) -> AdamW:
