@@ -31,6 +31,7 @@ FLAGS = {
     "eval_iters": (int, "batches per split per evaluation"),
     "ckpt_interval": (int, "checkpoint every N steps (always at the end; 0: only at the end)"),
     "val_fraction": (float, "fraction of the text held out for validation (the end of it)"),
+    "threads": (int, "split each batch into N shards, one thread each (default: one per core, up to 2)"),
     "sample_tokens": (int, "tokens to sample at the end"),
     "sample_temperature": (float, "sampling temperature of the final sample"),
 }
