@@ -68,6 +68,19 @@ def test_gemv_over_a_stack_of_experts(fmt):
             assert_close_to_reference(y[r:r + 1], x[r:r + 1], w64[e])
 
 
+@pytest.mark.parametrize("R,O,I", [(1, 1, 3), (2, 17, 64), (4, 33, 130), (7, 5, 16)])
+def test_float_gemv_equals_twin_and_float64_reference(R, O, I):
+    w, x = rand(3, O, I, seed=30), rand(R, I, seed=31)
+    experts = np.arange(R, dtype=np.int64) % 3
+    for be in ("numba", "numpy"):
+        with backend(be):
+            y_stack = qm.fmatmul(x, w, experts)                   # row r times w[experts[r]]
+            y_plain = qm.fmatmul(x, w[1])                         # (R, I) @ w[1].T
+        for r, e in enumerate(experts):
+            assert_close_to_reference(y_stack[r:r + 1], x[r:r + 1], w[e].astype(np.float64))
+        assert_close_to_reference(y_plain, x, w[1].astype(np.float64))
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_dequantize_loops_are_bit_exact(fmt):
     qt = quant.quantize(rand(3, 7, 96, seed=5), fmt)
@@ -329,6 +342,16 @@ def test_malformed_inputs_raise_clear_errors():
         ops.route_topk(rand(2, 4), 5, "softmax_topk", True, 1.0)
     with pytest.raises(KernelInputError, match="weight must have shape"):
         ops.rms_norm(rand(2, 8), rand(7), 1e-5)
+
+
+def test_float_gemv_rejects_bad_inputs():
+    w = rand(3, 8, 16)
+    with pytest.raises(KernelInputError, match=r"a stack needs experts, int64 of shape \(2,\)"):
+        qm.fmatmul(rand(2, 16), w)
+    with pytest.raises(KernelInputError, match=r"experts must lie in 0\.\.2, found 1\.\.5"):
+        qm.fmatmul(rand(2, 16), w, np.array([1, 5]))
+    with pytest.raises(KernelInputError, match="C-contiguous float32"):
+        qm.fmatmul(rand(2, 16), w[0].astype(np.float64).astype(np.float16))
 
 
 def test_float64_activations_take_the_reference_path():

@@ -34,8 +34,8 @@ import weakref
 import numpy as np
 
 from minimoe.kernels.ops import ROUTERS, attend, rms_norm, route_topk
-from minimoe.kernels.packed import PACKED_FORMATS, KernelInputError, PackedWeight, pack
-from minimoe.kernels.qmatmul import qmatmul
+from minimoe.kernels.packed import PACKED_FORMATS, KernelInputError, pack
+from minimoe.kernels.qmatmul import fmatmul, qmatmul
 from minimoe.nn.ffn import glu_forward
 
 
@@ -104,17 +104,13 @@ def available(model) -> bool:
 
 def _mm(x: np.ndarray, w) -> np.ndarray:
     """x (R, I) @ w.T for a float (O, I) array or a PackedWeight -> (R, O)."""
-    return x @ w.T if isinstance(w, np.ndarray) else qmatmul(x, w)
+    return fmatmul(x, w) if isinstance(w, np.ndarray) else qmatmul(x, w)
 
 
 def _mm_experts(x: np.ndarray, w, experts: np.ndarray) -> np.ndarray:
-    """Row r of x times matrix experts[r] of the stack w (E, O, I): x (R, I) -> (R, O)."""
-    if isinstance(w, PackedWeight):
-        return qmatmul(x, w, experts)                    # one GEMV call for every row
-    out = np.empty((x.shape[0], w.shape[1]), x.dtype)
-    for r, e in enumerate(experts):                      # float: one BLAS GEMV per row
-        out[r] = w[e] @ x[r]                             # (O, I) @ (I,) -> (O,)
-    return out
+    """Row r of x times matrix experts[r] of the stack w (E, O, I): x (R, I) -> (R, O),
+    one GEMV call for all rows."""
+    return fmatmul(x, w, experts) if isinstance(w, np.ndarray) else qmatmul(x, w, experts)
 
 
 # ----------------------------------------------------------------------------------------------

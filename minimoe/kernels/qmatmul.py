@@ -334,6 +334,59 @@ def dequant_tile_mxfp4(d, m, qs, G, e, og0, out):
                 out[t, (16 + j) * nb + b] = d[e, og, i] * lut[q >> np.uint32(4)]
 
 
+# ----------------------------------------------------------------------------------------------
+# The float32 GEMV, for the decode step of an unquantized model: out[r] = W[experts[r]] @ x[r].
+# BLAS does this as fast on a quiet machine, but its threads spin while they wait for work, and
+# the decode step alternates many small calls with Numba's: one thread pool for all is calmer.
+# ----------------------------------------------------------------------------------------------
+
+def gemv_f32_numpy(x, w, experts, out):
+    """x (R, I), w (E, O, I) float32 -> out (R, O)."""
+    out[:] = np.einsum("roi,ri->ro", w[experts], x)                # (R, O, I) . (R, I) -> (R, O)
+
+
+@twin(gemv_f32_numpy)
+@njit(parallel=True, fastmath=_FAST, cache=True)
+def gemv_f32(x, w, experts, out):
+    R, O = out.shape
+    I = x.shape[1]
+    n_items = (O + CHUNK - 1) // CHUNK
+    for item in prange(R * n_items):
+        r, c = item // n_items, item % n_items
+        e = experts[r]
+        for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
+            acc = np.float32(0.0)
+            for i in range(I):                                     # SIMD dot product
+                acc += w[e, o, i] * x[r, i]
+            out[r, o] = acc
+
+
+def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> np.ndarray:
+    """x (R, I) float32 @ w.T for a float32 w (O, I), or row r times w[experts[r]] for a stack
+    (E, O, I). Few rows (decode) run gemv_f32; more rows go to BLAS."""
+    stacked = w.ndim == 3
+    what = f"matmul with a float weight of shape {w.shape}"
+    _check_x(x, w.shape[-1], what)
+    if w.dtype != np.float32 or w.ndim not in (2, 3) or not w.flags.c_contiguous:
+        raise KernelInputError(f"{what}: w must be a C-contiguous float32 (O, I) or (E, O, I) array, "
+                               f"found {w.dtype} with {w.ndim} axes")
+    R = x.shape[0]
+    if stacked:
+        experts = np.asarray(experts) if experts is not None else None
+        if experts is None or experts.shape != (R,) or experts.dtype != np.int64:
+            raise KernelInputError(f"{what}: a stack needs experts, int64 of shape ({R},)")
+        if R and (experts.min() < 0 or experts.max() >= w.shape[0]):
+            raise KernelInputError(f"{what}: experts must lie in 0..{w.shape[0] - 1}, found "
+                                   f"{experts.min()}..{experts.max()}")
+    if R > GEMV_MAX_ROWS:
+        if not stacked:
+            return x @ w.T                                         # (R, I) @ (I, O) -> (R, O), BLAS
+        return np.stack([w[e] @ x[r] for r, e in enumerate(experts)]) if R else np.empty((0, w.shape[1]), np.float32)
+    out = np.empty((R, w.shape[-2]), np.float32)
+    gemv_f32(np.ascontiguousarray(x), w if stacked else w[None], experts if stacked else _NO_EXPERT[:R], out)
+    return out
+
+
 GEMV = {"q4_0": gemv_q4_0, "q4_1": gemv_q4_1, "q8_0": gemv_q8_0, "mxfp4": gemv_mxfp4}
 DEQUANT_TILE = {"q4_0": dequant_tile_q4_0, "q4_1": dequant_tile_q4_1, "q8_0": dequant_tile_q8_0,
                 "mxfp4": dequant_tile_mxfp4}
