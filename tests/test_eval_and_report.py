@@ -194,3 +194,12 @@ def test_cli_eval(ckpt, data, tmp_path, capsys):
     empty.write_text("")
     assert main(["eval", "--model", str(ckpt), "--data", str(empty)]) == 1
     assert "empty" in capsys.readouterr().err
+
+
+def test_cli_quantize_strict_refuses_rows_that_do_not_split(capsys):
+    argv = ["quantize", "--preset", "shakespeare-moe", "--recipe", "q4_0"]
+    assert main(argv) == 0
+    assert "172 is not a multiple of 32: kept fp32" in capsys.readouterr().out
+    assert main(argv + ["--strict"]) == 1
+    err = capsys.readouterr().err
+    assert "layers.0.moe.experts.down" in err and "blocks of 32" in err and "strict" in err
