@@ -79,6 +79,11 @@ def test_float_gemv_equals_twin_and_float64_reference(R, O, I):
         for r, e in enumerate(experts):
             assert_close_to_reference(y_stack[r:r + 1], x[r:r + 1], w[e].astype(np.float64))
         assert_close_to_reference(y_plain, x, w[1].astype(np.float64))
+    for fn in (qm.gemv_f32.numba, qm.gemv_f32.serial.numba):      # both compiled forms, directly
+        y = np.empty((R, O), np.float32)
+        fn(x, w, experts, y)
+        for r, e in enumerate(experts):
+            assert_close_to_reference(y[r:r + 1], x[r:r + 1], w[e].astype(np.float64))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -102,7 +107,7 @@ def test_gemv_kernels_equal_twins_directly():
         np.testing.assert_array_equal(xr, np.tile(xk, (1, 1, pw.G)))
         np.testing.assert_allclose(xs, np.tile(qm.block_sums(xk), (1, pw.G)), rtol=1e-6, atol=1e-6)
         w64 = qt.dequantize().astype(np.float64)
-        for fn in (qm.GEMV[fmt].numba, qm.GEMV[fmt].numpy):
+        for fn in (qm.GEMV[fmt].numba, qm.GEMV[fmt].serial.numba, qm.GEMV[fmt].numpy):   # all cores, one core, twin
             y = np.empty((3, 17), np.float32)
             fn(x, pw.d, pw.m, pw.qs, pw.G, experts, y)
             for r, e in enumerate(experts):

@@ -28,13 +28,16 @@ Each kernel has a NumPy twin with the same signature (run with MINIMOE_BACKEND=n
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
-from minimoe.kernels.backend import twin
+from minimoe.kernels.backend import Kernel, twin
 from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, to_kernel_order
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
+PARALLEL_MIN_WEIGHTS = 2**21   # a GEMV touching fewer weights runs on one core (see below)
 TILE_VALUES = 2**18        # weights dequantized per tile in the prefill path (1 MiB of float32: stays in L2)
 CHUNK = 16                 # output rows per parallel work item in the GEMV kernels
 
@@ -383,9 +386,29 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
             return x @ w.T                                         # (R, I) @ (I, O) -> (R, O), BLAS
         return np.stack([w[e] @ x[r] for r, e in enumerate(experts)]) if R else np.empty((0, w.shape[1]), np.float32)
     out = np.empty((R, w.shape[-2]), np.float32)
-    gemv_f32(np.ascontiguousarray(x), w if stacked else w[None], experts if stacked else _NO_EXPERT[:R], out)
+    kernel = gemv_f32 if R * out.shape[1] * x.shape[1] >= PARALLEL_MIN_WEIGHTS else gemv_f32.serial
+    kernel(np.ascontiguousarray(x), w if stacked else w[None], experts if stacked else _NO_EXPERT[:R], out)
     return out
 
+
+# Every GEMV also exists compiled for one core (`k.serial`: the same source, prange runs as range).
+# Starting a parallel loop costs microseconds even on an idle machine, and a scheduler time slice
+# when another program holds a core; a decode step makes ~60 GEMV calls on matrices of under a
+# million weights, for which one core is faster. GEMVs over PARALLEL_MIN_WEIGHTS or more weights
+# (a 14336 x 4096 projection, a vocabulary head) use all cores.
+
+def _one_core(kernel):
+    """Attach kernel.serial: the kernel's Python source compiled without threads."""
+    fn = kernel.numba.py_func
+    clone = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
+                               fn.__closure__)
+    clone.__qualname__ = fn.__qualname__ + "_serial"      # its own entry in Numba's on-disk cache
+    kernel.serial = Kernel(njit(fastmath=_FAST, cache=True)(clone), kernel.numpy)
+    return kernel
+
+
+for _k in (gemv_q4_0, gemv_q4_1, gemv_q8_0, gemv_mxfp4, gemv_f32):
+    _one_core(_k)
 
 GEMV = {"q4_0": gemv_q4_0, "q4_1": gemv_q4_1, "q8_0": gemv_q8_0, "mxfp4": gemv_mxfp4}
 DEQUANT_TILE = {"q4_0": dequant_tile_q4_0, "q4_1": dequant_tile_q4_1, "q8_0": dequant_tile_q8_0,
@@ -446,7 +469,8 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
         return out.reshape(*lead, O)
     if R <= GEMV_MAX_ROWS:                                            # decode: GEMV over the bytes
         ex = _NO_EXPERT[:R] if experts is None else experts
-        GEMV[w.fmt](np.ascontiguousarray(X), w.d, w.m, w.qs, w.G, ex, out)
+        kernel = GEMV[w.fmt] if R * O * I >= PARALLEL_MIN_WEIGHTS else GEMV[w.fmt].serial
+        kernel(np.ascontiguousarray(X), w.d, w.m, w.qs, w.G, ex, out)
         return out.reshape(*lead, O)
     xk2 = to_kernel_order(X).reshape(R, -1)                           # (R, I) in kernel order
     step = max(16, TILE_VALUES // I // 16 * 16)                       # rows per tile, a multiple of every G
