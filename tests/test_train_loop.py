@@ -218,3 +218,19 @@ def test_train_on_shakespeare(tmp_path, shakespeare_path):
                                 ckpt_interval=0, **FAST), verbose=False)
     assert t.model.config.vocab_size == 65
     t.run()
+
+
+def test_shard_helpers():
+    from minimoe.train.parallel import _openblas_setters, blas_threads, shard_rows, split_router_grads
+    assert shard_rows(12, 2) == [slice(0, 6), slice(6, 12)]
+    assert [s.stop - s.start for s in shard_rows(8, 3)] == [3, 2, 3]
+    assert shard_rows(1, 4) == [slice(0, 1)]                   # never an empty shard
+    g = {2: np.arange(20.0).reshape(10, 2)}
+    parts = split_router_grads(g, [4, 6])
+    np.testing.assert_array_equal(np.concatenate([parts[0][2], parts[1][2]]), g[2])
+    fns = _openblas_setters()
+    if fns is not None:                                        # NumPy's own OpenBLAS
+        before = fns[1]()
+        with blas_threads(1):
+            assert fns[1]() == 1
+        assert fns[1]() == before
