@@ -37,7 +37,8 @@ from minimoe.kernels.backend import Kernel, twin
 from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, to_kernel_order
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
-PARALLEL_MIN_WEIGHTS = 2**21   # a GEMV touching fewer weights runs on one core (see below)
+PARALLEL_MIN_WEIGHTS = 2**21   # a packed GEMV touching fewer weights runs on one core (see below)
+PARALLEL_MIN_FLOAT_WEIGHTS = 2**19   # the same for float32 (memory-bound: one core's bandwidth is not enough)
 TILE_VALUES = 2**18        # weights dequantized per tile in the prefill path (1 MiB of float32: stays in L2)
 CHUNK = 16                 # output rows per parallel work item in the GEMV kernels
 
@@ -386,7 +387,7 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
             return x @ w.T                                         # (R, I) @ (I, O) -> (R, O), BLAS
         return np.stack([w[e] @ x[r] for r, e in enumerate(experts)]) if R else np.empty((0, w.shape[1]), np.float32)
     out = np.empty((R, w.shape[-2]), np.float32)
-    kernel = gemv_f32 if R * out.shape[1] * x.shape[1] >= PARALLEL_MIN_WEIGHTS else gemv_f32.serial
+    kernel = gemv_f32 if R * out.shape[1] * x.shape[1] >= PARALLEL_MIN_FLOAT_WEIGHTS else gemv_f32.serial
     kernel(np.ascontiguousarray(x), w if stacked else w[None], experts if stacked else _NO_EXPERT[:R], out)
     return out
 
