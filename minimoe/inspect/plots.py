@@ -174,7 +174,7 @@ def roofline(trace: Trace, machine: dict | None = None, title: str | None = None
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOPs per byte of weights + activations + KV)")
     ax.set_ylabel("achieved GFLOP/s")
-    ax.set_title(title or f"roofline ({machine['source'].split(';')[0]})", fontsize=9)
+    ax.set_title(title or f"roofline ({machine['source'].split(',')[0]})", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     return fig
 
