@@ -102,6 +102,7 @@ def trace_one_token(m, ids):
     return t
 
 
+trace_one_token(model, ids)                 # a warm-up: the first call also loads compiled kernels
 t32 = trace_one_token(model, ids)
 print(t32.summary())
 

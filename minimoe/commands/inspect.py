@@ -40,10 +40,13 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-def trace_prompt(model, ids: np.ndarray):
+def trace_prompt(model, ids: np.ndarray, warm_up: bool = True):
     """(prompt trace, one-token trace): the prompt as one prefill into a KV cache, then the
-    greedy next token decoded from that cache."""
+    greedy next token decoded from that cache. With warm_up, the same runs once untraced first, so
+    that first-call costs (Numba compiling or loading its kernels) stay out of the times."""
     import minimoe
+    if warm_up:
+        trace_prompt(model, ids, warm_up=False)                  # the same traced path, discarded
     kv = model.new_kv_cache(1, len(ids) + 1)
     with minimoe.trace() as prompt:
         logits, _ = model.forward(ids[None], kv)                 # (1, T, V)
