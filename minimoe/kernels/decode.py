@@ -53,8 +53,8 @@ def unsupported(model) -> str | None:
     for name, w in model.params.items():
         if not isinstance(w, np.ndarray) and getattr(w, "fmt", None) not in PACKED_FORMATS:
             return f"{name} is {getattr(w, 'fmt', type(w).__name__)}, which has no fused kernel"
-        if isinstance(w, np.ndarray) and w.dtype != np.float32:
-            return f"{name} is {w.dtype}"
+        if isinstance(w, np.ndarray) and (w.dtype != np.float32 or not w.flags.c_contiguous):
+            return f"{name} is {w.dtype}{'' if w.flags.c_contiguous else ', not C-contiguous'}"
     if not isinstance(model.params["embed.weight"], np.ndarray):
         return "a packed embedding table"
     return None

@@ -69,15 +69,14 @@ def _ungroup(a, G, nb, O):
 
 
 def _gemv_numpy(x, values, d, m, G, experts, out):
-    """Shared by the twins. values (E, O, 32, nb) float32 codes (or table values) in kernel order:
-    W[e, o, b*32 + j] = d[e, o, b] * values[e, o, j, b] (+ m[e, o, b])."""
+    """Shared by the twins. values (R, O, 32, nb): row r's matrix as float32 codes (or table
+    values) in kernel order, W[o, b*32 + j] = d[o, b] * values[o, j, b] (+ m[o, b])."""
     R, O = out.shape
     nb = x.shape[1] // BLOCK
     xk = x.reshape(R, nb, BLOCK).transpose(0, 2, 1)               # (R, 32, nb) kernel order
-    scale = _ungroup(d, G, nb, O)[experts]                         # (R, O, nb)
-    w = scale[:, :, None, :] * values[experts]                     # (R, O, 32, nb) float weights
+    w = _ungroup(d[experts], G, nb, O)[:, :, None, :] * values     # (R, O, 1, nb) * (R, O, 32, nb)
     if m.size:
-        w = w + _ungroup(m, G, nb, O)[experts][:, :, None, :]
+        w = w + _ungroup(m[experts], G, nb, O)[:, :, None, :]
     out[:] = np.einsum("rojb,rjb->ro", w, xk)                       # sum over the 32*nb inputs
 
 
@@ -86,27 +85,31 @@ def _nibbles(qs):
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-2)
 
 
+def _rows(qs, G, x, out, experts):
+    """Each row's matrix of value bytes, ungrouped: (R, O, J, nb)."""
+    return _ungroup(qs[experts], G, x.shape[1] // BLOCK, out.shape[1])
+
+
 def gemv_q4_0_numpy(x, d, m, qs, G, experts, out):
     """y[r, o] = sum_i W[experts[r], o, i] x[r, i] with W = d * (q - 8)."""
-    codes = _nibbles(_ungroup(qs, G, x.shape[1] // BLOCK, out.shape[1])).astype(np.float32)  # (E, O, 32, nb)
+    codes = _nibbles(_rows(qs, G, x, out, experts)).astype(np.float32)   # (R, O, 32, nb)
     _gemv_numpy(x, codes - 8, d, m, G, experts, out)
 
 
 def gemv_q4_1_numpy(x, d, m, qs, G, experts, out):
     """W = d * q + m."""
-    codes = _nibbles(_ungroup(qs, G, x.shape[1] // BLOCK, out.shape[1])).astype(np.float32)
+    codes = _nibbles(_rows(qs, G, x, out, experts)).astype(np.float32)
     _gemv_numpy(x, codes, d, m, G, experts, out)
 
 
 def gemv_q8_0_numpy(x, d, m, qs, G, experts, out):
     """W = d * q, q int8."""
-    _gemv_numpy(x, _ungroup(qs, G, x.shape[1] // BLOCK, out.shape[1]).astype(np.float32), d, m, G, experts, out)
+    _gemv_numpy(x, _rows(qs, G, x, out, experts).astype(np.float32), d, m, G, experts, out)
 
 
 def gemv_mxfp4_numpy(x, d, m, qs, G, experts, out):
     """W = d * LUT2[q]: d = 2^(e-128), LUT2 = 2 * E2M1."""
-    values = MXFP4_LUT2[_nibbles(_ungroup(qs, G, x.shape[1] // BLOCK, out.shape[1]))]
-    _gemv_numpy(x, values, d, m, G, experts, out)
+    _gemv_numpy(x, MXFP4_LUT2[_nibbles(_rows(qs, G, x, out, experts))], d, m, G, experts, out)
 
 
 @twin(gemv_q4_0_numpy)
@@ -246,38 +249,43 @@ def _operands(x, G):
 # The prefill path multiplies tiles with BLAS; `dequantize` below puts a matrix back in order.
 # ----------------------------------------------------------------------------------------------
 
-def _tile_numpy(values, d, m, G, e, og0, out):
-    """values (E, OG*G, 32, nb) float32 codes or table values -> out (T, 32*nb)."""
-    T = out.shape[0]
-    nb = values.shape[-1]
-    rows = slice(og0 * G, og0 * G + T)
-    w = d.reshape(d.shape[0], -1, nb)[e, rows][:, None, :] * values[e, rows]   # (T, 1, nb) * (T, 32, nb)
-    if m.size:
-        w = w + m.reshape(m.shape[0], -1, nb)[e, rows][:, None, :]
+def _tile_rows(a, G, e, og0, T):
+    """The T rows og0*G .. of matrix e from d, m (-> (T, nb)) or qs (-> (T, J, nb)), ungrouped."""
+    nb = a.shape[-1] // G
+    return _ungroup(a[e:e + 1, og0:og0 + T // G], G, nb, T)[0]
+
+
+def _tile_numpy(values, d, m, out):
+    """values (T, 32, nb) float32 codes or table values, d and m (T, nb) -> out (T, 32*nb)."""
+    T, _, nb = values.shape
+    w = d[:, None, :] * values                                      # (T, 1, nb) * (T, 32, nb)
+    if m is not None:
+        w = w + m[:, None, :]
     out[:] = w.reshape(T, 32 * nb)
 
 
 def dequant_tile_q4_0_numpy(d, m, qs, G, e, og0, out):
     """out (T, 32*nb) = rows og0*G.. of W[e], q4_0: d * (q - 8)."""
-    nb = qs.shape[3] // G
-    codes = _nibbles(_ungroup(qs, G, nb, qs.shape[1] * G)).astype(np.float32)   # (E, OG*G, 32, nb)
-    _tile_numpy(codes - 8, d, m, G, e, og0, out)
+    T = out.shape[0]
+    codes = _nibbles(_tile_rows(qs, G, e, og0, T)).astype(np.float32)   # (T, 32, nb)
+    _tile_numpy(codes - 8, _tile_rows(d, G, e, og0, T), None, out)
 
 
 def dequant_tile_q4_1_numpy(d, m, qs, G, e, og0, out):
-    nb = qs.shape[3] // G
-    codes = _nibbles(_ungroup(qs, G, nb, qs.shape[1] * G)).astype(np.float32)
-    _tile_numpy(codes, d, m, G, e, og0, out)
+    T = out.shape[0]
+    codes = _nibbles(_tile_rows(qs, G, e, og0, T)).astype(np.float32)
+    _tile_numpy(codes, _tile_rows(d, G, e, og0, T), _tile_rows(m, G, e, og0, T), out)
 
 
 def dequant_tile_q8_0_numpy(d, m, qs, G, e, og0, out):
-    nb = qs.shape[3] // G
-    _tile_numpy(_ungroup(qs, G, nb, qs.shape[1] * G).astype(np.float32), d, m, G, e, og0, out)
+    T = out.shape[0]
+    _tile_numpy(_tile_rows(qs, G, e, og0, T).astype(np.float32), _tile_rows(d, G, e, og0, T), None, out)
 
 
 def dequant_tile_mxfp4_numpy(d, m, qs, G, e, og0, out):
-    nb = qs.shape[3] // G
-    _tile_numpy(MXFP4_LUT2[_nibbles(_ungroup(qs, G, nb, qs.shape[1] * G))], d, m, G, e, og0, out)
+    T = out.shape[0]
+    values = MXFP4_LUT2[_nibbles(_tile_rows(qs, G, e, og0, T))]          # (T, 32, nb)
+    _tile_numpy(values, _tile_rows(d, G, e, og0, T), None, out)
 
 
 @twin(dequant_tile_q4_0_numpy)
