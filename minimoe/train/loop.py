@@ -276,7 +276,7 @@ class Trainer:
         if not math.isfinite(norm):
             name = next(n for n, g in grads.items() if not np.isfinite(g).all())
             self._diverged(f"the gradient norm is {norm}", f"the gradient of {name} ({layer_of(name)})")
-        self.opt.step(grads, lr)
+        self.opt.step(grads, lr, workers=self.shards if self.shards.n > 1 else None)
         self.step += 1
         return {"ce": ce_sum, "aux": aux_sum, "z": z_sum, "grad_norm": norm, "lr": lr}
 

@@ -49,6 +49,16 @@ def clip_by_global_norm(grads: dict, max_norm: float) -> float:
     return norm
 
 
+def _balanced(names: list, sizes: list, n: int) -> list[list]:
+    """Split names into n groups of about equal total size (largest first, onto the lightest)."""
+    groups, loads = [[] for _ in range(max(1, n))], [0] * max(1, n)
+    for name, size in sorted(zip(names, sizes), key=lambda t: -t[1]):
+        i = loads.index(min(loads))
+        groups[i].append(name)
+        loads[i] += size
+    return groups
+
+
 def decays(name: str, shape: tuple, decay_embeddings: bool = False, decay_norms: bool = False) -> bool:
     """Whether weight decay applies to a parameter: matrices (projections, experts, router, an
     untied head) decay; norms, biases, attention sinks and the token embedding do not, unless
@@ -80,27 +90,44 @@ class AdamW:
         self.v = {n: np.zeros_like(p) for n, p in params.items()}
         self.t = 0                                       # steps taken
 
-    def step(self, grads: dict, lr: float) -> None:
-        """One update of every parameter, in place."""
+    def step(self, grads: dict, lr: float, workers=None) -> None:
+        """One update of every parameter, in place.
+
+        workers: optional `map(fn, items)` that runs on several threads (minimoe.train.parallel.
+        Shards.map); the parameters are then split into that many groups of about equal size,
+        one per thread. Each entry's arithmetic is the same either way, so are the results."""
         self.t += 1
-        b1, b2 = self.beta1, self.beta2
-        step_size = lr / (1 - b1 ** self.t)              # lr / (1 - b1^t): m's bias correction
-        inv_sqrt_bc2 = 1 / math.sqrt(1 - b2 ** self.t)   # 1 / sqrt(1 - b2^t): v's bias correction
-        for name, p in self.params.items():
-            decay = 1 - lr * self.weight_decay if self.decay[name] and self.weight_decay else None
-            g, m, v = grads[name].reshape(-1), self.m[name].reshape(-1), self.v[name].reshape(-1)
-            flat = p.reshape(-1)                                    # views: updates land in p
-            # a few thousand entries at a time, so the ~12 passes below run in cache
-            for a in range(0, flat.size, self.CHUNK):
-                sl = slice(a, a + self.CHUNK)
-                self._update(flat[sl], g[sl], m[sl], v[sl], b1, b2, step_size, inv_sqrt_bc2, decay)
+        step_size = lr / (1 - self.beta1 ** self.t)      # lr / (1 - b1^t): m's bias correction
+        inv_sqrt_bc2 = 1 / math.sqrt(1 - self.beta2 ** self.t)  # 1 / sqrt(1 - b2^t): v's
+        names = list(self.params)
+        groups = [names] if workers is None else _balanced(names, [self.params[n].size for n in names],
+                                                           getattr(workers, "n", 1))
+
+        def update_group(group):
+            scratch = np.empty(self.CHUNK, self.params[group[0]].dtype)   # one per thread
+            for name in group:
+                p = self.params[name]
+                decay = 1 - lr * self.weight_decay if self.decay[name] and self.weight_decay else None
+                g, m, v = grads[name].reshape(-1), self.m[name].reshape(-1), self.v[name].reshape(-1)
+                flat = p.reshape(-1)                                # views: updates land in p
+                # a few thousand entries at a time, so the ~12 passes below run in cache
+                for a in range(0, flat.size, self.CHUNK):
+                    sl = slice(a, a + self.CHUNK)
+                    self._update(flat[sl], g[sl], m[sl], v[sl], step_size, inv_sqrt_bc2, decay,
+                                 scratch[:flat[sl].size])
+
+        if workers is None:
+            update_group(names)
+        else:
+            workers.map(update_group, [g for g in groups if g])
 
     CHUNK = 1 << 15
 
-    def _update(self, p, g, m, v, b1, b2, step_size, inv_sqrt_bc2, decay):
-        """The AdamW update of one flat slice (p, g, m, v of equal length), in place."""
+    def _update(self, p, g, m, v, step_size, inv_sqrt_bc2, decay, tmp):
+        """The AdamW update of one flat slice (p, g, m, v of equal length), in place; `tmp` is
+        scratch space of the same length."""
         dt = p.dtype.type
-        tmp = self._scratch(p.size, p.dtype)
+        b1, b2 = self.beta1, self.beta2
         if decay is not None:
             p *= dt(decay)                                          # p <- p - lr wd p
         np.multiply(g, dt(1 - b1), out=tmp)
@@ -116,12 +143,6 @@ class AdamW:
         np.divide(m, tmp, out=tmp)
         tmp *= dt(step_size)
         p -= tmp                                                    # p <- p - lr m_hat / (sqrt(v_hat) + eps)
-
-    def _scratch(self, n: int, dtype) -> np.ndarray:
-        buf = getattr(self, "_buf", None)
-        if buf is None or buf.size < n or buf.dtype != dtype:
-            buf = self._buf = np.empty(max(n, self.CHUNK), dtype)
-        return buf[:n]
 
     # --- saving and restoring (safetensors tensors + a JSON-able dict) -----------------------------
     def state_tensors(self) -> dict[str, np.ndarray]:
