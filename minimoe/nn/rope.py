@@ -80,22 +80,29 @@ def rotate_half(x: np.ndarray) -> np.ndarray:
 def forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray):
     """x (..., T, D), cos/sin (T, D) -> rotated x (..., T, D).
 
-    y = x * cos + rotate_half(x) * sin, computed half by half (no concatenated copy):
-        y[:h] = x[:h] cos[:h] - x[h:] sin[:h],   y[h:] = x[h:] cos[h:] + x[:h] sin[h:]
+    y = x * cos + rotate_half(x) * sin. Split D into its two halves, x = [x1, x2] viewed as
+    (..., T, 2, D/2); then rotate_half(x) = [-x2, x1] is the halves in reverse order times
+    (-1, +1), so the sign goes into a "signed sin" and no half-size copy is made:
+        y = x * cos + x[..., ::-1, :] * [-sin1, sin2]
     """
-    h = x.shape[-1] // 2
-    y = x * cos                                          # (..., T, D)
-    y[..., :h] -= x[..., h:] * sin[:, :h]                # (..., T, D/2)
-    y[..., h:] += x[..., :h] * sin[:, h:]                # (..., T, D/2)
-    return y, (cos, sin)
+    T, D = x.shape[-2], x.shape[-1]
+    h = D // 2
+    x2 = x.reshape(*x.shape[:-1], 2, h)                  # (..., T, 2, D/2), a view
+    signed_sin = np.stack([-sin[:, :h], sin[:, h:]], axis=1)  # (T, 2, D/2)
+    y = x2 * cos.reshape(T, 2, h)                        # (..., T, 2, D/2)
+    y += x2[..., ::-1, :] * signed_sin                   # + rotate_half(x) * sin
+    return y.reshape(x.shape), (cos, sin)
 
 
 def backward(dy: np.ndarray, cache):
     """dy (..., T, D) -> dx. The rotation is orthogonal, so dx rotates dy back:
-    dx = dy * cos + rotate_half^T(dy * sin), with rotate_half^T([a, b]) = [b, -a]."""
+    dx = dy * cos + rotate_half^T(dy * sin), with rotate_half^T([a, b]) = [b, -a], that is
+        dx1 = dy1 cos + dy2 sin,   dx2 = dy2 cos - dy1 sin."""
     cos, sin = cache
-    h = dy.shape[-1] // 2
-    dx = dy * cos                                        # (..., T, D)
-    dx[..., :h] += dy[..., h:] * sin[:, h:]              # dx1 = dy1 cos + dy2 sin
-    dx[..., h:] -= dy[..., :h] * sin[:, :h]              # dx2 = dy2 cos - dy1 sin
-    return dx
+    T, D = dy.shape[-2], dy.shape[-1]
+    h = D // 2
+    dy2 = dy.reshape(*dy.shape[:-1], 2, h)               # (..., T, 2, D/2)
+    signed_sin = np.stack([sin[:, h:], -sin[:, :h]], axis=1)  # (T, 2, D/2)
+    dx = dy2 * cos.reshape(T, 2, h)                      # (..., T, 2, D/2)
+    dx += dy2[..., ::-1, :] * signed_sin
+    return dx.reshape(dy.shape)
