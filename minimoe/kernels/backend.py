@@ -90,3 +90,50 @@ def twin(numpy_fn):
     def pair(numba_fn):
         return Kernel(numba_fn, numpy_fn)
     return pair
+
+
+# ----------------------------------------------------------------------------------------------
+# OpenBLAS's thread count, for a stretch of many small BLAS calls
+# ----------------------------------------------------------------------------------------------
+
+def _openblas():
+    """NumPy's bundled OpenBLAS as a ctypes library with (get, set) thread functions, or None."""
+    import ctypes
+    import glob
+    import numpy as np
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "*openblas*"))
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", "64_"),
+                               ("openblas_", "")):
+            get = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                return get, put
+    return None
+
+
+_OPENBLAS = []          # filled on first use: [(get, set)] or [None]
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Run the block with OpenBLAS limited to n threads (a no-op if NumPy's BLAS is not OpenBLAS).
+
+    The prefill path makes hundreds of small BLAS calls, each of which wakes and then waits for
+    OpenBLAS's threads; minimoe runs them on its own threads instead, one BLAS thread each."""
+    if not _OPENBLAS:
+        _OPENBLAS.append(_openblas())
+    if _OPENBLAS[0] is None:
+        yield
+        return
+    get, put = _OPENBLAS[0]
+    before = get()
+    put(n)
+    try:
+        yield
+    finally:
+        put(before)

@@ -20,20 +20,25 @@ Two paths, picked by the number of rows R:
 
   prefill (R > GEMV_MAX_ROWS): dequantize a tile of rows (TILE_VALUES weights) at a time into a
       small float32 buffer (it stays in cache) and hand each tile to BLAS: y[:, tile] = xk @ tile.T.
-      The flops then dominate, and BLAS does them best, on all cores. The dequantizing loop runs on
-      one core: two thread pools (Numba's and OpenBLAS's) taking turns many times a second would
-      wait for each other's spinning threads.
+      The flops then dominate, and BLAS does them best. Tiles go to one worker thread per core,
+      each running the (one-core) dequantizing kernel and a one-thread BLAS call: no thread pool
+      has to wake up for every tile (OpenBLAS's own threads, woken hundreds of times, measured up
+      to 100x slower when another program shared the cores).
 
 Each kernel has a NumPy twin with the same signature (run with MINIMOE_BACKEND=numpy).
 """
 from __future__ import annotations
 
+import os
+import threading
 import types
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from minimoe.kernels.backend import Kernel, twin
+from minimoe.kernels.backend import Kernel, blas_threads, twin
 from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, to_kernel_order
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
@@ -289,7 +294,7 @@ def dequant_tile_mxfp4_numpy(d, m, qs, G, e, og0, out):
 
 
 @twin(dequant_tile_q4_0_numpy)
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dequant_tile_q4_0(d, m, qs, G, e, og0, out):
     T, W = out.shape[0], qs.shape[3]
     nb = W // G
@@ -304,7 +309,7 @@ def dequant_tile_q4_0(d, m, qs, G, e, og0, out):
 
 
 @twin(dequant_tile_q4_1_numpy)
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dequant_tile_q4_1(d, m, qs, G, e, og0, out):
     T, W = out.shape[0], qs.shape[3]
     nb = W // G
@@ -319,7 +324,7 @@ def dequant_tile_q4_1(d, m, qs, G, e, og0, out):
 
 
 @twin(dequant_tile_q8_0_numpy)
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dequant_tile_q8_0(d, m, qs, G, e, og0, out):
     T, W = out.shape[0], qs.shape[3]
     nb = W // G
@@ -331,7 +336,7 @@ def dequant_tile_q8_0(d, m, qs, G, e, og0, out):
 
 
 @twin(dequant_tile_mxfp4_numpy)
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dequant_tile_mxfp4(d, m, qs, G, e, og0, out):
     T, W = out.shape[0], qs.shape[3]
     nb = W // G
@@ -481,16 +486,48 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
         kernel = GEMV[w.fmt] if R * O * I >= PARALLEL_MIN_WEIGHTS else GEMV[w.fmt].serial
         kernel(np.ascontiguousarray(X), w.d, w.m, w.qs, w.G, ex, out)
         return out.reshape(*lead, O)
-    xk2 = to_kernel_order(X).reshape(R, -1)                           # (R, I) in kernel order
+    return _prefill(to_kernel_order(X).reshape(R, -1), w, 0, out).reshape(*lead, O)
+
+
+_buffers = threading.local()
+
+
+def _tile_buffer(n: int) -> np.ndarray:
+    """A float32 scratch buffer of at least n values, one per thread, reused across calls (a new
+    megabyte each time would cost a page fault per 4 KiB)."""
+    buf = getattr(_buffers, "tile", None)
+    if buf is None or buf.size < n:
+        buf = _buffers.tile = np.empty(n, np.float32)
+    return buf
+
+
+def _prefill(xk: np.ndarray, w: PackedWeight, e: int, out: np.ndarray) -> np.ndarray:
+    """out (R, O) = xk (R, I, kernel order) @ W[e].T, a tile of rows at a time: dequantize the tile
+    into a float32 buffer that stays in cache, multiply it with BLAS. The tiles are shared out to
+    one worker thread per core (the dequantizing kernel releases the GIL, and so does BLAS), each
+    calling a one-thread BLAS: no thread pool has to wake up and wait for every tile."""
+    R, I = xk.shape
+    O = out.shape[1]
     step = max(16, TILE_VALUES // I // 16 * 16)                       # rows per tile, a multiple of every G
-    tile = np.empty((min(step, w.d.shape[1] * w.G), xk2.shape[1]), np.float32)   # (T, I) reused buffer
+    rows_padded = w.d.shape[1] * w.G                                  # whole groups (padding rows are 0)
     dequant = DEQUANT_TILE[w.fmt]
-    for o0 in range(0, O, step):                                      # prefill: tile by tile
-        T = min(step, w.d.shape[1] * w.G - o0)                        # whole groups (padding rows are 0)
-        dequant(w.d, w.m, w.qs, w.G, 0, o0 // w.G, tile[:T])          # (T, I) float32
+
+    def tile_product(o0: int) -> None:
+        T = min(step, rows_padded - o0)
+        tile = _tile_buffer(step * I)[:T * I].reshape(T, I)           # (T, I), this thread's buffer
+        dequant(w.d, w.m, w.qs, w.G, e, o0 // w.G, tile)
         valid = min(T, O - o0)
-        np.matmul(xk2, tile[:valid].T, out=out[:, o0:o0 + valid])     # (R, I) @ (I, T) -> (R, T)
-    return out.reshape(*lead, O)
+        out[:, o0:o0 + valid] = xk @ tile[:valid].T                   # (R, I) @ (I, T) -> (R, T)
+
+    starts = range(0, O, step)
+    workers = min(len(starts), os.cpu_count() or 1, numba.get_num_threads())
+    if workers <= 1:
+        for o0 in starts:
+            tile_product(o0)
+        return out
+    with blas_threads(1), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(tile_product, starts))
+    return out
 
 
 def dequantize(w: PackedWeight) -> np.ndarray:
