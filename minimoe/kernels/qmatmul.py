@@ -42,8 +42,8 @@ from minimoe.kernels.backend import Kernel, blas_threads, twin
 from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, to_kernel_order
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
-PARALLEL_MIN_WEIGHTS = 2**21   # a packed GEMV touching fewer weights runs on one core (see below)
-PARALLEL_MIN_FLOAT_WEIGHTS = 2**19   # the same for float32 (memory-bound: one core's bandwidth is not enough)
+PARALLEL_MIN_WEIGHTS = 2**23   # a packed GEMV touching fewer weights runs on one core (see below)
+PARALLEL_MIN_FLOAT_WEIGHTS = 2**21   # the same for float32 (four times the bytes per weight)
 TILE_VALUES = 2**18        # weights dequantized per tile in the prefill path (1 MiB of float32: stays in L2)
 CHUNK = 16                 # output rows per parallel work item in the GEMV kernels
 
@@ -408,8 +408,9 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
 # Every GEMV also exists compiled for one core (`k.serial`: the same source, prange runs as range).
 # Starting a parallel loop costs microseconds even on an idle machine, and a scheduler time slice
 # when another program holds a core; a decode step makes ~60 GEMV calls on matrices of under a
-# million weights, for which one core is faster. GEMVs over PARALLEL_MIN_WEIGHTS or more weights
-# (a 14336 x 4096 projection, a vocabulary head) use all cores.
+# million weights, for which one core is faster (measured on 2 cores shared with other programs,
+# where every parallel call also waits for a time slice). GEMVs over PARALLEL_MIN_WEIGHTS or more
+# weights (a 14336 x 4096 projection) use all cores.
 
 def _one_core(kernel):
     """Attach kernel.serial: the kernel's Python source compiled without threads."""
