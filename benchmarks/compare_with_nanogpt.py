@@ -5,13 +5,16 @@ Needs torch (not a minimoe dependency; CI does not run this).
     python benchmarks/compare_with_nanogpt.py --data ../shared/data/tinyshakespeare.txt [--rounds 10 --steps 50]
 
 Two worker processes, one training minimoe (`minimoe.train.Trainer`, its default threads) and
-one training the nanoGPT recipe of nanogpt_cpu_recipe.py (PyTorch eager, 2 threads), take turns:
+one training the nanoGPT recipe of nanogpt_cpu_recipe.py (PyTorch eager, 2 threads unless
+--torch-threads), take turns:
 each runs `--steps` training steps while the other waits, for `--rounds` rounds. On a shared
 machine the load changes from minute to minute. Taking turns makes both see the same
 conditions, so their ratio means something even when the absolute times do not. Each
 process keeps its own thread pool between turns, as it would in a real run.
 
-Prints each side's median ms per step over the rounds, the min, and the ratio.
+Prints each side's median ms per step over the rounds, the min, and the ratio. With
+`--threads 1 --torch-threads 1` it compares one core against one core, which no other process
+can distort much: neither side then spin-waits on a second thread.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ def minimoe_worker(go, done, times, args):
     keep_freed_memory()
     t = Trainer.new(TrainConfig(preset="shakespeare-dense", data=args.data, max_iters=2000, out=args.out,
                                 **({"threads": args.threads} if args.threads else {})), verbose=False)
-    with blas_threads(1) if t.shards.n > 1 else _null():
+    with blas_threads(1):                                # as `minimoe train` runs its steps
         for _ in range(3):
             t.train_step()
         for _ in range(args.rounds):
@@ -50,7 +53,7 @@ def nanogpt_worker(go, done, times, args):
         "nanogpt_cpu_recipe", os.path.join(os.path.dirname(os.path.abspath(__file__)), "nanogpt_cpu_recipe.py"))
     ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.torch_threads)
     torch.manual_seed(1337)
     text = open(args.data, encoding="utf-8").read()
     chars = sorted(set(text))
@@ -89,20 +92,13 @@ def nanogpt_worker(go, done, times, args):
         done.set()
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=0, help="minimoe's --threads (default: its own default)")
+    ap.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads for nanoGPT (default 2)")
     ap.add_argument("--out", default=os.path.join("runs", "compare-with-nanogpt"))
     args = ap.parse_args()
     ctx = mp.get_context("spawn")

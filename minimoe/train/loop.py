@@ -31,7 +31,6 @@ batches as if the run had never stopped.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -329,8 +328,8 @@ class Trainer:
         until = tc.max_iters if until is None else until
         os.makedirs(tc.out, exist_ok=True)
         keep_freed_memory()
-        with blas_threads(1) if self.shards.n > 1 else contextlib.nullcontext():
-            return self._run(until)
+        with blas_threads(1):                              # the shards are the parallelism: --threads
+            return self._run(until)                        # cores, one single-threaded BLAS each
 
     def _run(self, until: int) -> dict:
         tc = self.tc

@@ -7,7 +7,8 @@ On a small model most of a step is not matrix products but elementwise NumPy (so
 RMSNorm, RoPE, AdamW), which runs on one core however many BLAS threads there are. Splitting
 the batch into S shards and running each on its own thread puts every kind of work on every
 core. NumPy releases the GIL inside its loops and BLAS calls, so the threads really do run at
-once. Each thread uses a single-threaded BLAS. This is also much steadier on a busy machine:
+once. Each thread uses a single-threaded BLAS (so `--threads N` means N cores, and
+`--threads 1` one core). This is also much steadier on a busy machine:
 a multi-threaded BLAS spin-waits for its workers, and one descheduled worker stalls the step.
 
 The step computes exactly what the unsharded step computes, up to float rounding order:
