@@ -26,10 +26,6 @@
 import json
 import os
 
-FAST = os.environ.get("MINIMOE_FAST") == "1"
-if FAST:  # tiny matrices: one BLAS thread is as fast, and much faster on a busy machine
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -37,6 +33,7 @@ import minimoe
 from minimoe.train import data as train_data
 from minimoe.train.loop import TrainConfig, Trainer
 
+FAST = os.environ.get("MINIMOE_FAST") == "1"
 OUT = os.environ.get("MINIMOE_TUTORIAL_OUT", os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
 os.makedirs(OUT, exist_ok=True)
 

@@ -39,7 +39,10 @@ FLAGS = {
 
 def add_parser(sub):
     p = sub.add_parser("train", help="train a model from scratch, or resume a run",
-                       description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "))
+                       description="Train a model from scratch (or resume a run) on a text corpus. With no "
+                                   "arguments: the shakespeare-moe preset on the embedded corpus (Python's "
+                                   "reference documentation), 2000 steps, then a sample and the expert usage. "
+                                   "See docs/training.md.")
     p.add_argument("--preset", help="model preset (default shakespeare-moe); see `minimoe info --preset`")
     p.add_argument("--data", metavar="PATH",
                    help="a UTF-8 text file, 'shakespeare' (after `minimoe data shakespeare`), or 'pydoc' "
