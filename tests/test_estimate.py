@@ -306,3 +306,12 @@ def test_cli_json_report_compare_and_plot(tmp_path, capsys):
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
     assert main(["estimate", "tiny", "--hardware", "abacus"]) == 1
     assert "unknown hardware 'abacus'" in capsys.readouterr().err
+
+
+def test_minimoe_quantize_recipe_names_work_in_the_estimator():
+    """`estimate(..., recipe="mxfp4-moe")` means what `minimoe.quantize(model, "mxfp4-moe")` does."""
+    qmodel = pytest.importorskip("minimoe.quant.model")
+    cfg = minimoe.Config.preset("tiny-moe")
+    for name in ("mxfp4-moe", "q4_0-moe"):
+        packed = estimate(qmodel.quantize_model(minimoe.Model(cfg, seed=0), name))
+        assert estimate(cfg, recipe=name)["weight_bytes"] == packed["measured_weight_bytes"], name

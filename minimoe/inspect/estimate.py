@@ -123,7 +123,15 @@ def get_recipe(dtype: str | None = None, recipe=None) -> tuple[str, dict[str, st
         return key, RECIPES[key]
     if ALIASES.get(key) in RECIPES:
         return ALIASES[key], RECIPES[ALIASES[key]]
-    raise EstimateError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    from minimoe.quant.model import RECIPES as QUANT_RECIPES
+    if key in QUANT_RECIPES:
+        # a recipe of minimoe.quantize ("mxfp4-moe", "q4_0-moe"): priced exactly as that function
+        # packs a minimoe model, with what it leaves alone in float32
+        r = QUANT_RECIPES[key]
+        if all(f in FORMATS for f in r.formats.values()):
+            return key, {**r.formats, "default": "fp32", "vectors": "fp32"}
+    known = list(RECIPES) + [k for k in QUANT_RECIPES if k not in RECIPES]
+    raise EstimateError(f"unknown recipe {recipe!r}; known: {', '.join(known)}")
 
 
 # --- weights -----------------------------------------------------------------------------------------
