@@ -35,7 +35,7 @@ def dispatch_sort_numpy(flat, E, order, offsets):
 
 
 @twin(dispatch_sort_numpy)
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dispatch_sort(flat, E, order, offsets):
     offsets[:] = 0
     for a in range(flat.shape[0]):                       # count each expert's assignments
@@ -55,7 +55,7 @@ def gather_rows_numpy(x, order, K, out):
 
 
 @twin(gather_rows_numpy)
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def gather_rows(x, order, K, out):
     for i in range(order.shape[0]):
         n = order[i] // K
@@ -71,7 +71,7 @@ def combine_rows_numpy(ys, order, weights, out):
 
 
 @twin(combine_rows_numpy)
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def combine_rows(ys, order, weights, out):
     N, K = weights.shape
     C = ys.shape[1]
@@ -98,7 +98,7 @@ def combine_backward_numpy(dy, ys, order, weights, dweights, dys):
 
 
 @twin(combine_backward_numpy)
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def combine_backward_rows(dy, ys, order, weights, dweights, dys):
     N, K = weights.shape
     C = ys.shape[1]

@@ -43,7 +43,7 @@ def rmsnorm_numpy(x, w, eps, out):
 
 
 @twin(rmsnorm_numpy)
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rmsnorm(x, w, eps, out):
     R, C = x.shape
     for r in range(R):
@@ -93,7 +93,7 @@ def attend_one_numpy(q, k, v, cos, sin, kc, vc, pos, window, sinks, out):
 
 
 @twin(attend_one_numpy)
-@njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
 def attend_one(q, k, v, cos, sin, kc, vc, pos, window, sinks, out):
     B, H, D = q.shape
     G = k.shape[1]
@@ -168,7 +168,7 @@ def route_numpy(logits, K, rule, renorm, scale, weights, experts):
 
 
 @twin(route_numpy)
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def route(logits, K, rule, renorm, scale, weights, experts):
     R, E = logits.shape
     probs = np.empty(E, np.float32)
