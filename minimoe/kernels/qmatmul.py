@@ -43,7 +43,7 @@ from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, to_ker
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
 PARALLEL_MIN_WEIGHTS = 2**23   # a packed GEMV touching fewer weights runs on one core (see below)
-PARALLEL_MIN_FLOAT_WEIGHTS = 2**21   # the same for float32 (four times the bytes per weight)
+PARALLEL_MIN_FLOAT_WEIGHTS = 2**19   # the same for float32 (memory-bound: one core cannot stream them fast enough)
 TILE_VALUES = 2**18        # weights dequantized per tile in the prefill path (1 MiB of float32: stays in L2)
 CHUNK = 16                 # output rows per parallel work item in the GEMV kernels
 
