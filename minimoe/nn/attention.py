@@ -25,6 +25,7 @@ import numpy as np
 
 from minimoe.config import Config
 from minimoe.inspect import tracing
+from minimoe.kernels import train as train_kernels
 from minimoe.nn import linear, norm, rope
 from minimoe.nn.kv_cache import KVCache
 
@@ -142,10 +143,17 @@ def backward(dout: np.ndarray, cache):
     dv = (probs.swapaxes(-1, -2) @ dy).sum(axis=2)       # (B,G,R,S,T) @ (B,G,R,T,D) -> (B,G,S,D)
     # P = softmax([scores, sink]); the sink column gets no gradient from y (it has no value):
     # dscores = P * (dP - sum_s dP * P), built in place on dprobs
-    inner = np.einsum("...s,...s->...", dprobs, probs)[..., None]  # (B, G, R, T, 1)
-    dscores = dprobs
-    dscores -= inner
-    dscores *= probs                                     # (B, G, R, T, S); masked entries stay 0
+    S = probs.shape[-1]
+    if train_kernels.compiled(dprobs, probs):            # the same, one compiled pass per row
+        d2 = dprobs.reshape(-1, S)
+        inner = np.empty(d2.shape[0], d2.dtype)
+        train_kernels.softmax_backward.numba(d2, np.ascontiguousarray(probs.reshape(-1, S)), inner)
+        dscores, inner = d2.reshape(probs.shape), inner.reshape(*probs.shape[:-1], 1)
+    else:
+        inner = np.einsum("...s,...s->...", dprobs, probs)[..., None]  # (B, G, R, T, 1)
+        dscores = dprobs
+        dscores -= inner
+        dscores *= probs                                 # (B, G, R, T, S); masked entries stay 0
     if cache["has_sinks"]:
         dsink = -(cache["sink_probs"] * inner)           # (B, G, R, T, 1)
         grads["sinks"] = dsink.sum(axis=(0, 3, 4)).reshape(H)  # (G, R) -> (H,)

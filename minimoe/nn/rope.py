@@ -7,12 +7,17 @@ Frequencies: inv_freq[i] = theta^(-2i/D) for i < D/2, optionally rescaled ("line
 "yarn"), exactly as transformers' rope initialisers compute them.
 
 Shape legend: T time, D head dim, (..., T, D) any leading (batch, heads) axes.
+
+The NumPy below is the reference; for float32 (B, H, T, D) arrays on the numba backend the same
+arithmetic runs as one compiled loop (minimoe/kernels/train.py).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
+from minimoe.kernels import train as kernels
 
 
 def inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> tuple[np.ndarray, float]:
@@ -85,6 +90,10 @@ def forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray):
     (-1, +1), so the sign goes into a "signed sin" and no half-size copy is made:
         y = x * cos + x[..., ::-1, :] * [-sin1, sin2]
     """
+    if x.ndim == 4 and kernels.compiled(x, cos, sin):    # (B, H, T, D): one compiled loop
+        y = np.empty(x.shape, x.dtype)
+        kernels.rope_forward.numba(x, cos, sin, y)
+        return y, (cos, sin)
     T, D = x.shape[-2], x.shape[-1]
     h = D // 2
     x2 = x.reshape(*x.shape[:-1], 2, h)                  # (..., T, 2, D/2), a view
@@ -99,6 +108,10 @@ def backward(dy: np.ndarray, cache):
     dx = dy * cos + rotate_half^T(dy * sin), with rotate_half^T([a, b]) = [b, -a], that is
         dx1 = dy1 cos + dy2 sin,   dx2 = dy2 cos - dy1 sin."""
     cos, sin = cache
+    if dy.ndim == 4 and kernels.compiled(dy, cos, sin):  # (B, H, T, D): one compiled loop
+        dx = np.empty(dy.shape, dy.dtype)
+        kernels.rope_backward.numba(dy, cos, sin, dx)
+        return dx
     T, D = dy.shape[-2], dy.shape[-1]
     h = D // 2
     dy2 = dy.reshape(*dy.shape[:-1], 2, h)               # (..., T, 2, D/2)
