@@ -155,7 +155,7 @@ def test_grad_accum_and_shards_equal_one_big_batch(tmp_path):
             t.data.batch = lambda *a: next(halves)
         else:
             t.data.batch = lambda *a: (x8, y8)
-        t.opt.step = lambda grads, lr, **kw: captured.__setitem__(name, {k: v.copy() for k, v in grads.items()})
+        t.opt.step = lambda grads, lr: captured.__setitem__(name, {k: v.copy() for k, v in grads.items()})
         info = t.train_step()
         return captured[name], info
 

@@ -139,20 +139,3 @@ def test_state_round_trip():
         other.load_state({"m.w.weight": np.zeros((2, 3), np.float32), "v.w.weight": opt.v["w.weight"]},
                          opt.state_info())
 
-
-def test_threaded_step_gives_the_same_bits():
-    from minimoe.train.parallel import Shards
-    rng = np.random.default_rng(3)
-    shapes = {"a.weight": (70, 600), "b.weight": (5, 5), "norm.weight": (9,), "c.weight": (3, 40000)}
-    start = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
-    grads = [{k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()} for _ in range(3)]
-    results = []
-    for workers in (None, Shards(2), Shards(3)):
-        params = {k: v.copy() for k, v in start.items()}
-        opt = AdamW(params)
-        for g in grads:
-            opt.step(g, 1e-2, workers=workers)
-        results.append(params)
-    for other in results[1:]:
-        for k in shapes:
-            np.testing.assert_array_equal(other[k], results[0][k])

@@ -49,8 +49,7 @@ from minimoe.nn import loss as cross_entropy
 from minimoe.train import losses
 from minimoe.train.data import Dataset, build_dataset
 from minimoe.train.optim import AdamW, clip_by_global_norm, lr_at
-from minimoe.train.parallel import (Shards, add_into, blas_threads, merge_routing, shard_rows,
-                                    split_router_grads)
+from minimoe.train.parallel import Shards, blas_threads, merge_routing, shard_rows, split_router_grads
 from minimoe.train.progress import Progress, format_duration
 
 CHECKPOINT_DIR = "checkpoint"
@@ -265,15 +264,18 @@ class Trainer:
                 lambda f, n, da, dzz: model.backward(cross_entropy.backward(scale * n / len(x), f[2]), f[0],
                                                      losses.combine(da, dzz)),
                 fwd, sizes, daux_s, dz_s)
-            if grads is None:
-                grads, parts = parts[0], parts[1:]
-            add_into(grads, parts, self.shards)            # summed in shard order: deterministic
+            for g in parts:                                # summed in shard order: deterministic
+                if grads is None:
+                    grads = g
+                else:
+                    for name, arr in g.items():
+                        grads[name] += arr
             ce_sum, aux_sum, z_sum = ce_sum + ce * scale, aux_sum + aux * scale, z_sum + z * scale
         norm = clip_by_global_norm(grads, tc.grad_clip)
         if not math.isfinite(norm):
             name = next(n for n, g in grads.items() if not np.isfinite(g).all())
             self._diverged(f"the gradient norm is {norm}", f"the gradient of {name} ({layer_of(name)})")
-        self.opt.step(grads, lr, workers=self.shards if self.shards.n > 1 else None)
+        self.opt.step(grads, lr)
         self.step += 1
         return {"ce": ce_sum, "aux": aux_sum, "z": z_sum, "grad_norm": norm, "lr": lr}
 

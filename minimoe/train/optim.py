@@ -49,16 +49,6 @@ def clip_by_global_norm(grads: dict, max_norm: float) -> float:
     return norm
 
 
-def _balanced(names: list, sizes: list, n: int) -> list[list]:
-    """Split names into n groups of about equal total size (largest first, onto the lightest)."""
-    groups, loads = [[] for _ in range(max(1, n))], [0] * max(1, n)
-    for name, size in sorted(zip(names, sizes), key=lambda t: -t[1]):
-        i = loads.index(min(loads))
-        groups[i].append(name)
-        loads[i] += size
-    return groups
-
-
 def decays(name: str, shape: tuple, decay_embeddings: bool = False, decay_norms: bool = False) -> bool:
     """Whether weight decay applies to a parameter: matrices (projections, experts, router, an
     untied head) decay; norms, biases, attention sinks and the token embedding do not, unless
@@ -90,36 +80,21 @@ class AdamW:
         self.v = {n: np.zeros_like(p) for n, p in params.items()}
         self.t = 0                                       # steps taken
 
-    def step(self, grads: dict, lr: float, workers=None) -> None:
-        """One update of every parameter, in place.
-
-        workers: optional `map(fn, items)` that runs on several threads (minimoe.train.parallel.
-        Shards.map); the parameters are then split into that many groups of about equal size,
-        one per thread. Each entry's arithmetic is the same either way, so are the results."""
+    def step(self, grads: dict, lr: float) -> None:
+        """One update of every parameter, in place."""
         self.t += 1
         step_size = lr / (1 - self.beta1 ** self.t)      # lr / (1 - b1^t): m's bias correction
         inv_sqrt_bc2 = 1 / math.sqrt(1 - self.beta2 ** self.t)  # 1 / sqrt(1 - b2^t): v's
-        names = list(self.params)
-        groups = [names] if workers is None else _balanced(names, [self.params[n].size for n in names],
-                                                           getattr(workers, "n", 1))
-
-        def update_group(group):
-            scratch = np.empty(self.CHUNK, self.params[group[0]].dtype)   # one per thread
-            for name in group:
-                p = self.params[name]
-                decay = 1 - lr * self.weight_decay if self.decay[name] and self.weight_decay else None
-                g, m, v = grads[name].reshape(-1), self.m[name].reshape(-1), self.v[name].reshape(-1)
-                flat = p.reshape(-1)                                # views: updates land in p
-                # a few thousand entries at a time, so the ~12 passes below run in cache
-                for a in range(0, flat.size, self.CHUNK):
-                    sl = slice(a, a + self.CHUNK)
-                    self._update(flat[sl], g[sl], m[sl], v[sl], step_size, inv_sqrt_bc2, decay,
-                                 scratch[:flat[sl].size])
-
-        if workers is None:
-            update_group(names)
-        else:
-            workers.map(update_group, [g for g in groups if g])
+        scratch = self._scratch()
+        for name, p in self.params.items():
+            decay = 1 - lr * self.weight_decay if self.decay[name] and self.weight_decay else None
+            g, m, v = grads[name].reshape(-1), self.m[name].reshape(-1), self.v[name].reshape(-1)
+            flat = p.reshape(-1)                                    # views: updates land in p
+            # a few thousand entries at a time, so the ~12 passes below run in cache
+            for a in range(0, flat.size, self.CHUNK):
+                sl = slice(a, a + self.CHUNK)
+                self._update(flat[sl], g[sl], m[sl], v[sl], step_size, inv_sqrt_bc2, decay,
+                             scratch[:flat[sl].size])
 
     CHUNK = 1 << 15
 
@@ -143,6 +118,12 @@ class AdamW:
         np.divide(m, tmp, out=tmp)
         tmp *= dt(step_size)
         p -= tmp                                                    # p <- p - lr m_hat / (sqrt(v_hat) + eps)
+
+    def _scratch(self) -> np.ndarray:
+        dtype = next(iter(self.params.values())).dtype
+        if getattr(self, "_buf", None) is None or self._buf.dtype != dtype:
+            self._buf = np.empty(self.CHUNK, dtype)
+        return self._buf
 
     # --- saving and restoring (safetensors tensors + a JSON-able dict) -----------------------------
     def state_tensors(self) -> dict[str, np.ndarray]:

@@ -62,21 +62,6 @@ def split_router_grads(grads: dict, sizes: list[int]) -> list[dict]:
     return out
 
 
-def add_into(total: dict, parts: list[dict], shards: "Shards") -> None:
-    """total[name] += part[name] for each part in order, the names split over the shard threads."""
-    if not parts:
-        return
-    names = list(total)
-    groups = [names[i::shards.n] for i in range(shards.n)]
-
-    def add(group):
-        for name in group:
-            for part in parts:
-                total[name] += part[name]
-
-    shards.map(add, [g for g in groups if g])
-
-
 class Shards:
     """A thread pool of `n` workers, or none when n == 1 (then `map` is a plain loop)."""
 
