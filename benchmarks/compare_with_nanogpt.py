@@ -106,7 +106,7 @@ def main():
     sides = {}
     for name, fn in (("minimoe", minimoe_worker), ("nanogpt", nanogpt_worker)):
         go, done, times = ctx.Event(), ctx.Event(), manager.list()
-        proc = ctx.Process(target=fn, args=(go, done, times, args), daemon=True)
+        proc = ctx.Process(target=fn, args=(go, done, times, args))   # not a daemon: minimoe forks its shards
         proc.start()
         sides[name] = (proc, go, done, times)
     for r in range(args.rounds):

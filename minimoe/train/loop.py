@@ -10,7 +10,7 @@ One iteration (`Trainer.train_step`), for each of `grad_accum` micro-batches:
     grads += model.backward(dCE, cache, router_grads)    every parameter, by name
 
 then clip the summed gradient to a global norm, and take one AdamW step at the scheduled rate.
-With `threads` > 1 each micro-batch is split by rows into shards that run on their own threads
+With `threads` > 1 each micro-batch is split by rows into shards that run in their own processes
 (minimoe/train/parallel.py); the step computes the same thing, up to float rounding order.
 
 A run folder (`--out DIR`) holds:
@@ -45,11 +45,11 @@ from minimoe.config import Config
 from minimoe.errors import CheckpointError, DataError, MinimoeError
 from minimoe.io.atomic import atomic_path, atomic_write_text
 from minimoe.model import Model
-from minimoe.nn import loss as cross_entropy
 from minimoe.train import losses
 from minimoe.train.data import Dataset, build_dataset
 from minimoe.train.optim import AdamW, clip_by_global_norm, lr_at
-from minimoe.train.parallel import Shards, blas_threads, merge_routing, shard_rows, split_router_grads
+from minimoe.train.parallel import (Shards, blas_threads, forward_shard, merge_routing,
+                                    split_router_grads)
 from minimoe.train.progress import Progress, format_duration
 
 CHECKPOINT_DIR = "checkpoint"
@@ -96,7 +96,7 @@ class TrainConfig:
     ckpt_interval: int = 500          # also at the end; 0: only at the end
     val_fraction: float = 0.1
     seed: int = 1337
-    threads: int = 0                  # data-parallel shards of each batch, one thread each; 0 -> auto
+    threads: int = 0                  # data-parallel shards of each batch, one core each; 0 -> auto
     sample_tokens: int = 300
     sample_temperature: float = 0.8
 
@@ -176,8 +176,8 @@ class Trainer:
         self.verbose = verbose
         self.bar: Progress | None = None
         self.last_checkpoint: str | None = None
-        self.shards = Shards(tc.threads)
-        model._rope(0, tc.block_size)                      # fill the RoPE table before any thread reads it
+        model._rope(0, tc.block_size)                      # fill the RoPE table before the workers fork
+        self.shards = Shards(model, tc.threads, tc.batch_size, tc.block_size)
 
     # --- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -243,29 +243,28 @@ class Trainer:
         ce_sum = aux_sum = z_sum = 0.0
         for _ in range(tc.grad_accum):
             x, y = self.data.batch("train", tc.batch_size, tc.block_size, self.rng)   # (B, T) each
-            rows = shard_rows(len(x), self.shards.n)
-            sizes = [r.stop - r.start for r in rows]
-            # forward and cross-entropy, one shard per thread
-            fwd = self.shards.map(lambda r: self._forward(x[r], y[r]), rows)
-            ce = sum(f[1] * n for f, n in zip(fwd, sizes)) / len(x)                  # mean over all rows
+            # forward and cross-entropy, one shard per core
+            fwd = self.shards.forward(x, y)                                           # [(ce, routing)]
+            sizes = [r.stop - r.start for r in self.shards.rows]
+            ce = sum(f[0] * n for f, n in zip(fwd, sizes)) / len(x)                  # mean over all rows
             # the router losses over the whole micro-batch (f_e and P_e are batch averages)
-            routing = merge_routing([f[0]["routing"] for f in fwd])
+            routing = merge_routing([f[1] for f in fwd])
             aux, daux = losses.load_balancing_loss(routing, tc.aux_loss_coef * scale, tc.aux_loss_form)
             z, dz = losses.z_loss(routing, tc.z_loss_coef * scale)
             total = ce + tc.aux_loss_coef * aux + tc.z_loss_coef * z
             if not math.isfinite(total):
-                bad = next((f[0] for f in fwd if not math.isfinite(f[1])), fwd[0][0])
-                self._diverged(f"the loss is {total}", locate_nonfinite_forward(model, bad))
+                bad = next((r for r, f in zip(self.shards.rows, fwd) if not math.isfinite(f[0])),
+                           self.shards.rows[0])
+                cache = forward_shard(model, x[bad], y[bad])[0]                      # again, here
+                self._diverged(f"the loss is {total}", locate_nonfinite_forward(model, cache))
             tokens = [n * tc.block_size for n in sizes]   # router gradients are per token (N, E)
             daux_s = split_router_grads(daux if tc.aux_loss_coef else {}, tokens)
             dz_s = split_router_grads(dz if tc.z_loss_coef else {}, tokens)
-            # backward, one shard per thread; a shard's cross-entropy weighs by its share of rows
-            parts = self.shards.map(
-                lambda f, n, da, dzz: model.backward(cross_entropy.backward(scale * n / len(x), f[2]), f[0],
-                                                     losses.combine(da, dzz)),
-                fwd, sizes, daux_s, dz_s)
+            # backward, one shard per core; a shard's cross-entropy weighs by its share of rows
+            parts = self.shards.backward([scale * n / len(x) for n in sizes],
+                                         [losses.combine(da, dzz) for da, dzz in zip(daux_s, dz_s)])
             for g in parts:                                # summed in shard order: deterministic
-                if grads is None:
+                if grads is None:                          # parts[0]: this process's own arrays
                     grads = g
                 else:
                     for name, arr in g.items():
@@ -278,12 +277,6 @@ class Trainer:
         self.opt.step(grads, lr)
         self.step += 1
         return {"ce": ce_sum, "aux": aux_sum, "z": z_sum, "grad_norm": norm, "lr": lr}
-
-    def _forward(self, x, y):
-        """(forward cache, cross-entropy, its cache) of one shard."""
-        logits, cache = self.model.forward(x)                                        # (b, T, V)
-        ce, ce_cache = cross_entropy.forward(logits, y)
-        return cache, ce, ce_cache
 
     def _diverged(self, what: str, where: str):
         keep = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
@@ -306,10 +299,9 @@ class Trainer:
             counts = [np.zeros(E) if model.config.is_moe_layer(i) else None for i in range(model.config.n_layers)]
             for _ in range(tc.eval_iters):
                 x, y = self.data.batch(split, tc.batch_size, tc.block_size, rng)
-                rows = shard_rows(len(x), self.shards.n)
-                fwd = self.shards.map(lambda r: self._forward(x[r], y[r]), rows)
-                ces.append(sum(f[1] * (r.stop - r.start) for f, r in zip(fwd, rows)) / len(x))
-                routing = merge_routing([f[0]["routing"] for f in fwd])
+                cache, ce, _ = forward_shard(model, x, y)                       # in this process
+                ces.append(ce)
+                routing = cache["routing"]
                 auxs.append(losses.load_balancing_loss(routing, 0.0, tc.aux_loss_form)[0])
                 zs.append(losses.z_loss(routing, 0.0)[0])
                 for i, stats in enumerate(routing):
@@ -330,8 +322,11 @@ class Trainer:
         until = tc.max_iters if until is None else until
         os.makedirs(tc.out, exist_ok=True)
         keep_freed_memory()
-        with blas_threads(1):                              # the shards are the parallelism: --threads
-            return self._run(until)                        # cores, one single-threaded BLAS each
+        try:
+            with blas_threads(1):                          # the shards are the parallelism: --threads
+                return self._run(until)                    # cores, one single-threaded BLAS each
+        finally:
+            self.shards.close()                            # stop the worker processes
 
     def _run(self, until: int) -> dict:
         tc = self.tc

@@ -1,35 +1,54 @@
-"""Data parallelism over threads: each core runs the forward and backward pass of its own slice
-of the batch.
+"""Data parallelism over processes: each core runs the forward and backward pass of its own
+slice of the batch.
 
-Shape legend: B batch, T block length, S shards (threads), N tokens, E experts.
+Shape legend: B batch, T block length, S shards, N tokens (rows x T), E experts, K top-k.
 
-On a small model most of a step is not matrix products but elementwise NumPy (softmax, SwiGLU,
-RMSNorm, RoPE, AdamW), which runs on one core however many BLAS threads there are. Splitting
-the batch into S shards and running each on its own thread puts every kind of work on every
-core. NumPy releases the GIL inside its loops and BLAS calls, so the threads really do run at
-once. Each thread uses a single-threaded BLAS (so `--threads N` means N cores, and
-`--threads 1` one core). This is also much steadier on a busy machine:
-a multi-threaded BLAS spin-waits for its workers, and one descheduled worker stalls the step.
+On a small model, about half of a training step is not matrix products but elementwise NumPy
+(softmax, SwiGLU, RMSNorm, RoPE). That part runs on one core however many BLAS threads there
+are. So the trainer splits each batch into S row shards: shard 0 runs in the trainer's process,
+and shards 1..S-1 run in worker processes forked when training starts. Each process uses a
+single-threaded BLAS, so `--threads S` means S cores. Threads would be simpler, but a step is
+hundreds of short NumPy calls, and two threads handing the GIL back and forth measured
+about 40% slower than two processes.
+
+What crosses between processes, all through one block of shared memory (no pickling):
+
+    the parameters        the workers' model arrays *are* the trainer's (the trainer moves them
+                          into shared memory before forking), so AdamW's in-place update is
+                          seen by every worker at the next step
+    the batch             x, y (B, T) ids; each worker reads its rows
+    the routing           each worker's router probs/logits (N, E) and choices (N, K) per MoE
+                          layer, and back the router-loss gradients for them
+    the gradients         each worker's, one flat float32 buffer
+and one-byte commands over a pipe: "F" forward, "B" backward, "Q" quit.
 
 The step computes exactly what the unsharded step computes, up to float rounding order:
 
     phase 1 (parallel)   each shard: forward, cross-entropy over its rows
-    phase 2 (main)       the router losses over all shards' routing together (the
+    phase 2 (trainer)    the router losses over all shards' routing together (the
                          load-balancing loss is not a sum over tokens: f_e and P_e are batch
                          averages, so it needs the whole batch); their gradients are split back
-    phase 3 (parallel)   each shard: backward, with its cross-entropy scaled by its share of the
-                         tokens
-    then the shards' gradients are summed in shard order (so the result is deterministic).
+    phase 3 (parallel)   each shard: backward, its cross-entropy weighted by its share of rows
+    then the shards' gradients are summed in shard order, so the result is deterministic.
+
+Without fork (Windows, macOS's default), inside a daemon process, or with S = 1, the shards run
+one after the other in the trainer's process: the same arithmetic, on one core.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import glob
+import mmap
+import multiprocessing as mp
 import os
-from concurrent.futures import ThreadPoolExecutor
+import struct
+import traceback
+import weakref
 
 import numpy as np
+
+from minimoe.nn import loss as cross_entropy
 
 
 def shard_rows(B: int, n: int) -> list[slice]:
@@ -62,21 +81,229 @@ def split_router_grads(grads: dict, sizes: list[int]) -> list[dict]:
     return out
 
 
+def forward_shard(model, x, y):
+    """(forward cache, cross-entropy, its cache) of one shard's rows."""
+    logits, cache = model.forward(x)                                         # (b, T, V)
+    ce, ce_cache = cross_entropy.forward(logits, y)
+    return cache, ce, ce_cache
+
+
+def backward_shard(model, fwd, dloss, router_grads):
+    """Gradients of one shard: its cross-entropy scaled by dloss, plus the router-loss gradients
+    {layer: (dprobs or None, dlogits or None)}."""
+    cache, _, ce_cache = fwd
+    return model.backward(cross_entropy.backward(dloss, ce_cache), cache, router_grads)
+
+
+# --- shared memory -------------------------------------------------------------------------------------
+class Arena:
+    """Named NumPy arrays carved out of one anonymous shared mapping (inherited by forked children)."""
+
+    def __init__(self, specs: dict):
+        offsets, total = {}, 0
+        for name, (shape, dtype) in specs.items():
+            total = (total + 63) // 64 * 64                      # 64-byte aligned
+            offsets[name] = total
+            total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        self.buf = mmap.mmap(-1, max(total, 1))                  # MAP_SHARED | MAP_ANONYMOUS
+        self.arrays = {name: np.frombuffer(self.buf, dtype, int(np.prod(shape, dtype=np.int64)),
+                                           offsets[name]).reshape(shape)
+                       for name, (shape, dtype) in specs.items()}
+
+    def __getitem__(self, name):
+        return self.arrays[name]
+
+
+def share_parameters(model) -> Arena:
+    """Move every parameter into shared memory (same values, new arrays) and refresh the model's
+    per-layer views. The dict object is kept, so an optimiser holding it sees the new arrays."""
+    arena = Arena({name: (a.shape, a.dtype) for name, a in model.params.items()})
+    for name, a in model.params.items():
+        arena[name][...] = a
+        model.params[name] = arena[name]
+    model.refresh()
+    return arena
+
+
+# --- the shards ------------------------------------------------------------------------------------
 class Shards:
-    """A thread pool of `n` workers, or none when n == 1 (then `map` is a plain loop)."""
+    """Runs the shards of a batch: shard 0 here, the others in forked workers (see the module doc).
 
-    def __init__(self, n: int):
-        self.n = max(1, int(n))
-        self.pool = ThreadPoolExecutor(self.n, thread_name_prefix="minimoe-shard") if self.n > 1 else None
+        fwd = shards.forward(x, y)               # [(ce, routing), ...] one per shard
+        parts = shards.backward(dlosses, router_grads)  # [grads, ...] one dict per shard
+    """
 
-    def map(self, fn, *iterables) -> list:
-        if self.pool is None:
-            return [fn(*args) for args in zip(*iterables)]
-        return list(self.pool.map(fn, *iterables))
+    def __init__(self, model, n: int, batch_size: int, block_size: int):
+        self.model, self.n = model, max(1, min(int(n), batch_size))
+        self.B, self.T = batch_size, block_size
+        self.workers: list = []                            # (process, pipe) of shards 1..n-1
+        self.local: list = []                              # forward results of shards run here
+        self.rows: list[slice] = []
+        # fork, and not from a daemon process (which may not have children): else run in turn here
+        self.forked = (self.n > 1 and "fork" in mp.get_all_start_methods()
+                       and not mp.current_process().daemon)
+
+    # --- starting and stopping ------------------------------------------------------------------
+    def _start(self):
+        """Share the parameters, lay out the buffers and fork the workers (once)."""
+        model, cfg = self.model, self.model.config
+        share_parameters(model)
+        self.param_shapes = {n: a.shape for n, a in model.params.items()}
+        n_params = sum(a.size for a in model.params.values())
+        dtype = next(iter(model.params.values())).dtype
+        rows_max = -(-self.B // self.n)                    # ceil(B / n)
+        N, E, K = rows_max * self.T, cfg.n_experts, cfg.top_k
+        moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
+        specs = {"x": ((self.B, self.T), np.int64), "y": ((self.B, self.T), np.int64)}
+        for w in range(1, self.n):
+            specs[f"ce{w}"] = ((1,), np.float64)
+            specs[f"grads{w}"] = ((n_params,), dtype)
+            for i in moe:
+                for part, shape, dt in (("probs", (N, E), dtype), ("logits", (N, E), dtype),
+                                        ("experts", (N, K), np.int64), ("dprobs", (N, E), dtype),
+                                        ("dlogits", (N, E), dtype)):
+                    specs[f"{part}{w}.{i}"] = (shape, dt)
+        self.arena = Arena(specs)
+        self.moe_layers = moe
+        ctx = mp.get_context("fork")
+        for w in range(1, self.n):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(self, w, theirs), daemon=True,
+                               name=f"minimoe-shard-{w}")
+            proc.start()
+            theirs.close()
+            self.workers.append((proc, ours))
+        self._finalizer = weakref.finalize(self, _stop_workers, list(self.workers))
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        if self.workers:
+            self._finalizer()
+            self.workers = []
+
+    # --- the two parallel phases ------------------------------------------------------------------
+    def forward(self, x, y) -> list:
+        """Phase 1. x, y (B, T) -> per shard (cross-entropy of its rows, its routing stats)."""
+        self.rows = shard_rows(len(x), self.n)
+        if not self.forked:
+            self.local = [forward_shard(self.model, x[r], y[r]) for r in self.rows]
+            return [(f[1], _routing(f[0])) for f in self.local]
+        if not self.workers:
+            self._start()
+        self.arena["x"][:len(x)], self.arena["y"][:len(y)] = x, y
+        for w, (_, pipe) in enumerate(self.workers, start=1):
+            r = self.rows[w]
+            pipe.send_bytes(b"F" + struct.pack("<qq", r.start, r.stop))
+        self.local = [forward_shard(self.model, x[self.rows[0]], y[self.rows[0]])]
+        out = [(self.local[0][1], _routing(self.local[0][0]))]
+        for w, (proc, pipe) in enumerate(self.workers, start=1):
+            _expect_ok(proc, pipe)
+            n = (self.rows[w].stop - self.rows[w].start) * self.T
+            routing = [None] * self.model.config.n_layers
+            for i in self.moe_layers:
+                routing[i] = {part: self.arena[f"{part}{w}.{i}"][:n] for part in ("probs", "logits", "experts")}
+            out.append((float(self.arena[f"ce{w}"][0]), routing))
+        return out
+
+    def backward(self, dlosses: list[float], router_grads: list[dict]) -> list[dict]:
+        """Phase 3. Per shard: the scale of its cross-entropy and its router-loss gradients
+        {layer: (dprobs or None, dlogits or None)} -> its parameter gradients, by name."""
+        if not self.forked:
+            return [backward_shard(self.model, f, d, g) for f, d, g in zip(self.local, dlosses, router_grads)]
+        for w, (_, pipe) in enumerate(self.workers, start=1):
+            flags = 0
+            n = (self.rows[w].stop - self.rows[w].start) * self.T
+            for i, (dp, dl) in router_grads[w].items():
+                if dp is not None:
+                    self.arena[f"dprobs{w}.{i}"][:n] = dp
+                    flags |= 1
+                if dl is not None:
+                    self.arena[f"dlogits{w}.{i}"][:n] = dl
+                    flags |= 2
+            pipe.send_bytes(b"B" + struct.pack("<dq", dlosses[w], flags))
+        parts = [backward_shard(self.model, self.local[0], dlosses[0], router_grads[0])]
+        for w, (proc, pipe) in enumerate(self.workers, start=1):
+            _expect_ok(proc, pipe)
+            parts.append(self._grad_views(w))
+        return parts
+
+    def _grad_views(self, w: int) -> dict:
+        flat, out, a = self.arena[f"grads{w}"], {}, 0
+        for name, shape in self.param_shapes.items():
+            size = int(np.prod(shape, dtype=np.int64))
+            out[name] = flat[a:a + size].reshape(shape)
+            a += size
+        return out
+
+
+def _routing(cache) -> list:
+    return [None if s is None else {k: s[k] for k in ("probs", "logits", "experts")} for s in cache["routing"]]
+
+
+def _expect_ok(proc, pipe) -> None:
+    from minimoe.errors import MinimoeError
+    try:
+        msg = pipe.recv_bytes()
+    except (EOFError, OSError):
+        raise MinimoeError(f"training shard process {proc.name} died (exit code {proc.exitcode})") from None
+    if msg != b"ok":
+        raise MinimoeError(f"training shard process {proc.name} failed:\n{msg[1:].decode('utf-8', 'replace')}")
+
+
+def _stop_workers(workers) -> None:
+    for proc, pipe in workers:
+        try:
+            pipe.send_bytes(b"Q")
+        except OSError:
+            pass
+    for proc, pipe in workers:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+        pipe.close()
+
+
+def _worker_main(shards: Shards, w: int, pipe) -> None:
+    """A worker's loop: forward its rows on "F", backward on "B", exit on "Q" (or when the
+    trainer's end of the pipe closes)."""
+    model, arena, T = shards.model, shards.arena, shards.T
+    fns = _openblas_setters()
+    if fns is not None:
+        fns[0](1)
+    fwd, rows = None, None
+    while True:
+        try:
+            msg = pipe.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            if msg[:1] == b"F":
+                start, stop = struct.unpack("<qq", msg[1:])
+                rows = (start, stop)
+                fwd = forward_shard(model, np.array(arena["x"][start:stop]), np.array(arena["y"][start:stop]))
+                arena[f"ce{w}"][0] = fwd[1]
+                n = (stop - start) * T
+                for i in shards.moe_layers:
+                    stats = fwd[0]["routing"][i]
+                    for part in ("probs", "logits", "experts"):
+                        arena[f"{part}{w}.{i}"][:n] = stats[part]
+            elif msg[:1] == b"B":
+                dloss, flags = struct.unpack("<dq", msg[1:])
+                n = (rows[1] - rows[0]) * T
+                router_grads = {i: (arena[f"dprobs{w}.{i}"][:n] if flags & 1 else None,
+                                    arena[f"dlogits{w}.{i}"][:n] if flags & 2 else None)
+                                for i in shards.moe_layers}
+                grads = backward_shard(model, fwd, dloss, router_grads)
+                flat, a = arena[f"grads{w}"], 0
+                for name in shards.param_shapes:
+                    g = grads[name]
+                    flat[a:a + g.size] = g.reshape(-1)
+                    a += g.size
+                fwd = None
+            else:                                                # "Q" or anything unknown
+                return
+            pipe.send_bytes(b"ok")
+        except BaseException:                                     # report, keep serving
+            pipe.send_bytes(b"E" + traceback.format_exc().encode("utf-8"))
 
 
 # --- BLAS threads -----------------------------------------------------------------------------------
