@@ -265,6 +265,8 @@ def _stop_workers(workers) -> None:
 def _worker_main(shards: Shards, w: int, pipe) -> None:
     """A worker's loop: forward its rows on "F", backward on "B", exit on "Q" (or when the
     trainer's end of the pipe closes)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)         # Ctrl-C is the trainer's to handle
     model, arena, T = shards.model, shards.arena, shards.T
     fns = _openblas_setters()
     if fns is not None:
