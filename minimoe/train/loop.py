@@ -387,6 +387,11 @@ class Trainer:
         record["lr"] = lr_at(max(self.step - 1, 0), self.tc.lr, self.tc.min_lr, self.tc.warmup_iters,
                              self.tc.lr_decay_iters)
         record["wall_s"] = round(self.totals["wall_s"], 3)
+        record["train_s"] = round(self.totals["train_s"], 3)
+        if self.history and record["iter"] > self.history[-1]["iter"]:     # speed since the last one
+            prev = self.history[-1]
+            record["ms_per_iter"] = round(1e3 * (record["train_s"] - prev.get("train_s", 0.0))
+                                          / (record["iter"] - prev["iter"]), 2)
         self.history.append(record)
         line = f"step {self.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}"
         if self.model.config.is_moe:
