@@ -12,6 +12,13 @@ def test_info_on_a_preset(capsys):
     assert main(["info", "--preset", "shakespeare-moe"]) == 0
     out = capsys.readouterr().out
     assert "active per token" in out and "experts" in out and "float32" in out
+    assert "vocab_size           65" in out and "2,389,248" in out   # the preset as defined
+
+
+def test_info_on_mixtral_mini_keeps_its_vocabulary(capsys):
+    assert main(["info", "--preset", "mixtral-mini"]) == 0
+    out = capsys.readouterr().out
+    assert "vocab_size           8192" in out and "152,084,992" in out
 
 
 def test_info_on_a_hf_checkpoint_shows_disk_dtypes(capsys):

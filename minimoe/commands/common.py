@@ -10,8 +10,10 @@ def add_model_args(p, preset_help="a preset to initialise fresh (random) weights
     p.add_argument("--seed", type=int, default=0, help="random seed (initialisation and sampling)")
 
 
-def open_model(args):
-    """The model named by --model DIR, or a fresh one from --preset NAME (with a byte tokenizer)."""
+def open_model(args, tokenizer: bool = True):
+    """The model named by --model DIR, or a fresh one from --preset NAME. A fresh model gets a
+    byte tokenizer (its vocabulary raised to the 257 ids that needs) unless tokenizer=False, which
+    keeps the preset exactly as defined (for `info`)."""
     import minimoe
     from minimoe.tokenizer import ByteTokenizer
     if args.model and args.preset:
@@ -19,7 +21,10 @@ def open_model(args):
     if args.model:
         return minimoe.load(args.model)
     if args.preset:
+        cfg = minimoe.Config.preset(args.preset)
+        if not tokenizer:
+            return minimoe.Model(cfg, seed=args.seed)
         tok = ByteTokenizer()
-        cfg = minimoe.Config.preset(args.preset, vocab_size=tok.vocab_size)
+        cfg = cfg.replace(vocab_size=max(cfg.vocab_size, tok.vocab_size))
         return minimoe.Model(cfg, seed=args.seed, tokenizer=tok)
     raise MinimoeError("give --model DIR (a checkpoint) or --preset NAME (fresh random weights)")

@@ -41,5 +41,5 @@ def report(model, folder: str | None = None) -> str:
 
 
 def run(args) -> int:
-    print(report(open_model(args), args.model))
+    print(report(open_model(args, tokenizer=False), args.model))
     return 0
