@@ -11,15 +11,15 @@ import sys
 
 # (module, attribute) of each subcommand's `add_parser`, in the order `minimoe --help` lists them.
 SUBCOMMANDS = [
-    "minimoe.commands.generate",
-    "minimoe.commands.info",
-    "minimoe.commands.estimate",
-    "minimoe.commands.quantize",
-    "minimoe.commands.eval",
-    "minimoe.commands.inspect",
     "minimoe.commands.train",
-    "minimoe.commands.data",
+    "minimoe.commands.generate",
+    "minimoe.commands.eval",
+    "minimoe.commands.info",
+    "minimoe.commands.quantize",
+    "minimoe.commands.inspect",
+    "minimoe.commands.estimate",
     "minimoe.commands.bench",
+    "minimoe.commands.data",
 ]
 
 
