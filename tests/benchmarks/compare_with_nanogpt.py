@@ -2,7 +2,7 @@
 
 Needs torch (not a minimoe dependency; CI does not run this).
 
-    python benchmarks/compare_with_nanogpt.py --data ../shared/data/tinyshakespeare.txt [--rounds 10 --steps 50]
+    python tests/benchmarks/compare_with_nanogpt.py --data ../shared/data/tinyshakespeare.txt [--rounds 10 --steps 50]
 
 Two worker processes, one training minimoe (`minimoe.train.Trainer`, its default threads) and
 one training the nanoGPT recipe of nanogpt_cpu_recipe.py (PyTorch eager, 2 threads unless

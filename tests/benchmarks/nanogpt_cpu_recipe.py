@@ -12,7 +12,7 @@ README and its model (GPT-2 style: learned positions, LayerNorm without bias, GE
 i.e. lr 1e-3 -> 1e-4 (cosine), warmup 100, AdamW betas (0.9, 0.99), weight decay 0.1 on the
 matrices and embeddings, grad clip 1.0, eval every 250 iterations over 20 batches per split.
 
-    python benchmarks/nanogpt_cpu_recipe.py --data ../shared/data/tinyshakespeare.txt [--iters 2000]
+    python tests/benchmarks/nanogpt_cpu_recipe.py --data ../shared/data/tinyshakespeare.txt [--iters 2000]
 
 It prints ms per iteration (training steps only, as nanoGPT's per-iteration dt without the
 evaluations), tokens/s, the wall time and the final losses, in the same JSON shape as minimoe's
