@@ -221,16 +221,16 @@ def test_train_on_shakespeare(tmp_path, shakespeare_path):
 
 
 def test_shard_helpers():
-    from minimoe.train.parallel import _openblas_setters, blas_threads, shard_rows, split_router_grads
+    from minimoe.train.parallel import blas_threads, openblas_threads, shard_rows, split_router_grads
     assert shard_rows(12, 2) == [slice(0, 6), slice(6, 12)]
     assert [s.stop - s.start for s in shard_rows(8, 3)] == [3, 2, 3]
     assert shard_rows(1, 4) == [slice(0, 1)]                   # never an empty shard
     g = {2: np.arange(20.0).reshape(10, 2)}
     parts = split_router_grads(g, [4, 6])
     np.testing.assert_array_equal(np.concatenate([parts[0][2], parts[1][2]]), g[2])
-    fns = _openblas_setters()
-    if fns is not None:                                        # NumPy's own OpenBLAS
-        before = fns[1]()
+    fns = openblas_threads()
+    if fns is not None:                                        # NumPy's own OpenBLAS: (get, set)
+        before = fns[0]()
         with blas_threads(1):
-            assert fns[1]() == 1
-        assert fns[1]() == before
+            assert fns[0]() == 1
+        assert fns[0]() == before

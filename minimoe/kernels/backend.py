@@ -96,12 +96,21 @@ def twin(numpy_fn):
 # OpenBLAS's thread count, for a stretch of many small BLAS calls
 # ----------------------------------------------------------------------------------------------
 
-def _openblas():
-    """NumPy's bundled OpenBLAS as a ctypes library with (get, set) thread functions, or None."""
+def openblas_threads():
+    """(get, set) thread-count functions of the OpenBLAS that NumPy loaded, or None (another BLAS).
+    NumPy's wheels bundle it as scipy-openblas, whose symbols carry a prefix and a suffix."""
+    if not _OPENBLAS:
+        _OPENBLAS.append(_find_openblas())
+    return _OPENBLAS[0]
+
+
+def _find_openblas():
     import ctypes
     import glob
     import numpy as np
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "*openblas*"))
+    here = os.path.dirname(np.__file__)
+    libs = (glob.glob(os.path.join(here, "..", "numpy.libs", "*openblas*"))
+            + glob.glob(os.path.join(here, ".libs", "*openblas*")))
     for path in libs:
         try:
             lib = ctypes.CDLL(path)
@@ -125,12 +134,11 @@ def blas_threads(n: int):
 
     The prefill path makes hundreds of small BLAS calls, each of which wakes and then waits for
     OpenBLAS's threads; minimoe runs them on its own threads instead, one BLAS thread each."""
-    if not _OPENBLAS:
-        _OPENBLAS.append(_openblas())
-    if _OPENBLAS[0] is None:
+    fns = openblas_threads()
+    if fns is None:
         yield
         return
-    get, put = _OPENBLAS[0]
+    get, put = fns
     before = get()
     put(n)
     try:

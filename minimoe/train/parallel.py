@@ -36,9 +36,6 @@ one after the other in the trainer's process: the same arithmetic, on one core.
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import glob
 import mmap
 import multiprocessing as mp
 import os
@@ -48,6 +45,7 @@ import weakref
 
 import numpy as np
 
+from minimoe.kernels.backend import blas_threads, openblas_threads  # noqa: F401 (re-exported)
 from minimoe.nn import loss as cross_entropy
 
 
@@ -268,9 +266,9 @@ def _worker_main(shards: Shards, w: int, pipe) -> None:
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)         # Ctrl-C is the trainer's to handle
     model, arena, T = shards.model, shards.arena, shards.T
-    fns = _openblas_setters()
+    fns = openblas_threads()
     if fns is not None:
-        fns[0](1)
+        fns[1](1)                                        # (get, set): one BLAS thread per worker
     fwd, rows = None, None
     while True:
         try:
@@ -308,39 +306,3 @@ def _worker_main(shards: Shards, w: int, pipe) -> None:
             pipe.send_bytes(b"E" + traceback.format_exc().encode("utf-8"))
 
 
-# --- BLAS threads -----------------------------------------------------------------------------------
-def _openblas_setters():
-    """The set/get-num-threads functions of the OpenBLAS that NumPy loaded, if any. NumPy's wheels
-    bundle it as scipy-openblas, whose symbols carry a prefix and a suffix."""
-    names = [("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-             ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-             ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-             ("openblas_set_num_threads", "openblas_get_num_threads")]
-    libdirs = [os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs"),
-               os.path.join(os.path.dirname(np.__file__), ".libs")]
-    for d in libdirs:
-        for path in glob.glob(os.path.join(d, "*openblas*")):
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for set_name, get_name in names:
-                if hasattr(lib, set_name) and hasattr(lib, get_name):
-                    return getattr(lib, set_name), getattr(lib, get_name)
-    return None
-
-
-@contextlib.contextmanager
-def blas_threads(n: int):
-    """Run the block with NumPy's OpenBLAS limited to n threads (no-op if it cannot be found)."""
-    fns = _openblas_setters()
-    if fns is None:
-        yield False
-        return
-    set_n, get_n = fns
-    previous = get_n()
-    set_n(int(n))
-    try:
-        yield True
-    finally:
-        set_n(previous)
