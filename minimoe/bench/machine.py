@@ -10,6 +10,13 @@ A kernel that streams its weights once (a decode GEMV) cannot beat read_gbs; a k
 many flops per byte (a prefill GEMM) cannot beat sgemm_gflops. The roofline plot puts each
 kernel between the two (tutorials/05_kernels_and_roofline.py; minimoe inspect reads the same file).
 
+Which read bandwidth applies depends on how many bytes are read over and over: a working set that
+fits in the CPU's caches is read several times faster than one that must come from DRAM. So the
+read is also measured over a range of working-set sizes (`read_gbs_by_mib`, the "cache curve"),
+and `read_gbs_for(peaks, nbytes)` looks up the bandwidth for a model of nbytes. A decode step
+reads every active weight once, and over many tokens every expert is used, so the working set of
+decoding is the whole model: that is the size to look up.
+
 The cache is $MINIMOE_CACHE/machine.json, or ~/.cache/minimoe/machine.json. It is measured again
 when the CPU or core count it was measured on differs, or with machine_peaks(refresh=True).
 """
@@ -62,6 +69,31 @@ def read_sum(src):
     return total
 
 
+CURVE_MIB = (1, 4, 16, 32, 48, 64, 96, 128, 256)     # working-set sizes of the cache curve
+QUICK_CURVE_MIB = (1, 16)
+
+
+def read_curve(sizes_mib=CURVE_MIB, repeat: int = 5) -> dict[str, float]:
+    """{size in MiB (as a string, for JSON): GB/s} of a parallel read of an array of that size,
+    read again and again (so a size that fits in the caches is read from the caches)."""
+    curve = {}
+    for mib in sizes_mib:
+        src = np.ones(int(mib * 2**20) // 4, np.float32)
+        read_sum.numba(src)                                # warm: the pages are touched
+        curve[str(mib)] = src.nbytes / best_time(lambda: read_sum.numba(src), repeat, min_seconds=0.05) / GB
+    return curve
+
+
+def read_gbs_for(peaks: dict, nbytes: int) -> float:
+    """The read bandwidth (GB/s) for a working set of nbytes: the cache curve's value at the
+    smallest measured size that holds it (its largest size, or read_gbs, beyond the curve)."""
+    curve = sorted((float(k) * 2**20, v) for k, v in peaks.get("read_gbs_by_mib", {}).items())
+    for size, gbs in curve:
+        if nbytes <= size:
+            return gbs
+    return peaks["read_gbs"]
+
+
 def measure(quick: bool = False) -> dict:
     """Measure copy and read bandwidth (arrays far larger than the caches) and the sgemm peak."""
     n = (16 if quick else 256) * 2**20 // 4                  # float32 elements: 16 or 256 MiB
@@ -81,6 +113,7 @@ def measure(quick: bool = False) -> dict:
         "sgemm_gflops": 2 * m**3 / t_mm / GB,
         "sgemm_size": m,
         "array_mib": src.nbytes / 2**20,
+        "read_gbs_by_mib": read_curve(QUICK_CURVE_MIB if quick else CURVE_MIB, repeat),
         "quick": quick,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         **machine_info(),
@@ -97,7 +130,7 @@ def machine_peaks(refresh: bool = False, quick: bool = False, save: bool = True)
             with open(path) as f:
                 cached = json.load(f)
             if cached.get("cpu") == info["cpu"] and cached.get("cores") == info["cores"] and \
-                    (quick or not cached.get("quick")):
+                    (quick or not cached.get("quick")) and "read_gbs_by_mib" in cached:
                 return cached
         except (OSError, ValueError):
             pass                                           # unreadable: measure again

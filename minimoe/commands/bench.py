@@ -44,6 +44,8 @@ def add_parser(sub):
     d.add_argument("--numpy-new-tokens", type=int, default=8,
                    help="new tokens on the numpy backend (its twins are slow by design)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quick-peaks", action="store_true",
+                   help="if no machine peaks are cached, measure them quickly (a rougher ceiling)")
     d.set_defaults(func=run_decode)
 
     s = bs.add_parser("moe-scaling", help="decode time per token as experts go 4..64 at top-2")
@@ -86,7 +88,9 @@ def run_machine(args) -> int:
     def report(r):
         return (f"{r['cpu']}, {r['cores']} cores ({r['blas']}, {r['blas_core']})\n"
                 f"  copy bandwidth   {r['copy_gbs']:7.1f} GB/s (read + write, {r['numba_threads']} threads)\n"
-                f"  read bandwidth   {r['read_gbs']:7.1f} GB/s\n"
+                f"  read bandwidth   {r['read_gbs']:7.1f} GB/s ({r['array_mib']:.0f} MiB array)\n"
+                f"  read by working-set size (the cache curve):\n"
+                + "".join(f"    {k:>6} MiB   {v:7.1f} GB/s\n" for k, v in r["read_gbs_by_mib"].items()) +
                 f"  fp32 matmul      {r['sgemm_gflops']:7.1f} GFLOP/s (BLAS, {r['sgemm_size']}^3)\n"
                 f"  measured {r['measured_at']}, cached in {cache_path()}")
     return _emit(args, machine_peaks(refresh=args.refresh, quick=args.quick), report)
@@ -111,7 +115,8 @@ def run_kernels(args) -> int:
 def run_decode(args) -> int:
     from minimoe.bench import decode
     r = decode.run(args.preset, _list(args.recipes), _list(args.backends), args.prompt_tokens,
-                   args.new_tokens, args.numpy_new_tokens, args.seed, progress=_progress(args))
+                   args.new_tokens, args.numpy_new_tokens, args.seed, progress=_progress(args),
+                   quick_peaks=args.quick_peaks)
     return _emit(args, r, decode.format_report)
 
 
