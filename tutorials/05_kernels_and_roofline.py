@@ -220,10 +220,11 @@ fig.savefig(path, dpi=120)
 print("saved", path)
 
 # %% [markdown]
-# On the machine this tutorial was written on (a 2-core share of a server CPU), reads ran at
-# about 25 GB/s up to a 48 MiB working set and about 11 GB/s from 80 MiB on. mixtral-mini in
-# q4_0 (86 MB) is past the knee, so its decode streams from DRAM. The float32 model (608 MB)
-# always does. A 4-bit model is faster for two reasons: fewer bytes per token, and a smaller
+# On the machine this tutorial was written on (a 2-core share of a server CPU), the knee moved
+# with the neighbours' load: in one hour reads ran at about 25 GB/s up to 48 MiB and 8-11 GB/s
+# from 64 MiB on, so mixtral-mini in q4_0 (86 MB) streamed from DRAM; an hour later the knee sat
+# past 96 MiB and the same model was read from cache. The float32 model (608 MB) always streams
+# from DRAM. A 4-bit model is faster for two reasons: fewer bytes per token, and a smaller
 # working set that may fit in a faster level of the hierarchy.
 
 # %% [markdown]
