@@ -144,10 +144,11 @@ def format_report(r: dict) -> str:
                          f"{t['ceiling_tok_s']:>9.0f}{t['of_ceiling']:>8.0%}")
     lines += ["", "ceiling: the fastest decode this machine allows, its read bandwidth at the model's size "
               "(the cache curve of `minimoe bench machine`) over the bytes one token reads"]
-    lines += ["", "peers on this machine (same architecture, random weights): " + "; ".join(
+    lines += ["", "peers, as recorded in issue 7 on this machine class at another time (same architecture, "
+              "random weights; tests/benchmarks/compare_decode_peers.py measures them in the same run): " + "; ".join(
         f"{k} " + ", ".join(f"{kk} {vv}" for kk, vv in v.items()) for k, v in r["peers"].items())]
     if r["targets"]:
-        lines += ["", "targets:"]
+        lines += ["", "targets (against those recorded figures):"]
         for name, t in r["targets"].items():
             lines.append(f"  {'met    ' if t['met'] else 'NOT met'}  {name}: {t['value']:.1f} tok/s")
     return "\n".join(lines)
