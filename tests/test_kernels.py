@@ -263,6 +263,34 @@ def test_backend_from_environment():
     assert out.returncode != 0 and "$MINIMOE_BACKEND: backend must be one of numba, numpy, found 'fortran'" in out.stderr
 
 
+_HAS_AVX512 = __import__("llvmlite.binding", fromlist=["x"]).get_host_cpu_features().get("avx512bw", False)
+
+
+@pytest.mark.skipif(not _HAS_AVX512, reason="the 512-bit switch only acts on CPUs with AVX-512")
+def test_simd_width_switch_gives_512_bit_loops(tmp_path):
+    """With AVX-512 the kernels are compiled for 512-bit vectors (zmm registers) unless
+    MINIMOE_SIMD_WIDTH=256 or the user chose Numba's target; a bad value is a clear error."""
+    code = """if True:
+        import numpy as np, numba, minimoe
+        from minimoe.kernels import qmatmul
+        fn = numba.njit(fastmath={"reassoc", "contract", "nsz"})(qmatmul.gemv_f32.serial.numba.py_func)
+        x = np.ones((1, 256), np.float32); w = np.ones((1, 8, 256), np.float32); out = np.empty((1, 8), np.float32)
+        fn(x, w, np.zeros(1, np.int64), out)
+        asm = fn.inspect_asm(fn.signatures[0])
+        import re
+        print(numba.config.CPU_FEATURES is not None, bool(re.search(r"vfmadd\\w*ps\\s[^\\n]*zmm", asm)))"""
+
+    def run(**env):
+        e = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "MINIMOE_SIMD"))}
+        e.update(env, NUMBA_CACHE_DIR=str(tmp_path))
+        return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True)
+    assert run().stdout.split() == ["True", "True"]            # the dot product's FMAs are 512 bits wide
+    assert run(MINIMOE_SIMD_WIDTH="256").stdout.split() == ["False", "False"]
+    assert run(NUMBA_CPU_NAME="skylake-avx512").stdout.split() == ["False", "False"]   # the user's choice
+    bad = run(MINIMOE_SIMD_WIDTH="1024")
+    assert bad.returncode != 0 and "$MINIMOE_SIMD_WIDTH must be 256 or 512, found '1024'" in bad.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # The whole model on both backends, float and packed; fused decode == the general forward
 # ----------------------------------------------------------------------------------------------

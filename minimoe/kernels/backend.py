@@ -28,6 +28,36 @@ from minimoe.errors import MinimoeError
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
+# How wide LLVM makes the SIMD loops of every kernel. On Intel CPUs with AVX-512 it prefers 256-bit
+# vectors ("prefer-256-bit", from when 512-bit instructions lowered the clock), which halves the
+# width of the GEMVs' inner loops over bytes. Asking for the full 512 bits made mixtral-mini's q4_0
+# decode about 1.2x faster here (docs/kernels.md). MINIMOE_SIMD_WIDTH=256 keeps LLVM's choice, and
+# so does setting NUMBA_CPU_NAME or NUMBA_CPU_FEATURES yourself. It must happen before Numba
+# compiles (or loads from its cache) its first function, so it sits here, at import. The choice is
+# Numba's, so it holds for every Numba function in the process, and compiled code is cached per
+# choice.
+SIMD_WIDTH = os.environ.get("MINIMOE_SIMD_WIDTH", "512")
+
+
+def _prefer_512_bit_vectors() -> bool:
+    """Tell Numba to compile for this CPU with 512-bit vectors, when it has AVX-512 and nobody
+    chose a target. True if it did."""
+    if SIMD_WIDTH != "512" or os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+        return False
+    import llvmlite.binding as llvm
+    features = llvm.get_host_cpu_features()
+    if not features.get("avx512f") or not features.get("avx512bw"):
+        return False
+    name, flat = llvm.get_host_cpu_name(), features.flatten() + ",-prefer-256-bit"
+    os.environ["NUMBA_CPU_NAME"], os.environ["NUMBA_CPU_FEATURES"] = name, flat   # Numba re-reads its
+    numba.config.CPU_NAME, numba.config.CPU_FEATURES = name, flat                  # config from these
+    return True
+
+
+if SIMD_WIDTH not in ("256", "512"):
+    raise MinimoeError(f"$MINIMOE_SIMD_WIDTH must be 256 or 512, found {SIMD_WIDTH!r}")
+WIDE_VECTORS = _prefer_512_bit_vectors()
+
 BACKENDS = ("numba", "numpy")
 
 
