@@ -29,6 +29,16 @@ def rand(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
+class _Spy:
+    """Wraps a kernel and records that it was called."""
+    def __init__(self, kernel, calls):
+        self.kernel, self.calls, self.numba, self.numpy = kernel, calls, kernel.numba, kernel.numpy
+
+    def __call__(self, *args):
+        self.calls.append(1)
+        return self.kernel(*args)
+
+
 def assert_close_to_reference(y, x, w64):
     """|y - x @ w.T| <= 1e-5 * (|x| @ |w|.T), the float64 reference and its natural scale."""
     ref = x.astype(np.float64) @ w64.T
@@ -68,8 +78,12 @@ def test_gemv_over_a_stack_of_experts(fmt):
             assert_close_to_reference(y[r:r + 1], x[r:r + 1], w64[e])
 
 
+@pytest.mark.parametrize("gemv", ["blas", "numba"])
 @pytest.mark.parametrize("R,O,I", [(1, 1, 3), (2, 17, 64), (4, 33, 130), (7, 5, 16)])
-def test_float_gemv_equals_twin_and_float64_reference(R, O, I):
+def test_float_gemv_equals_twin_and_float64_reference(R, O, I, gemv, monkeypatch):
+    monkeypatch.setattr(qm, "FLOAT_GEMV", gemv)
+    calls = []
+    monkeypatch.setattr(qm.gemv_f32, "serial", _Spy(qm.gemv_f32.serial, calls))
     w, x = rand(3, O, I, seed=30), rand(R, I, seed=31)
     experts = np.arange(R, dtype=np.int64) % 3
     for be in ("numba", "numpy"):
@@ -79,6 +93,7 @@ def test_float_gemv_equals_twin_and_float64_reference(R, O, I):
         for r, e in enumerate(experts):
             assert_close_to_reference(y_stack[r:r + 1], x[r:r + 1], w[e].astype(np.float64))
         assert_close_to_reference(y_plain, x, w[1].astype(np.float64))
+    assert bool(calls) == (gemv == "numba" and R <= qm.GEMV_MAX_ROWS)   # which GEMV fmatmul took
     for fn in (qm.gemv_f32.numba, qm.gemv_f32.serial.numba):      # both compiled forms, directly
         y = np.empty((R, O), np.float32)
         fn(x, w, experts, y)
@@ -385,6 +400,12 @@ def test_float_gemv_rejects_bad_inputs():
         qm.fmatmul(rand(2, 16), w, np.array([1, 5]))
     with pytest.raises(KernelInputError, match="C-contiguous float32"):
         qm.fmatmul(rand(2, 16), w[0].astype(np.float64).astype(np.float16))
+
+
+def test_float_gemv_choice_is_checked(monkeypatch):
+    monkeypatch.setattr(qm, "FLOAT_GEMV", "mkl")
+    with pytest.raises(KernelInputError, match=r"FLOAT_GEMV \(\$MINIMOE_FLOAT_GEMV\) must be 'blas' or 'numba', found 'mkl'"):
+        qm.fmatmul(rand(2, 16), rand(8, 16))
 
 
 def test_float64_activations_take_the_reference_path():

@@ -355,9 +355,15 @@ def dequant_tile_mxfp4(d, m, qs, G, e, og0, out):
 
 # ----------------------------------------------------------------------------------------------
 # The float32 GEMV, for the decode step of an unquantized model: out[r] = W[experts[r]] @ x[r].
-# BLAS does this as fast on a quiet machine, but its threads spin while they wait for work, and
-# the decode step alternates many small calls with Numba's: one thread pool for all is calmer.
+# A float GEMV is memory-bound (4 bytes per weight, 2 flops), and OpenBLAS streams the bytes
+# faster: on a quiet machine, mixtral-mini's float32 decode ran 74-84 tokens/s through BLAS
+# against 48-57 through gemv_f32 (alternating, one run). But OpenBLAS's threads spin while they
+# wait for work; with another program busy on one of the 2 cores it fell to 27-30 against
+# gemv_f32's 41. So fmatmul uses BLAS unless FLOAT_GEMV is "numba" ($MINIMOE_FLOAT_GEMV=numba),
+# and gemv_f32 stays, with its twin, for reading and for loaded machines.
 # ----------------------------------------------------------------------------------------------
+
+FLOAT_GEMV = os.environ.get("MINIMOE_FLOAT_GEMV", "blas")      # "blas" or "numba"
 
 def gemv_f32_numpy(x, w, experts, out):
     """x (R, I), w (E, O, I) float32 -> out (R, O)."""
@@ -397,7 +403,10 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
         if R and (experts.min() < 0 or experts.max() >= w.shape[0]):
             raise KernelInputError(f"{what}: experts must lie in 0..{w.shape[0] - 1}, found "
                                    f"{experts.min()}..{experts.max()}")
-    if R > GEMV_MAX_ROWS:
+    if FLOAT_GEMV not in ("blas", "numba"):
+        raise KernelInputError(f"minimoe.kernels.qmatmul.FLOAT_GEMV ($MINIMOE_FLOAT_GEMV) must be 'blas' or "
+                               f"'numba', found {FLOAT_GEMV!r}")
+    if R > GEMV_MAX_ROWS or FLOAT_GEMV == "blas":
         if not stacked:
             return x @ w.T                                         # (R, I) @ (I, O) -> (R, O), BLAS
         return np.stack([w[e] @ x[r] for r, e in enumerate(experts)]) if R else np.empty((0, w.shape[1]), np.float32)
