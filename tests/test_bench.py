@@ -47,7 +47,8 @@ def test_bench_kernels_json(capsys):
     assert r["shape"] == [48, 256] and set(r["formats"]) == {"q4_0", "q8_0"}
     f = r["formats"]["q4_0"]
     for key in ("gemv_ms", "gemv_gbs", "gemv_speedup", "dequant_blas_ms", "prefill_ms", "prefill_speedup",
-                "twin_gemv_ms", "numba_vs_twin_gemv", "weight_bytes"):
+                "twin_gemv_ms", "numba_vs_twin_gemv", "weight_bytes", "gemv_1core_ms", "gemv_cores_speedup",
+                "fp32_gemv_1thread_ms", "gemv_1core_speedup"):
         assert f[key] > 0
     assert f["weight_bytes"] == 48 * 256 // 32 * 18
     assert set(r["targets"]) == {"q4_0 GEMV >= 3x fp32 BLAS", "q8_0 GEMV >= 2x fp32 BLAS",

@@ -24,8 +24,9 @@ import numpy as np
 
 from minimoe.bench.timing import best_time, load_warning, machine_info
 from minimoe.kernels import backend
+from minimoe.kernels.backend import blas_threads
 from minimoe.kernels.packed import pack
-from minimoe.kernels.qmatmul import dequantize, qmatmul
+from minimoe.kernels.qmatmul import GEMV, dequantize, qmatmul
 
 FORMATS = ("q4_0", "q8_0", "mxfp4", "q4_1")
 TARGETS = {"q4_0 GEMV >= 3x fp32 BLAS": ("q4_0", "gemv_speedup", 3.0),
@@ -65,10 +66,18 @@ def run(O: int = 14336, I: int = 4096, batch: int = 64, formats=FORMATS, twins: 
             tg = best_time(lambda: qmatmul(x1, pw), repeat)
             tp = best_time(lambda: qmatmul(xb, pw), repeat)
             td = best_time(lambda: x1 @ dequantize(pw).T, max(1, repeat // 2))
+            # the same GEMV on one core (the kernel compiled without threads), and BLAS on one
+            # thread: how much the other cores add, to each
+            y1, first = np.empty((1, O), np.float32), np.zeros(1, np.int64)
+            tg1 = best_time(lambda: GEMV[pw.fmt].serial(x1, pw.d, pw.m, pw.qs, pw.G, first, y1), repeat)
+        with blas_threads(1):
+            t1_one = best_time(lambda: x1 @ w.T, repeat)
         # the ratios are taken against an fp32 time measured right beside them
         t1_here = best_time(lambda: x1 @ w.T, repeat)
         tb_here = best_time(lambda: xb @ w.T, max(1, repeat // 2))
         r.update(gemv_ms=1e3 * tg, gemv_gbs=qt.nbytes / tg / 1e9, fp32_gemv_ms=1e3 * t1_here,
+                 gemv_1core_ms=1e3 * tg1, gemv_cores_speedup=tg1 / tg, fp32_gemv_1thread_ms=1e3 * t1_one,
+                 fp32_gemv_threads_speedup=t1_one / t1_here, gemv_1core_speedup=t1_one / tg1,
                  gemv_speedup=t1_here / tg, dequant_blas_ms=1e3 * td, dequant_blas_speedup=t1_here / td,
                  prefill_ms=1e3 * tp, prefill_gflops=2 * batch * O * I / tp / 1e9,
                  fp32_prefill_ms=1e3 * tb_here, prefill_speedup=tb_here / tp)
@@ -140,6 +149,12 @@ def format_report(r: dict) -> str:
         lines.append(f"{fmt:<10}{f['weight_bytes'] / 2**20:>8.1f}MiB{f['gemv_ms']:>10.2f}{f['gemv_gbs']:>7.1f}"
                      f"{f['gemv_speedup']:>8.2f}x{f['dequant_blas_ms']:>10.1f}{f['dequant_blas_speedup']:>8.2f}x"
                      f"{f.get('twin_gemv_ms', float('nan')):>9.1f}{f.get('numba_vs_twin_gemv', float('nan')):>10.1f}x")
+    lines += ["", f"{'one core':<10}{'fused ms':>10}{'all/one':>9}{'fp32 ms':>9}{'all/one':>9}{'vs fp32':>9}"
+                  "   (the GEMV without threads, BLAS with one thread: what the other cores add)"]
+    for fmt, f in r["formats"].items():
+        lines.append(f"{fmt:<10}{f['gemv_1core_ms']:>10.2f}{f['gemv_cores_speedup']:>8.2f}x"
+                     f"{f['fp32_gemv_1thread_ms']:>9.2f}{f['fp32_gemv_threads_speedup']:>8.2f}x"
+                     f"{f['gemv_1core_speedup']:>8.2f}x")
     lines += ["", f"{'batch ' + str(r['batch']):<10}{'fused ms':>10}{'GFLOP/s':>9}{'fp32 ms':>9}{'vs fp32':>9}"
                   f"{'twin ms':>9}{'numba/twin':>11}"]
     for fmt, f in r["formats"].items():

@@ -131,18 +131,17 @@ def gemv_q4_0(x, d, m, qs, G, experts, out):
         e = experts[r]
         t = np.empty(W, np.float32)                         # one partial sum per block of the group
         for og in range(c * per_item, min(OG, c * per_item + per_item)):
-            for i in range(W):
-                t[i] = np.float32(-8.0) * xs[r, i]          # the "- 8" of every code, folded in
+            t[:] = 0.0
             for j in range(16):
                 for i in range(W):                          # SIMD over the group's blocks
                     q = np.uint32(qs[e, og, j, i])
                     lo = np.float32(np.uint32(q & np.uint32(0x0F)))     # element j of the block
                     hi = np.float32(np.uint32(q >> np.uint32(4)))       # element j + 16
                     t[i] += xr[r, j, i] * lo + xr[r, 16 + j, i] * hi
-            for g in range(min(G, O - og * G)):             # y[o] = sum_b d[o, b] * t[o, b]
+            for g in range(min(G, O - og * G)):             # y[o] = sum_b d[o, b] (t[o, b] - 8 xs[b])
                 acc = np.float32(0.0)
                 for b in range(g * nb, g * nb + nb):
-                    acc += d[e, og, b] * t[b]
+                    acc += d[e, og, b] * (t[b] - np.float32(8.0) * xs[r, b])   # the "- 8" of every code
                 out[r, og * G + g] = acc
 
 
