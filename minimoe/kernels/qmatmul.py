@@ -53,6 +53,18 @@ MXFP4_LUT2 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12],
 _FAST = {"reassoc", "contract", "nsz"}   # let sums be reordered (SIMD); keep inf/nan semantics
 
 
+@njit(inline="always")
+def e2m1x2(c):
+    """MXFP4_LUT2[c] computed from the bits of the 4-bit code c (uint32 0..15), with no table: the
+    SIMD loops then need no gather. E2M1 is s e1 e0 m; doubled, its magnitude is (2 + m) << (e - 1)
+    for an exponent e of 1..3, and m for e = 0 (zero and the subnormal 0.5):
+    ((2 + m) << e) >> 1 gives 1 there, so subtract 1 - m when e is 0."""
+    e, m = (c >> np.uint32(1)) & np.uint32(3), c & np.uint32(1)
+    mag = (((np.uint32(2) + m) << e) >> np.uint32(1)) - (np.uint32(e == 0) & (np.uint32(1) - m))
+    sign = np.float32(1.0) - np.float32(2.0) * np.float32(c >> np.uint32(3))      # +1 or -1
+    return sign * np.float32(mag)
+
+
 # ----------------------------------------------------------------------------------------------
 # The GEMVs. Arguments, the same for every format (layout: packed.py; W = G*nb):
 #   x (R, I)       float32   activations; each kernel first copies them into kernel order,
@@ -209,7 +221,6 @@ def gemv_mxfp4(x, d, m, qs, G, experts, out):
     nb = W // G
     per_item = max(1, CHUNK // G)
     n_items = (OG + per_item - 1) // per_item
-    lut = MXFP4_LUT2
     for item in prange(R * n_items):
         r, c = item // n_items, item % n_items
         e = experts[r]
@@ -219,7 +230,7 @@ def gemv_mxfp4(x, d, m, qs, G, experts, out):
             for j in range(16):
                 for i in range(W):
                     q = np.uint32(qs[e, og, j, i])
-                    t[i] += xr[r, j, i] * lut[q & np.uint32(0x0F)] + xr[r, 16 + j, i] * lut[q >> np.uint32(4)]
+                    t[i] += xr[r, j, i] * e2m1x2(q & np.uint32(0x0F)) + xr[r, 16 + j, i] * e2m1x2(q >> np.uint32(4))
             for g in range(min(G, O - og * G)):
                 acc = np.float32(0.0)
                 for b in range(g * nb, g * nb + nb):
@@ -341,15 +352,14 @@ def dequant_tile_q8_0(d, m, qs, G, e, og0, out):
 def dequant_tile_mxfp4(d, m, qs, G, e, og0, out):
     T, W = out.shape[0], qs.shape[3]
     nb = W // G
-    lut = MXFP4_LUT2
     for t in range(T):
         og, g = og0 + t // G, t % G
         for j in range(16):
             for b in range(nb):
                 i = g * nb + b
                 q = np.uint32(qs[e, og, j, i])
-                out[t, j * nb + b] = d[e, og, i] * lut[q & np.uint32(0x0F)]
-                out[t, (16 + j) * nb + b] = d[e, og, i] * lut[q >> np.uint32(4)]
+                out[t, j * nb + b] = d[e, og, i] * e2m1x2(q & np.uint32(0x0F))
+                out[t, (16 + j) * nb + b] = d[e, og, i] * e2m1x2(q >> np.uint32(4))
 
 
 # ----------------------------------------------------------------------------------------------
