@@ -45,7 +45,7 @@ def add_parser(sub):
                    help="new tokens on the numpy backend (its twins are slow by design)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quick-peaks", action="store_true",
-                   help="if no machine peaks are cached, measure them quickly (a rougher ceiling)")
+                   help="measure the cache curve at two sizes only (a rougher ceiling, for quick checks)")
     d.set_defaults(func=run_decode)
 
     s = bs.add_parser("moe-scaling", help="decode time per token as experts go 4..64 at top-2")

@@ -55,14 +55,12 @@ _FAST = {"reassoc", "contract", "nsz"}   # let sums be reordered (SIMD); keep in
 
 @njit(inline="always")
 def e2m1x2(c):
-    """MXFP4_LUT2[c] computed from the bits of the 4-bit code c (uint32 0..15), with no table: the
-    SIMD loops then need no gather. E2M1 is s e1 e0 m; doubled, its magnitude is (2 + m) << (e - 1)
-    for an exponent e of 1..3, and m for e = 0 (zero and the subnormal 0.5):
-    ((2 + m) << e) >> 1 gives 1 there, so subtract 1 - m when e is 0."""
-    e, m = (c >> np.uint32(1)) & np.uint32(3), c & np.uint32(1)
-    mag = (((np.uint32(2) + m) << e) >> np.uint32(1)) - (np.uint32(e == 0) & (np.uint32(1) - m))
-    sign = np.float32(1.0) - np.float32(2.0) * np.float32(c >> np.uint32(3))      # +1 or -1
-    return sign * np.float32(mag)
+    """MXFP4_LUT2[c] computed from the 4-bit code c (uint32 0..15) with no table, so the SIMD loops
+    need no gather. Bit 3 is the sign; the other three bits a = 0..7 map to the doubled E2M1
+    magnitudes 0 1 2 3 4 6 8 12, which is a + max(a - 4, 0) + 2 max(a - 6, 0): linear pieces."""
+    a = np.float32(np.uint32(c & np.uint32(7)))         # np.uint32(): keep 32-bit SIMD lanes
+    mag = a + max(a - np.float32(4.0), np.float32(0.0)) + np.float32(2.0) * max(a - np.float32(6.0), np.float32(0.0))
+    return mag * (np.float32(1.0) - np.float32(2.0) * np.float32(np.uint32(c >> np.uint32(3))))   # times +1 or -1
 
 
 # ----------------------------------------------------------------------------------------------
