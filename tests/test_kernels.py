@@ -414,3 +414,11 @@ def test_float64_activations_take_the_reference_path():
     y = matmul(x, qt)
     assert y.dtype == np.float64
     np.testing.assert_allclose(y, x @ qt.dequantize().astype(np.float64).T, rtol=1e-12)
+
+
+def test_e2m1_from_bits_equals_the_table():
+    """The gather-free E2M1 decode gives the OCP MX table (doubled) for all 16 codes."""
+    e2m1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6]                       # the spec's magnitudes, bits e1 e0 m
+    want = [2 * v for v in e2m1] + [-2 * v for v in e2m1]
+    assert [float(qm.e2m1x2(np.uint32(c))) for c in range(16)] == want
+    assert qm.MXFP4_LUT2.tolist() == want
