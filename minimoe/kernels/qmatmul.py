@@ -14,7 +14,8 @@ Two paths, picked by the number of rows R:
           q4_0   w = d (q - 8)        y = sum_b d_b (t_b - 8 xs_b)
           q4_1   w = d q + m          y = sum_b d_b t_b + m_b xs_b
           q8_0   w = d q              y = sum_b d_b t_b
-          mxfp4  w = d LUT[q]         y = sum_b d_b t_b        (LUT: E2M1 values, doubled)
+          mxfp4  w = d LUT[q]         y = sum_b d_b t_b        (LUT: E2M1 values, doubled; the
+                                                                  kernels compute it, e2m1x2)
       Each row r of x may use its own matrix experts[r] of a stack: that is an MoE layer's
       "gather" for a decode step, one call for all K experts of a token.
 
