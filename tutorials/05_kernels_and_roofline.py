@@ -224,7 +224,9 @@ print("saved", path)
 # with the neighbours' load: in one hour reads ran at about 25 GB/s up to 48 MiB and 8-11 GB/s
 # from 64 MiB on, so mixtral-mini in q4_0 (86 MB) streamed from DRAM; an hour later the knee sat
 # past 96 MiB and the same model was read from cache. The float32 model (608 MB) always streams
-# from DRAM. A 4-bit model is faster for two reasons: fewer bytes per token, and a smaller
+# from DRAM. (The smallest sizes read slowly for another reason: a 1 MiB read takes tens of
+# microseconds, about what it costs to start a parallel loop.) A 4-bit model is faster for two
+# reasons: fewer bytes per token, and a smaller
 # working set that may fit in a faster level of the hierarchy.
 
 # %% [markdown]
