@@ -96,24 +96,24 @@ def read_gbs_for(peaks: dict, nbytes: int) -> float:
 
 def measure(quick: bool = False) -> dict:
     """Measure copy and read bandwidth (arrays far larger than the caches) and the sgemm peak."""
-    n = (16 if quick else 256) * 2**20 // 4                  # float32 elements: 16 or 256 MiB
-    src = np.ones(n, np.float32)
+    mib = 16 if quick else 256                                # the largest size on the curve
+    src = np.ones(mib * 2**20 // 4, np.float32)
     dst = np.empty_like(src)
     repeat = 3 if quick else 7
     t_copy = best_time(lambda: copy.numba(src, dst), repeat)
-    t_read = best_time(lambda: read_sum.numba(src), repeat)
     t_copy_np = best_time(lambda: copy.numpy(src, dst), repeat)
+    curve = read_curve(QUICK_CURVE_MIB if quick else CURVE_MIB, repeat)   # its last point is read_gbs
     m = 1024 if quick else 2048
     a = np.random.default_rng(0).standard_normal((m, m), dtype=np.float32)
     t_mm = best_time(lambda: a @ a, 3 if quick else 5)
     return {
         "copy_gbs": 2 * src.nbytes / t_copy / GB,              # read + write
-        "read_gbs": src.nbytes / t_read / GB,
+        "read_gbs": curve[str(mib)],
         "copy_gbs_numpy_1core": 2 * src.nbytes / t_copy_np / GB,
         "sgemm_gflops": 2 * m**3 / t_mm / GB,
         "sgemm_size": m,
         "array_mib": src.nbytes / 2**20,
-        "read_gbs_by_mib": read_curve(QUICK_CURVE_MIB if quick else CURVE_MIB, repeat),
+        "read_gbs_by_mib": curve,
         "quick": quick,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         **machine_info(),
