@@ -39,24 +39,23 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 SIMD_WIDTH = os.environ.get("MINIMOE_SIMD_WIDTH", "512")
 
 
-def _prefer_512_bit_vectors() -> bool:
+def _prefer_512_bit_vectors() -> None:
     """Tell Numba to compile for this CPU with 512-bit vectors, when it has AVX-512 and nobody
-    chose a target. True if it did."""
+    chose a target (numba.config.CPU_FEATURES then says so)."""
     if SIMD_WIDTH != "512" or os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
-        return False
+        return
     import llvmlite.binding as llvm
     features = llvm.get_host_cpu_features()
     if not features.get("avx512f") or not features.get("avx512bw"):
-        return False
+        return
     name, flat = llvm.get_host_cpu_name(), features.flatten() + ",-prefer-256-bit"
     os.environ["NUMBA_CPU_NAME"], os.environ["NUMBA_CPU_FEATURES"] = name, flat   # Numba re-reads its
     numba.config.CPU_NAME, numba.config.CPU_FEATURES = name, flat                  # config from these
-    return True
 
 
 if SIMD_WIDTH not in ("256", "512"):
     raise MinimoeError(f"$MINIMOE_SIMD_WIDTH must be 256 or 512, found {SIMD_WIDTH!r}")
-WIDE_VECTORS = _prefer_512_bit_vectors()
+_prefer_512_bit_vectors()
 
 BACKENDS = ("numba", "numpy")
 
