@@ -42,15 +42,23 @@ def rmsnorm_numpy(x, w, eps, out):
     out[:] = x * (1.0 / np.sqrt(ms + eps)).astype(x.dtype) * w        # (R, C)
 
 
+@njit(inline="always")
+def row_rstd(x, r, eps):
+    """1 / sqrt(mean(x[r]^2) + eps) of row r of x (R, C), summed in float64, as float32. Shared by
+    this RMSNorm and the training one (minimoe/kernels/train.py)."""
+    C = x.shape[1]
+    ms = 0.0                                             # float64 accumulator
+    for c in range(C):
+        ms += np.float64(x[r, c]) * x[r, c]
+    return np.float32(1.0 / math.sqrt(ms / C + eps))
+
+
 @twin(rmsnorm_numpy)
 @njit(cache=True, nogil=True)
 def rmsnorm(x, w, eps, out):
     R, C = x.shape
     for r in range(R):
-        ms = 0.0                                         # float64 accumulator
-        for c in range(C):
-            ms += np.float64(x[r, c]) * x[r, c]
-        rstd = np.float32(1.0 / math.sqrt(ms / C + eps))
+        rstd = row_rstd(x, r, eps)
         for c in range(C):
             out[r, c] = x[r, c] * rstd * w[c]
 

@@ -22,12 +22,12 @@ Every kernel releases the GIL (nogil=True), so the trainer's shard threads run t
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit
 
 from minimoe.kernels.backend import get_backend, twin
+from minimoe.kernels.ops import row_rstd
 
 
 # ----------------------------------------------------------------------------------------------
@@ -47,10 +47,7 @@ def rmsnorm_forward_numpy(x, w, eps, y, xhat, rstd):
 def rmsnorm_forward(x, w, eps, y, xhat, rstd):
     R, C = x.shape
     for r in range(R):
-        ms = 0.0                                         # float64 accumulator
-        for c in range(C):
-            ms += np.float64(x[r, c]) * x[r, c]
-        s = np.float32(1.0 / math.sqrt(ms / C + eps))
+        s = row_rstd(x, r, eps)                          # the decode RMSNorm's, float64 sum
         rstd[r, 0] = s
         for c in range(C):
             xh = x[r, c] * s
