@@ -22,7 +22,6 @@ Every kernel releases the GIL (nogil=True), so the trainer's shard threads run t
 """
 from __future__ import annotations
 
-
 import numpy as np
 from numba import njit
 
