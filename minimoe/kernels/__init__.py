@@ -61,19 +61,22 @@ def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
         if experts is None:
             y = x @ w.T if isinstance(w, np.ndarray) else matmul(x, w)     # (N, O)
             return y if b is None else y + b
-        y = fmatmul(x, w, experts) if isinstance(w, np.ndarray) else qmatmul(x, pack(w), experts)
+        if not isinstance(w, np.ndarray):
+            y = qmatmul(x, pack(w), experts)                               # (N, O)
+        elif x.shape[0] <= GEMV_ROWS:
+            y = fmatmul(x, w, experts)                                     # (N, O), row by row
+        else:                                              # BLAS, one matrix at a time: the twin's
+            from minimoe.nn.linear import matmul as by_expert              # own loop
+            return by_expert(x, w, b, experts)
         return y if b is None else y + b[experts]
 
 
 def takes_matmul(x, w, b=None, experts=None) -> bool:
-    """Whether matmul_leaf takes this call: float32 activations, a float weight or a packed one
-    with a fused kernel, and for a stack of float experts only a few rows (more rows are BLAS
-    products, which nn/linear.py's matmul already makes)."""
+    """Whether matmul_leaf takes this call: float32 activations, and a float weight or a packed
+    one with a fused kernel."""
     if x.dtype != np.float32:
         return False
-    if not isinstance(w, np.ndarray):
-        return isinstance(w, PackedWeight) or getattr(w, "fmt", None) in PACKED_FORMATS
-    return experts is None or x.shape[0] <= GEMV_ROWS
+    return isinstance(w, (np.ndarray, PackedWeight)) or getattr(w, "fmt", None) in PACKED_FORMATS
 
 
 # A product of fewer multiply-adds than this runs on one BLAS thread: waking OpenBLAS's threads
