@@ -338,7 +338,8 @@ def test_mtp_layer_by_hand_and_with_mtp_adds_it_everywhere():
     assert with_mtp["active_params"] == plain["active_params"] + plain["mtp_active_params"]
     assert with_mtp["params_by_component"]["mtp"]["total"] == mtp
     # weights: bf16 is 2 bytes a parameter, with or without; the MTP layer's bytes are reported apart
-    assert with_mtp["weight_bytes"] == plain["weight_bytes"] + plain["mtp_weight_bytes"] == 2 * with_mtp["total_params"]
+    assert with_mtp["weight_bytes"] == plain["weight_bytes"] + plain["mtp_weight_bytes"]
+    assert with_mtp["weight_bytes"] == 2 * with_mtp["total_params"]
     # its attention keeps a KV cache like any full layer: 47 layers instead of 46
     assert with_mtp["kv_cache_bytes"] == plain["kv_cache_bytes"] * 47 // 46
     # a recipe prices the MTP layer's experts as experts
@@ -407,7 +408,8 @@ def _check_cache_shapes(entry: dict, cache: dict):
                 assert np.prod(layer["conv"]["shape"]) == B * conv
                 assert np.prod(layer["recurrent"]["shape"]) == B * S
                 assert layer["recurrent"]["dtype"] == "float32"          # whatever the model's dtype
-                state += sum(np.prod(layer[k]["shape"]) * nbytes[layer[k]["dtype"]] for k in ("conv", "recurrent"))
+                state += sum(np.prod(layer[k]["shape"]) * nbytes[layer[k]["dtype"]]
+                             for k in ("conv", "recurrent"))
             else:
                 Bk, G, held, D = layer["keys"]["shape"]
                 assert (Bk, G, D) == (B, cfg.n_kv_heads, cfg.head_dim) and layer["values"] == layer["keys"]

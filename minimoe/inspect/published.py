@@ -112,7 +112,8 @@ def conventions(cfg: Config, published: Published | None = None) -> dict[str, di
         variants = {"": n, " + MTP": n + mtp} if mtp else {"": n}
         for plus, m in variants.items():
             out[quantity][f"{quantity}{plus}"] = m
-            out[quantity][f"{quantity}{plus} - embedding" + (" (tied: the head too)" if not head else "")] = m - table
+            tied = "" if head else " (tied: the head too)"
+            out[quantity][f"{quantity}{plus} - embedding{tied}"] = m - table
             if head:
                 out[quantity][f"{quantity}{plus} - embedding - head"] = m - table - head
         if quantity == "total" and published is not None and published.vision:

@@ -394,37 +394,32 @@ def _glm4_moe(d: dict, source: str) -> Config:
 
 
 def _granitemoe(d: dict, source: str) -> Config:
-    # transformers' GraniteMoeConfig: num_local_experts experts of intermediate_size, top-k then a
-    # softmax over the K logits, attention_bias on q, k, v and o. The muP multipliers
+    # transformers' GraniteMoeConfig: top-k then a softmax over the K logits. The muP multipliers
     # (embedding_multiplier, residual_multiplier, attention_multiplier, logits_scaling) scale
     # activations and change no parameter.
-    c = _common(d, source, "granitemoe")
-    bias = bool(_get(d, "attention_bias", source, False))
-    f = _get(d, "intermediate_size", source, 11008)
-    return Config(
-        **c, d_ff=f, d_expert=f,
-        n_experts=_get(d, "num_local_experts", source, 8), top_k=_get(d, "num_experts_per_tok", source, 2),
-        router="topk_softmax", qkv_bias=bias, o_bias=bias,
-        name=d.get("_name_or_path", "") or "granitemoe",
-    )
+    return _local_experts(d, source, "granitemoe", 11008, 8, router="topk_softmax")
 
 
 def _phimoe(d: dict, source: str) -> Config:
-    # transformers' PhimoeConfig: LayerNorm (a scale and a bias) for every norm, attention_bias on
-    # q, k, v and o, a bias on the head with lm_head_bias, sparsemixer top-2 routing through a
-    # bias-free router, and a sliding window when sliding_window is set (Phi-3.5-MoE's 131072 is
-    # its whole context).
-    c = _common(d, source, "phimoe")
+    # transformers' PhimoeConfig: LayerNorm (a scale and a bias) for every norm, a bias on the head
+    # with lm_head_bias, sparsemixer top-2 routing, and a sliding window when sliding_window is set
+    # (Phi-3.5-MoE's 131072 is its whole context).
+    return _local_experts(d, source, "phimoe", 6400, 16, router="sparsemixer", norm="layernorm",
+                          head_bias=bool(_get(d, "lm_head_bias", source, False)),
+                          sliding_window=_get(d, "sliding_window", source, 0) or 0)
+
+
+def _local_experts(d: dict, source: str, family: str, d_ff_default: int, experts_default: int,
+                   **extra) -> Config:
+    """Granite MoE and Phi-3.5-MoE: num_local_experts experts of intermediate_size, top-k through
+    a bias-free router, attention_bias on q, k, v and o."""
+    c = _common(d, source, family)
     bias = bool(_get(d, "attention_bias", source, False))
-    f = _get(d, "intermediate_size", source, 6400)
+    f = _get(d, "intermediate_size", source, d_ff_default)
     return Config(
-        **c, d_ff=f, d_expert=f,
-        n_experts=_get(d, "num_local_experts", source, 16), top_k=_get(d, "num_experts_per_tok", source, 2),
-        router="sparsemixer", qkv_bias=bias, o_bias=bias, norm="layernorm",
-        head_bias=bool(_get(d, "lm_head_bias", source, False)),
-        sliding_window=_get(d, "sliding_window", source, 0) or 0,
-        name=d.get("_name_or_path", "") or "phimoe",
-    )
+        **c, d_ff=f, d_expert=f, n_experts=_get(d, "num_local_experts", source, experts_default),
+        top_k=_get(d, "num_experts_per_tok", source, 2), qkv_bias=bias, o_bias=bias,
+        name=d.get("_name_or_path", "") or family, **extra)
 
 
 CONVERTERS = {
