@@ -679,7 +679,7 @@ def compare(names=None, *, dtype=None, recipe=None, context: int = DEFAULT_CONTE
 
 
 def plot_memory(r: dict, path: str, hardware=None) -> str:
-    """Bars: memory needed (weights + KV cache + overhead) per precision; lines: each device's
+    """Bars: memory needed (weights + KV cache + state + overhead) per precision; lines: each device's
     usable memory. Written atomically as an image (format from the file name); returns the path."""
     import io
 
@@ -690,7 +690,7 @@ def plot_memory(r: dict, path: str, hardware=None) -> str:
 
     from minimoe.io.atomic import atomic_write_bytes
     devices = list(HARDWARE.values()) if hardware is None else hardware
-    extra = r["kv_cache_bytes"]
+    extra = r["kv_cache_bytes"] + r["recurrent_state_bytes"]
     precisions = list(r["weight_bytes_by_precision"])
     need = [(w + extra) * (1 + r["overhead_fraction"]) / 1e9 for w in r["weight_bytes_by_precision"].values()]
     fig, ax = plt.subplots(figsize=(11, 5))
@@ -710,7 +710,7 @@ def plot_memory(r: dict, path: str, hardware=None) -> str:
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
     ax.set_ylim(min(need + list(seen)) * 0.7, max(need + list(seen)) * 1.3)
-    ax.set_ylabel("GB needed (weights + KV cache + overhead)")
+    ax.set_ylabel("GB needed (weights + KV cache + state + overhead)")
     ax.set_title(f"{r['name']}: memory per precision at context {r['context']:,}, batch {r['batch']}",
                  fontsize=10)
     fig.tight_layout()
