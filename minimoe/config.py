@@ -243,7 +243,8 @@ class Config:
                  ("attention_chunk_size", bool(self.attention_chunk_size)),
                  ("attn_output_gate", self.attn_output_gate), ("norm", self.norm != "rmsnorm"),
                  ("head_bias", self.head_bias), ("router", self.router == "sparsemixer"),
-                 ("rope_scaling", (self.rope_scaling or {}).get("type") == "longrope")]
+                 ("rope_scaling", (self.rope_scaling or {}).get("type") == "longrope"),
+                 ("n_mtp_layers", self.n_mtp_layers > 0)]
         return [f"{f}={getattr(self, f)!r}" for f, used in found if used]
 
     # --- serialisation ---------------------------------------------------------------------------

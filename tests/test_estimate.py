@@ -352,6 +352,15 @@ def test_mtp_layer_by_hand_and_with_mtp_adds_it_everywhere():
         estimate(minimoe.Model(minimoe.Config.preset("tiny"), seed=0), with_mtp=True)
 
 
+def test_mla_for_kimi_k2_and_deepseek_v2_lite_by_hand():
+    # the latent (kv_lora_rank 512 + rope dim 64) per token per layer, whatever the heads: Kimi K2's
+    # 64 heads cache what DeepSeek-V3's 128 do; its attention costs half the FLOPs per key
+    r = estimate("kimi-k2", context=1000)
+    assert r["kv_cache_bytes"] == 61 * (512 + 64) * 1000 * 2 == estimate("deepseek-v3", context=1000)["kv_cache_bytes"]
+    assert r["flops_per_token"]["decode_attention"] == (2 * 64 * 576 + 2 * 64 * 512) * 61 * 1000
+    assert estimate("deepseek-v2-lite", context=1000)["kv_cache_bytes"] == 27 * 576 * 1000 * 2
+
+
 def test_chunked_attention_kv_cache_and_flops_by_hand():
     # Llama 4 Scout: 36 RoPE layers attend within 8192-token chunks, 12 NoPE layers to everything;
     # each caches K and V for 8 kv heads of 128 values, 2 bytes each
@@ -513,4 +522,5 @@ def test_new_config_errors(tmp_path):
     assert qwen3_next.estimator_only() == [f"linear_layers={qwen3_next.linear_layers!r}", "attn_output_gate=True"]
     assert minimoe.Config.preset("phi-3.5-moe").estimator_only() == [
         "norm='layernorm'", "head_bias=True", "router='sparsemixer'"]
+    assert minimoe.Config.preset("glm-4.5").estimator_only() == ["n_mtp_layers=1"]
     assert minimoe.Config.preset("mixtral-8x7b").estimator_only() == []
