@@ -1,0 +1,179 @@
+"""Matmul over bf16 and fp16 weights as stored: y = x @ W.T, W widened to float32 on the fly.
+
+Shape legend: R rows of activations, E stacked matrices (experts), O output rows, I input width.
+Formats: see minimoe/quant/bf16.py (bf16 is the top half of a float32; fp16 has its own exponent).
+
+    matmul_bf16(x, w, experts=None)    x (..., I) float32, w (O, I) uint16 bf16 bits -> (..., O)
+    matmul_fp16(x, w, experts=None)    x (..., I) float32, w (O, I) float16          -> (..., O)
+
+With a stack w (E, O, I), `experts` (R,) int64 says which matrix each row of x (R, I) uses: an
+MoE layer's decode-step gather, one call for all K experts of a token.
+
+Two paths, picked by the number of rows R (as in qmatmul.py):
+
+  decode (R <= GEMV_MAX_ROWS): a GEMV kernel that reads each 16-bit weight once and widens it in
+      registers: 2 bytes a weight streamed in instead of 4, so about twice float32's speed when
+      decoding is memory-bound.
+          bf16:  a row of W is shifted into a float32 buffer (bits << 16), then dotted with x
+          fp16:  each value is (1024 + m) * 2^(e - 25) (or m * 2^-24 if subnormal), computed
+                 from its exponent e and mantissa m (no table, so the loop stays SIMD)
+  prefill (R > GEMV_MAX_ROWS): widen TILE_ROWS rows of W at a time to float32 with NumPy and
+      hand them to BLAS; the flops dominate there.
+
+Each GEMV kernel has a NumPy twin with the same signature (MINIMOE_BACKEND=numpy runs it):
+
+    gemv_bf16(x, w, experts, out)    x (R, I) float32, w (E, O, I) uint16, experts (R,) int64,
+    gemv_fp16(x, w, experts, out)    w (E, O, I) uint16 (fp16 bits),       out (R, O) float32
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from minimoe.kernels.backend import twin
+from minimoe.kernels.packed import KernelInputError
+from minimoe.quant.bf16 import bf16_to_float32
+
+GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
+CHUNK = 16                 # output rows per parallel work item
+TILE_ROWS = 256            # rows of W widened at a time in the prefill path
+
+_FAST = {"reassoc", "contract", "nsz"}   # let sums be reordered (SIMD); keep inf/nan semantics
+
+
+# ----------------------------------------------------------------------------------------------
+# The GEMVs: out[r, o] = sum_i x[r, i] * W[experts[r], o, i]
+# ----------------------------------------------------------------------------------------------
+
+def gemv_bf16_numpy(x, w, experts, out):
+    """W = bf16 bits << 16, viewed as float32."""
+    for r in range(out.shape[0]):
+        out[r] = bf16_to_float32(w[experts[r]]) @ x[r]                     # (O, I) @ (I,) -> (O,)
+
+
+@twin(gemv_bf16_numpy)
+@njit(parallel=True, fastmath=_FAST, cache=True)
+def gemv_bf16(x, w, experts, out):
+    R, O = out.shape
+    I = x.shape[1]
+    n_items = (O + CHUNK - 1) // CHUNK
+    for item in prange(R * n_items):                        # (row of x, CHUNK output rows)
+        r, c = item // n_items, item % n_items
+        e = experts[r]
+        bits = np.empty(I, np.uint32)
+        row = bits.view(np.float32)                         # the same buffer, read as float32
+        for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
+            for i in range(I):                              # widen: bf16 is a float32's top half
+                bits[i] = np.uint32(w[e, o, i]) << np.uint32(16)
+            acc = np.float32(0.0)
+            for i in range(I):                              # SIMD dot product
+                acc += x[r, i] * row[i]
+            out[r, o] = acc
+
+
+def gemv_fp16_numpy(x, w, experts, out):
+    """W = the fp16 values of the bits (NumPy's own float16 conversion)."""
+    for r in range(out.shape[0]):
+        out[r] = w[experts[r]].view(np.float16).astype(np.float32) @ x[r]  # (O, I) @ (I,) -> (O,)
+
+
+@njit(inline="always")
+def fp16_value(h):
+    """float32 value of fp16 bits h (uint32): sign, 5-bit exponent e, 10-bit mantissa m."""
+    e = (h >> np.uint32(10)) & np.uint32(0x1F)
+    m = np.float32(h & np.uint32(0x3FF))
+    sign = np.float32(1.0) - np.float32(2.0) * np.float32(h >> np.uint32(15))
+    if e == 0:                                              # subnormal: m * 2^-24
+        return sign * m * np.float32(5.9604645e-08)
+    if e == 31:                                             # inf (m == 0) or NaN
+        return sign * np.float32(np.inf) if m == 0 else np.float32(np.nan)
+    scale = np.float32(math.ldexp(1.0, np.int64(e) - 25))
+    return sign * (np.float32(1024.0) + m) * scale          # (1024 + m) * 2^(e - 25)
+
+
+@twin(gemv_fp16_numpy)
+@njit(parallel=True, fastmath=_FAST, cache=True)
+def gemv_fp16(x, w, experts, out):
+    R, O = out.shape
+    I = x.shape[1]
+    n_items = (O + CHUNK - 1) // CHUNK
+    for item in prange(R * n_items):
+        r, c = item // n_items, item % n_items
+        e = experts[r]
+        row = np.empty(I, np.float32)
+        for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
+            for i in range(I):                              # widen the row
+                row[i] = fp16_value(np.uint32(w[e, o, i]))
+            acc = np.float32(0.0)
+            for i in range(I):
+                acc += x[r, i] * row[i]
+            out[r, o] = acc
+
+
+GEMV = {"bf16": gemv_bf16, "fp16": gemv_fp16}
+
+
+def widen(w: np.ndarray, fmt: str) -> np.ndarray:
+    """bf16 bits (uint16) or float16 values -> float32, any shape (the prefill path, the tests)."""
+    return bf16_to_float32(w) if fmt == "bf16" else w.view(np.float16).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checked entry points
+# ----------------------------------------------------------------------------------------------
+
+def matmul_bf16(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> np.ndarray:
+    """x (..., I) float32 @ W.T for W (O, I) stored as bf16 bits (uint16) -> (..., O) float32.
+    With a stack W (E, O, I), `experts` (R,) picks each row's matrix: x (R, I) -> (R, O)."""
+    if not isinstance(w, np.ndarray) or w.dtype != np.uint16:
+        raise KernelInputError(f"matmul_bf16: w must be the uint16 bits of a bf16 tensor, found "
+                               f"{getattr(w, 'dtype', type(w).__name__)}")
+    return _half_matmul(x, w, experts, "bf16")
+
+
+def matmul_fp16(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> np.ndarray:
+    """x (..., I) float32 @ W.T for W (O, I) stored as float16 -> (..., O) float32.
+    With a stack W (E, O, I), `experts` (R,) picks each row's matrix: x (R, I) -> (R, O)."""
+    if not isinstance(w, np.ndarray) or w.dtype != np.float16:
+        raise KernelInputError(f"matmul_fp16: w must be a float16 array, found "
+                               f"{getattr(w, 'dtype', type(w).__name__)}")
+    return _half_matmul(x, w.view(np.uint16), experts, "fp16")
+
+
+def _half_matmul(x, w, experts, fmt):
+    what = f"matmul with a {fmt} weight of shape {w.shape}"
+    if w.ndim not in (2, 3):
+        raise KernelInputError(f"{what}: w must be (O, I) or a stack (E, O, I)")
+    I = w.shape[-1]
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 1 or x.shape[-1] != I:
+        raise KernelInputError(f"{what}: x must be float32 of shape (..., {I}), found "
+                               f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    lead = x.shape[:-1]
+    X = np.ascontiguousarray(x.reshape(-1, I))                              # (R, I)
+    R = X.shape[0]
+    stack = w if w.ndim == 3 else w[None]                                   # (E, O, I)
+    E, O = stack.shape[:2]
+    if experts is None:
+        if w.ndim == 3:
+            raise KernelInputError(f"{what}: a stack of matrices needs `experts`, one index per row")
+        experts = np.zeros(R, np.int64)
+    else:
+        experts = np.asarray(experts)
+        if experts.shape != (R,) or experts.dtype != np.int64:
+            raise KernelInputError(f"{what}: experts must be int64 of shape ({R},), one per row of x, "
+                                   f"found {experts.dtype} {experts.shape}")
+        if R and (experts.min() < 0 or experts.max() >= E):
+            raise KernelInputError(f"{what}: experts must lie in 0..{E - 1}, found "
+                                   f"{experts.min()}..{experts.max()}")
+    out = np.empty((R, O), np.float32)
+    if R <= GEMV_MAX_ROWS:                                                  # decode: GEMV
+        GEMV[fmt](X, np.ascontiguousarray(stack), experts, out)
+        return out.reshape(*lead, O)
+    for e in np.unique(experts):                                            # prefill: per matrix,
+        rows = np.flatnonzero(experts == e)                                 # widen tiles, then BLAS
+        for o0 in range(0, O, TILE_ROWS):
+            tile = widen(stack[e, o0:o0 + TILE_ROWS], fmt)                  # (T, I) float32
+            out[rows, o0:o0 + tile.shape[0]] = X[rows] @ tile.T             # (r, I) @ (I, T)
+    return out.reshape(*lead, O)
