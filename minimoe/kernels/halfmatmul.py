@@ -15,8 +15,9 @@ Two paths, picked by the number of rows R (as in qmatmul.py):
       registers: 2 bytes a weight streamed in instead of 4, so about twice float32's speed when
       decoding is memory-bound.
           bf16:  a row of W is shifted into a float32 buffer (bits << 16), then dotted with x
-          fp16:  each value is (1024 + m) * 2^(e - 25) (or m * 2^-24 if subnormal), computed
-                 from its exponent e and mantissa m (no table, so the loop stays SIMD)
+          fp16:  the exponent is re-biased (15 -> 127) and the mantissa moved up 13 bits, into
+                 float32 bits in a buffer; subnormals get 2^-14 taken off (Numba has no float16
+                 type). It measured ~5x slower than the bf16 kernel here: see docs/kernels.md
   prefill (R > GEMV_MAX_ROWS): widen TILE_ROWS rows of W at a time to float32 with NumPy and
       hand them to BLAS; the flops dominate there.
 
@@ -26,8 +27,6 @@ Each GEMV kernel has a NumPy twin with the same signature (MINIMOE_BACKEND=numpy
     gemv_fp16(x, w, experts, out)    w (E, O, I) uint16 (fp16 bits),       out (R, O) float32
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import njit, prange
@@ -79,36 +78,31 @@ def gemv_fp16_numpy(x, w, experts, out):
         out[r] = w[experts[r]].view(np.float16).astype(np.float32) @ x[r]  # (O, I) @ (I,) -> (O,)
 
 
-@njit(inline="always")
-def fp16_value(h):
-    """float32 value of fp16 bits h (uint32): sign, 5-bit exponent e, 10-bit mantissa m."""
-    e = (h >> np.uint32(10)) & np.uint32(0x1F)
-    m = np.float32(h & np.uint32(0x3FF))
-    sign = np.float32(1.0) - np.float32(2.0) * np.float32(h >> np.uint32(15))
-    if e == 0:                                              # subnormal: m * 2^-24
-        return sign * m * np.float32(5.9604645e-08)
-    if e == 31:                                             # inf (m == 0) or NaN
-        return sign * np.float32(np.inf) if m == 0 else np.float32(np.nan)
-    scale = np.float32(math.ldexp(1.0, np.int64(e) - 25))
-    return sign * (np.float32(1024.0) + m) * scale          # (1024 + m) * 2^(e - 25)
-
-
 @twin(gemv_fp16_numpy)
 @njit(parallel=True, fastmath=_FAST, cache=True)
 def gemv_fp16(x, w, experts, out):
     R, O = out.shape
     I = x.shape[1]
     n_items = (O + CHUNK - 1) // CHUNK
+    two_m14 = np.float32(2.0 ** -14)                        # the smallest normal fp16
     for item in prange(R * n_items):
         r, c = item // n_items, item % n_items
         e = experts[r]
-        row = np.empty(I, np.float32)
+        bits = np.empty(I, np.uint32)
+        mag = bits.view(np.float32)                         # the same buffer, read as float32
         for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
-            for i in range(I):                              # widen the row
-                row[i] = fp16_value(np.uint32(w[e, o, i]))
+            for i in range(I):                              # |value| as float32 bits
+                h = np.uint32(w[e, o, i])
+                ex = (h >> np.uint32(10)) & np.uint32(0x1F)
+                # exponent bias 15 -> 127; inf/NaN keep the top exponent; subnormals (ex = 0) are
+                # written as (1 + m/1024) * 2^-14, and 2^-14 is taken off below: m * 2^-24
+                ex32 = np.uint32(255) if ex == 31 else (np.uint32(113) if ex == 0 else ex + np.uint32(112))
+                bits[i] = (ex32 << np.uint32(23)) | ((h & np.uint32(0x3FF)) << np.uint32(13))
             acc = np.float32(0.0)
-            for i in range(I):
-                acc += x[r, i] * row[i]
+            for i in range(I):                              # subnormal fix-up, sign, dot
+                h = np.uint32(w[e, o, i])
+                v = mag[i] - (two_m14 if (h & np.uint32(0x7C00)) == 0 else np.float32(0.0))
+                acc += x[r, i] * (-v if h >> np.uint32(15) else v)
             out[r, o] = acc
 
 
