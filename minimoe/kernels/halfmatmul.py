@@ -33,6 +33,7 @@ from numba import njit, prange
 
 from minimoe.kernels.backend import twin
 from minimoe.kernels.packed import KernelInputError
+from minimoe.kernels.qmatmul import PARALLEL_MIN_WEIGHTS, _one_core
 from minimoe.quant.bf16 import bf16_to_float32
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
@@ -106,6 +107,9 @@ def gemv_fp16(x, w, experts, out):
             out[r, o] = acc
 
 
+for _k in (gemv_bf16, gemv_fp16):     # kernel.serial: one core, for GEMVs under PARALLEL_MIN_WEIGHTS
+    _one_core(_k)
+
 GEMV = {"bf16": gemv_bf16, "fp16": gemv_fp16}
 
 
@@ -163,7 +167,8 @@ def _half_matmul(x, w, experts, fmt):
                                    f"{experts.min()}..{experts.max()}")
     out = np.empty((R, O), np.float32)
     if R <= GEMV_MAX_ROWS:                                                  # decode: GEMV
-        GEMV[fmt](X, np.ascontiguousarray(stack), experts, out)
+        kernel = GEMV[fmt] if R * O * I >= PARALLEL_MIN_WEIGHTS else GEMV[fmt].serial
+        kernel(X, np.ascontiguousarray(stack), experts, out)
         return out.reshape(*lead, O)
     for e in np.unique(experts):                                            # prefill: per matrix,
         rows = np.flatnonzero(experts == e)                                 # widen tiles, then BLAS
