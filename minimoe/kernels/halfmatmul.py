@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from minimoe.kernels.backend import twin
-from minimoe.kernels.packed import KernelInputError
+from minimoe.kernels.packed import KernelInputError, check_experts
 from minimoe.kernels.qmatmul import PARALLEL_MIN_WEIGHTS, _one_core
 from minimoe.quant.bf16 import bf16_to_float32
 
@@ -153,18 +153,9 @@ def _half_matmul(x, w, experts, fmt):
     R = X.shape[0]
     stack = w if w.ndim == 3 else w[None]                                   # (E, O, I)
     E, O = stack.shape[:2]
+    experts = check_experts(experts, R, E, w.ndim == 3, what)
     if experts is None:
-        if w.ndim == 3:
-            raise KernelInputError(f"{what}: a stack of matrices needs `experts`, one index per row")
-        experts = np.zeros(R, np.int64)
-    else:
-        experts = np.asarray(experts)
-        if experts.shape != (R,) or experts.dtype != np.int64:
-            raise KernelInputError(f"{what}: experts must be int64 of shape ({R},), one per row of x, "
-                                   f"found {experts.dtype} {experts.shape}")
-        if R and (experts.min() < 0 or experts.max() >= E):
-            raise KernelInputError(f"{what}: experts must lie in 0..{E - 1}, found "
-                                   f"{experts.min()}..{experts.max()}")
+        experts = np.zeros(R, np.int64)                                     # every row: matrix 0
     out = np.empty((R, O), np.float32)
     if R <= GEMV_MAX_ROWS:                                                  # decode: GEMV
         kernel = GEMV[fmt] if R * O * I >= PARALLEL_MIN_WEIGHTS else GEMV[fmt].serial
