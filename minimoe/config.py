@@ -41,7 +41,8 @@ class ConfigError(MinimoeError, ValueError):
     """An invalid configuration. The message names the field, what was expected and what was found."""
 
 
-ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_topk", "sparsemixer")
+ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_topk", "sparsemixer", "noisy_topk", "expert_choice")
+DROP_POLICIES = ("score", "position")
 QK_NORMS = ("none", "head", "full")
 FFN_ACTS = ("swiglu", "swiglu_oai")
 ATTENTIONS = ("gqa", "mla")
@@ -70,10 +71,22 @@ class Config:
     shared_expert_gate: bool = False    # Qwen2-MoE: shared output scaled by sigmoid(x @ w)
     dense_layers: list[int] = field(default_factory=list)  # MoE models: layers with a dense FFN
     router: str = "softmax_topk"     # one of ROUTERS, see minimoe/nn/router.py ("sparsemixer":
-                                     # Phi-3.5-MoE's, estimator only)
+                                     # Phi-3.5-MoE's, estimator only; "noisy_topk" and
+                                     # "expert_choice": training-time routers; with expert_choice,
+                                     # top_k is the average number of experts per token)
     router_renorm: bool = True       # softmax_topk/sigmoid_topk: rescale the K weights to sum to 1
     router_bias: bool = False        # a learned bias on the router logits (gpt-oss)
     router_scale: float = 1.0        # DeepSeek's routed_scaling_factor, multiplies the K weights
+    router_correction_bias: bool = False  # DeepSeek-V3 e_score_correction_bias: added to the scores to
+                                          # choose the experts, never to weigh them (softmax_topk,
+                                          # sigmoid_topk); training's loss-free balancing moves it
+    # Capacity (Switch Transformer, GShard): each expert takes at most
+    # ceil(factor * T * K / E) of the T tokens of a sequence; the rest of its assignments are
+    # dropped, and a token all of whose choices are dropped passes on through the residual.
+    capacity_factor: float = 0.0     # during training; 0: no limit (expert_choice: 0 means 1.0)
+    eval_capacity_factor: float = 0.0  # evaluation and generation; 0: no limit (expert_choice: 1.0)
+    drop_policy: str = "score"       # which assignments an over-full expert keeps: "score" (the
+                                     # highest router probabilities) or "position" (the first tokens)
     expert_bias: bool = False        # biases inside the experts (gpt-oss)
 
     # --- attention ---------------------------------------------------------------------------
@@ -178,6 +191,15 @@ class Config:
             if bad:
                 raise ConfigError(f"{f} has layer indices {bad} outside 0..{self.n_layers - 1}")
         _check_choice("router", self.router, ROUTERS)
+        _check_choice("drop_policy", self.drop_policy, DROP_POLICIES)
+        for f in ("capacity_factor", "eval_capacity_factor"):
+            v = getattr(self, f)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+                raise ConfigError(f"{f} must be a number >= 0 (0: no capacity limit), found {v!r}")
+        if self.router_correction_bias and self.router not in ("softmax_topk", "sigmoid_topk"):
+            raise ConfigError(f"router_correction_bias (DeepSeek-V3's e_score_correction_bias) chooses "
+                              f"among scores, for router='softmax_topk' or 'sigmoid_topk'; found "
+                              f"router={self.router!r}")
         _check_choice("qk_norm", self.qk_norm, QK_NORMS)
         _check_choice("ffn_act", self.ffn_act, FFN_ACTS)
         _check_choice("attention", self.attention, ATTENTIONS)
@@ -216,6 +238,12 @@ class Config:
     @property
     def is_moe(self) -> bool:
         return self.n_experts > 0
+
+    @property
+    def route_width(self) -> int:
+        """S, the columns of the router's per-token arrays (weights, experts): K for the
+        token-choice rules, E for expert_choice (where a token may be taken by any expert)."""
+        return self.n_experts if self.router == "expert_choice" else self.top_k
 
     def is_moe_layer(self, layer: int) -> bool:
         """True when this layer's FFN is a routed mixture of experts."""

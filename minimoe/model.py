@@ -133,7 +133,8 @@ class Model:
         """Logits (B, T, V) for tokens (B, T), or (T, V) for tokens (T,)."""
         return self.forward(tokens, inference=True)[0]
 
-    def forward(self, tokens, kv: KVCache | None = None, inference: bool = False):
+    def forward(self, tokens, kv: KVCache | None = None, inference: bool = False, train: bool = False,
+                noise: np.ndarray | None = None):
         """tokens (B, T) or (T,) -> (logits (B, T, V) or (T, V), cache).
 
         The one forward pass: training, a prefill and a one-token decode step all run it. With
@@ -142,15 +143,23 @@ class Model:
         layer i's routing statistics (None for dense layers). With inference=True (implied by
         `kv`: there is no backward through a KV cache) no backward caches are kept, and the
         kernels may skip what only a backward needs.
+
+        train=True routes as in training (see minimoe/nn/moe.py): the training capacity factor,
+        and for noisy top-k the draws `noise` (n_layers, B, T, E) (moe.draw_noise; fresh ones from
+        an unseeded generator if not given). Otherwise the evaluation settings apply.
         """
         tokens = self.check_tokens(tokens)
+        if train and noise is None and self.config.router == "noisy_topk":
+            B, T = (1, tokens.size) if tokens.ndim == 1 else tokens.shape
+            noise = moe.draw_noise(self.config, B, T, np.random.default_rng(), self.dtype)
+        mode = "generate" if kv is not None else "train" if train else "eval"
         with blas_threads_for(tokens.size * self._largest_weight):   # one BLAS thread if all are small
             if kv is not None or inference:
                 with _inference():
-                    return self._forward(tokens, kv, keep=False)
-            return self._forward(tokens, kv, keep=True)
+                    return self._forward(tokens, kv, keep=False, mode=mode, noise=noise)
+            return self._forward(tokens, kv, keep=True, mode=mode, noise=noise)
 
-    def _forward(self, tokens, kv: KVCache | None, keep: bool):
+    def _forward(self, tokens, kv: KVCache | None, keep: bool, mode: str = "eval", noise=None):
         cfg = self.config
         squeeze = tokens.ndim == 1
         if squeeze:
@@ -173,7 +182,8 @@ class Model:
             x = x + a
             h, n2 = norm.forward(x, lp["ffn_norm"], cfg.norm_eps, name="ffn_norm")    # (B, T, C)
             if cfg.is_moe_layer(i):
-                f, fc, stats = moe.forward(h, lp["moe"], cfg)                   # (B, T, C)
+                eps = None if noise is None else noise[i]                      # (B, T, E)
+                f, fc, stats = moe.forward(h, lp["moe"], cfg, mode, eps)        # (B, T, C)
             else:
                 p = lp["ffn"]
                 f, fc = ffn.forward(h, p["gate.weight"], p["up.weight"], p["down.weight"],

@@ -25,6 +25,9 @@ initialises from it, the loader checks a checkpoint against it, and the paramete
     layers.{i}.ffn.down.weight         (C, F)
   an MoE layer:
     layers.{i}.moe.router.weight       (E, C)      router logits (+ .bias with router_bias)
+    layers.{i}.moe.router.e_score_correction_bias (E,)  DeepSeek-V3's selection bias (a buffer:
+                                                   not learned by gradient, not counted as a parameter)
+    layers.{i}.moe.router.noise.weight (E, C)      noisy top-k's W_noise (router="noisy_topk")
     layers.{i}.moe.experts.gate        (E, F, C)   the E experts' SwiGLU weights, stacked
     layers.{i}.moe.experts.up          (E, F, C)
     layers.{i}.moe.experts.down        (E, C, F)
@@ -70,6 +73,12 @@ from minimoe.config import Config
 
 COMPONENTS = ("embedding", "attention", "router", "experts", "shared_experts", "ffn", "norms", "head",
               "mtp")   # mtp: every parameter of the multi-token-prediction layers
+
+
+def is_buffer(name: str) -> bool:
+    """Arrays a model holds that training does not learn by gradient (DeepSeek-V3's selection bias,
+    which is adjusted by a load-balancing rule instead). They are not counted as parameters."""
+    return name.endswith("e_score_correction_bias")
 
 
 def param_shapes(cfg: Config, with_mtp: bool = False) -> dict[str, tuple[int, ...]]:
@@ -123,6 +132,10 @@ def layer_shapes(cfg: Config, p: str, linear: bool = False, moe: bool = True) ->
         shapes[p + "moe.router.weight"] = (E, C)
         if cfg.router_bias:
             shapes[p + "moe.router.bias"] = (E,)
+        if cfg.router_correction_bias:
+            shapes[p + "moe.router.e_score_correction_bias"] = (E,)
+        if cfg.router == "noisy_topk":
+            shapes[p + "moe.router.noise.weight"] = (E, C)
         shapes[p + "moe.experts.gate"] = (E, F, C)
         shapes[p + "moe.experts.up"] = (E, F, C)
         shapes[p + "moe.experts.down"] = (E, C, F)
@@ -249,6 +262,8 @@ def count_params(cfg: Config, with_mtp: bool = False) -> dict[str, int]:
     by = {c: 0 for c in COMPONENTS}
     active_by = dict(by)
     for name, shape in param_shapes(cfg, with_mtp=True).items():
+        if is_buffer(name):
+            continue
         n = int(np.prod(shape))
         c = component(name)
         by[c] += n

@@ -25,8 +25,11 @@ FLAGS = {
     "beta2": (float, "AdamW beta2"),
     "grad_clip": (float, "clip the global gradient norm to this (0: off)"),
     "aux_loss_coef": (float, "load-balancing loss coefficient (0: off)"),
-    "aux_loss_form": (str, "'layers' (sum of per-layer losses) or 'hf' (transformers' concatenated form)"),
+    "aux_loss_form": (str, "'layers' (sum of per-layer losses), 'hf' (transformers' concatenated form) "
+                           "or 'sequence' (DeepSeek-V3's per-sequence form)"),
     "z_loss_coef": (float, "router z-loss coefficient (0: off)"),
+    "bias_update_rate": (float, "loss-free balancing (DeepSeek-V3): move each expert's selection bias by "
+                                "this much per step against its load error (0: off)"),
     "eval_interval": (int, "evaluate every N steps (0: only at the end)"),
     "eval_iters": (int, "batches per split per evaluation"),
     "ckpt_interval": (int, "checkpoint every N steps (always at the end; 0: only at the end)"),
@@ -51,6 +54,8 @@ def add_parser(sub):
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<preset>)")
     p.add_argument("--seed", type=int, help="seed of initialisation, batches and the sample (default 1337)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    p.add_argument("--init", metavar="DIR", help="start a new run from the model in DIR (e.g. `minimoe "
+                   "upcycle`'s output) instead of random weights; --set may change routing options")
     p.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
                    help="override a model Config field, e.g. --set n_experts=4 --set top_k=1")
     p.add_argument("--decay-embeddings", action="store_true", default=None,
@@ -77,14 +82,16 @@ def parse_sets(items: list[str]) -> dict:
 def run(args) -> int:
     from minimoe.train.loop import TrainConfig, Trainer
     given = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
-    for name in ("preset", "data", "tokenizer", "out", "seed", "decay_embeddings"):
+    for name in ("preset", "data", "tokenizer", "out", "seed", "decay_embeddings", "init"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
     if args.set:
         given["model"] = parse_sets(args.set)
     verbose = not args.quiet
+    if args.init and args.preset:
+        raise MinimoeError("--init DIR starts from that model; leave out --preset")
     if args.resume:
-        fixed = sorted(set(given) & {"preset", "data", "tokenizer", "model"})
+        fixed = sorted(set(given) & {"preset", "data", "tokenizer", "model", "init"})
         if fixed:
             raise MinimoeError(f"--resume continues a run with its own {', '.join(fixed)}; drop "
                                + ", ".join("--" + f for f in fixed))

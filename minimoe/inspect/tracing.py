@@ -300,7 +300,7 @@ class Trace:
                   elementwise_flops=(6 if act == "swiglu" else 8) * h.size,
                   activation_bytes=a.nbytes + u.nbytes + h.nbytes)
 
-    def _route(self, name, logits, K, rule, renorm, scale, out, t0):
+    def _route(self, name, logits, K, rule, renorm, scale, *bias, out, t0):
         """The router's choice: logits (N, E) -> weights (N, K), experts (N, K), probs (N, E); its
         statistics are kept per layer for the routing views."""
         t1 = time.perf_counter()
@@ -313,6 +313,33 @@ class Trace:
         self._add(name, "route", t0, logits.shape[0], t1=t1,
                   elementwise_flops=5 * logits.size + 2 * weights.size,
                   activation_bytes=logits.nbytes + probs.nbytes + experts.nbytes + weights.nbytes)
+
+    def _expert_choice(self, name, logits, T, capacity, out, t0):
+        """Expert choice: logits (N, E) -> weights (N, E) (0 where an expert did not take the
+        token), chosen (N, E), probs (N, E), slots; the softmax and a top-capacity per expert."""
+        t1 = time.perf_counter()
+        weights, chosen, probs, _ = out
+        E = logits.shape[-1]
+        self._step()["routing"][self.layer] = {
+            "experts": np.broadcast_to(np.arange(E), chosen.shape).copy(), "weights": weights.copy(),
+            "probs": probs.copy(), "tokens_per_expert": chosen.sum(axis=0), "prob_mass": probs.sum(axis=0)}
+        self._add(name, "route", t0, logits.shape[0], t1=t1,
+                  elementwise_flops=5 * logits.size + int(chosen.sum()),
+                  activation_bytes=logits.nbytes + probs.nbytes + weights.nbytes + chosen.nbytes)
+
+    def _dispatch_capacity(self, name, experts, priority, E, T, cap, policy, out, t0):
+        """Filling each expert's buffer (minimoe/nn/capacity.py): index work, no FLOPs."""
+        self._add(name, "dispatch", t0, experts.shape[0],
+                  activation_bytes=experts.nbytes + priority.nbytes + out[0].nbytes)
+
+    def _gather_slots(self, name, x, slots, S, out, t0):
+        """xs (E*G*Cap, C): x's rows in the experts' buffers, padding rows included."""
+        self._add(name, "dispatch", t0, x.shape[0], activation_bytes=x.nbytes + out.nbytes)
+
+    def _combine_slots(self, name, ys, slots, weights, out, t0):
+        """y (N, C) from the buffers: 2 FLOPs per (token, slot, channel), as `_combine` counts."""
+        self._add(name, "combine", t0, out.shape[0], elementwise_flops=2 * weights.size * ys.shape[1],
+                  activation_bytes=ys.nbytes + weights.nbytes + out.nbytes)
 
     def _dispatch(self, name, experts, E, out, t0):
         """Sorting the assignments by expert: index work, no FLOPs."""

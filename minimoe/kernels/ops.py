@@ -143,10 +143,12 @@ def select_rows(logits, K, rule, renorm, scale, weights, experts, probs, g):
             weights[r, k] *= scale
 
 
-def select(logits: np.ndarray, K: int, rule: str, renorm: bool, scale: float):
+def select(logits: np.ndarray, K: int, rule: str, renorm: bool, scale: float,
+           bias: np.ndarray | None = None):
     """logits (N, E) -> (weights (N, K), experts (N, K) int64, probs (N, E), g (N, K));
-    see nn/router.py."""
+    see nn/router.py. A correction bias runs in its NumPy twin."""
     _expect(rule in ROUTERS, f"select: rule must be one of {', '.join(ROUTERS)}, found {rule!r}")
+    _expect(bias is None, "select: the compiled router takes plain top-k only (found a correction bias)")
     _expect(logits.ndim == 2 and 0 < K <= logits.shape[1],
             f"select: need logits (N, E) with 0 < K <= E, found {logits.shape} and K={K}")
     logits = np.ascontiguousarray(logits)

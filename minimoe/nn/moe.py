@@ -20,7 +20,18 @@ Two forms compute the same thing:
     outputs per token. It is the form the model, the training backward and the kernels use, and
     it is tested equal to the loop.
 
-`p` holds one layer's MoE parameters by short name: "router.weight" (+ "router.bias"),
+With a capacity factor (Config.capacity_factor in training, eval_capacity_factor otherwise), or
+with expert-choice routing, each expert instead runs a fixed-size buffer per sequence, and the
+assignments that do not fit are dropped (minimoe/nn/capacity.py): `forward` then gathers into
+those buffers and combines from them. `forward_loop` applies the same kept-or-dropped mask, so it
+stays the reference.
+
+`mode` says what the pass is for: "train" (capacity_factor, and noisy top-k's noise `eps` (N, E),
+standard normal draws the caller makes), "eval" (eval_capacity_factor, no noise) or "generate" (as
+eval; expert choice becomes token choice).
+
+`p` holds one layer's MoE parameters by short name: "router.weight" (+ "router.bias",
+"router.e_score_correction_bias", "router.noise.weight"),
 "experts.gate", "experts.up", "experts.down" (+ "experts.gate_bias", ...), and with shared
 experts "shared.gate.weight", "shared.up.weight", "shared.down.weight" (+ "shared_gate.weight").
 """
@@ -30,7 +41,7 @@ import numpy as np
 
 from minimoe.config import Config
 from minimoe.kernels.dispatch import Leaf, all_float32
-from minimoe.nn import ffn, linear, router
+from minimoe.nn import capacity, ffn, linear, router
 from minimoe.nn.ffn import sigmoid
 
 
@@ -55,14 +66,17 @@ def _act(cfg: Config) -> dict:
     return dict(act=cfg.ffn_act, limit=cfg.swiglu_limit, alpha=cfg.swiglu_alpha)
 
 
-def forward_loop(x: np.ndarray, p: dict, cfg: Config):
-    """The reference form. x (B, T, C) -> (y (B, T, C), routing stats)."""
+def forward_loop(x: np.ndarray, p: dict, cfg: Config, mode: str = "eval", eps: np.ndarray | None = None):
+    """The reference form. x (B, T, C) -> (y (B, T, C), routing stats). eps (B, T, E): noisy
+    top-k's draws."""
     B, T, C = x.shape
     xf = x.reshape(B * T, C)                             # (N, C)
-    weights, experts, stats, _ = router.forward(xf, p["router.weight"], p.get("router.bias"), cfg)
+    if eps is not None:
+        eps = eps.reshape(B * T, -1)
+    weights, experts, kept, _, stats, _ = route(xf, p, cfg, T, mode, eps)
     y = np.zeros_like(xf)                                # (N, C)
     for e in range(cfg.n_experts):
-        tokens, slot = np.where(experts == e)            # the tokens that chose expert e, and in which slot
+        tokens, slot = np.where((experts == e) & kept)   # the tokens expert e runs, and in which slot
         if len(tokens) == 0:
             continue
         out, _ = ffn.forward(xf[tokens], **expert_weights(p, e), **_act(cfg),
@@ -71,6 +85,51 @@ def forward_loop(x: np.ndarray, p: dict, cfg: Config):
     y = y + _shared_forward(xf, p, cfg)[0]
     stats.update(experts=experts, weights=weights)
     return y.reshape(B, T, C), stats
+
+
+def capacity_factor(cfg: Config, mode: str) -> float:
+    """The capacity factor of this pass (0: no limit); expert choice always has one (0 -> 1.0)."""
+    factor = cfg.capacity_factor if mode == "train" else cfg.eval_capacity_factor
+    if cfg.router == "expert_choice" and mode != "generate":
+        return factor or 1.0
+    return factor
+
+
+def route(xf: np.ndarray, p: dict, cfg: Config, T: int, mode: str, eps: np.ndarray | None = None):
+    """Route the N tokens of xf (N, C), in sequences of T: -> (weights (N, S), experts (N, S),
+    kept (N, S) bool, slots (E, G, Cap) or None, stats, router cache), S = K (or E for expert
+    choice). slots is None when no capacity applies (every assignment is kept)."""
+    E, K = cfg.n_experts, cfg.top_k
+    factor = capacity_factor(cfg, mode)
+    if cfg.router == "expert_choice" and mode != "generate":
+        cap = capacity.capacity(T, K, E, factor)
+        weights, kept, slots, stats, rc = router.expert_choice_forward(
+            xf, p["router.weight"], p.get("router.bias"), cfg, T, cap)  # (N, E) each
+        experts = np.broadcast_to(np.arange(E), kept.shape)
+    else:
+        weights, experts, stats, rc = router.forward(
+            xf, p["router.weight"], p.get("router.bias"), cfg, p.get("router.e_score_correction_bias"),
+            p.get("router.noise.weight"), eps if mode == "train" else None)  # (N, K), (N, K)
+        slots, kept = None, np.ones(experts.shape, dtype=bool)
+        if factor:
+            cap = capacity.capacity(T, K, E, factor)
+            priority = np.take_along_axis(stats["probs"], experts, axis=1)  # (N, K) the chosen probs
+            slots, kept = capacity.DISPATCH_CAPACITY(experts, priority, E, T, cap, cfg.drop_policy,
+                                                     name="moe.experts.capacity")
+    if slots is not None:                                # what the buffers actually ran
+        stats.update(kept=kept, tokens_per_expert_kept=np.bincount(experts[kept], minlength=E),
+                     dropped_tokens=float((~kept.any(axis=1)).mean()))   # no expert ran them
+        if cfg.router != "expert_choice":
+            stats["dropped_assignments"] = float(1.0 - kept.mean())
+    return weights, experts, kept, slots, stats, rc
+
+
+def draw_noise(cfg: Config, B: int, T: int, rng: np.random.Generator, dtype=np.float32):
+    """Noisy top-k's standard normal draws for a training pass over (B, T) tokens: (L, B, T, E),
+    one (B, T, E) block per layer (dense layers' unused); None for the other routers."""
+    if cfg.router != "noisy_topk":
+        return None
+    return rng.standard_normal((cfg.n_layers, B, T, cfg.n_experts)).astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,13 +178,27 @@ COMBINE_BACKWARD = Leaf(None, combine_backward, "minimoe.kernels.moe:combine_bac
                         when=lambda dy, ys, order, weights: all_float32(dy, ys, weights))
 
 
-def forward(x: np.ndarray, p: dict, cfg: Config):
-    """The dispatch/combine form. x (B, T, C) -> (y (B, T, C), cache, routing stats)."""
+def forward(x: np.ndarray, p: dict, cfg: Config, mode: str = "eval", eps: np.ndarray | None = None):
+    """The dispatch/combine form. x (B, T, C) -> (y (B, T, C), cache, routing stats).
+    eps (B, T, E): noisy top-k's draws, used when mode == "train"."""
     B, T, C = x.shape
     N, K, E = B * T, cfg.top_k, cfg.n_experts
     xf = x.reshape(N, C)                                 # (N, C)
-    weights, experts, stats, router_cache = router.forward(
-        xf, p["router.weight"], p.get("router.bias"), cfg)  # (N, K), (N, K)
+    if eps is not None:
+        eps = eps.reshape(N, E)
+    weights, experts, kept, slots, stats, router_cache = route(xf, p, cfg, T, mode, eps)  # (N, S) ...
+    stats.update(experts=experts, weights=weights)
+    shared, shared_cache = _shared_forward(xf, p, cfg)
+    if slots is not None:                                # fixed-size buffers, with dropping
+        S = weights.shape[1]
+        xs = capacity.GATHER_SLOTS(xf, slots, S, name="moe.experts.dispatch")  # (E*G*Cap, C), padded
+        ex = np.repeat(np.arange(E), slots[0].size)      # (E*G*Cap,) the expert of each buffer row
+        ys, expert_cache = ffn.forward(xs, **all_expert_weights(p), **_act(cfg), experts=ex,
+                                       name="moe.experts")  # (R, C) -> (R, C), padding included
+        y = capacity.COMBINE_SLOTS(ys, slots, weights, name="moe.experts.combine")  # (R, C) -> (N, C)
+        cache = dict(router=router_cache, slots=slots, expert_cache=expert_cache, ys=ys,
+                     weights=weights, shared=shared_cache, shape=(B, T, C), K=K, E=E)
+        return (y + shared).reshape(B, T, C), cache, stats
     # dispatch: group the A = N*K assignments by expert, so each expert's rows are contiguous
     order, offsets = DISPATCH(experts, E)                # (A,), (E+1,)
     counts = stats["tokens_per_expert"]                  # (E,)
@@ -136,9 +209,7 @@ def forward(x: np.ndarray, p: dict, cfg: Config):
                                    name="moe.experts")   # (A, C) -> (A, C)
     # combine: undo the sort, then weight and sum each token's K outputs
     y = COMBINE(ys, order, weights, name="moe.experts.combine")  # (A, C) -> (N, C)
-    shared, shared_cache = _shared_forward(xf, p, cfg)
     y = y + shared
-    stats.update(experts=experts, weights=weights)
     cache = dict(router=router_cache, order=order, offsets=offsets, expert_cache=expert_cache,
                  ys=ys, weights=weights, shared=shared_cache, shape=(B, T, C), K=K, E=E)
     return y.reshape(B, T, C), cache, stats
@@ -168,17 +239,23 @@ def backward(dy: np.ndarray, cache, dprobs: np.ndarray | None = None,
     B, T, C = cache["shape"]
     N, K, E = B * T, cache["K"], cache["E"]
     dyf = dy.reshape(N, C)
-    weights, ys, order, offsets = cache["weights"], cache["ys"], cache["order"], cache["offsets"]
+    weights, ys = cache["weights"], cache["ys"]
     grads = {}
 
     # y[n] = sum_k w[n,k] ys[(n,k)]: dweights (N, K) = ys . dy, and dys (A, C) = w dy, sorted by expert
-    dweights, dys = COMBINE_BACKWARD(dyf, ys, order, weights)  # (N, K), (A, C)
-    dxs, g = ffn.backward(dys, cache["expert_cache"])   # (A, C); stacks (E, F, C), (E, C, F)
+    if "slots" in cache:                                 # buffers: dropped assignments and padding get 0
+        slots = cache["slots"]
+        dweights, dys = capacity.COMBINE_SLOTS_BACKWARD(dyf, ys, slots, weights)  # (N, S), (R, C)
+        dxs, g = ffn.backward(dys, cache["expert_cache"])   # (R, C); stacks (E, F, C), (E, C, F)
+        dx = capacity.COMBINE_SLOTS(dxs, slots, np.ones(weights.shape, dxs.dtype))  # (N, C)
+    else:
+        order = cache["order"]
+        dweights, dys = COMBINE_BACKWARD(dyf, ys, order, weights)  # (N, K), (A, C)
+        dxs, g = ffn.backward(dys, cache["expert_cache"])   # (A, C); stacks (E, F, C), (E, C, F)
+        dx = COMBINE(dxs, order, np.ones((N, K), dxs.dtype))  # (N, C) scatter back: sum each token's K
     grads.update({"experts." + name: arr for name, arr in g.items()})
-    dx = COMBINE(dxs, order, np.ones((N, K), dxs.dtype))  # (N, C) scatter back: sum each token's K
-    dxr, grads["router.weight"], db = router.backward(dweights, cache["router"], dprobs, dlogits_extra)
-    if db is not None:
-        grads["router.bias"] = db
+    dxr, g = router.backward(dweights, cache["router"], dprobs, dlogits_extra)
+    grads.update(g)
     dx = dx + dxr
 
     if cache["shared"] is not None:

@@ -10,6 +10,10 @@ One iteration (`Trainer.train_step`), for each of `grad_accum` micro-batches:
     grads += model.backward(dCE, cache, router_grads)    every parameter, by name
 
 then clip the summed gradient to a global norm, and take one AdamW step at the scheduled rate.
+With loss-free balancing (bias_update_rate > 0) each MoE layer's correction bias then moves by
+the sign of its load error (minimoe/train/balance.py). The forward passes route in training mode
+(Model.forward(train=True)): the training capacity factor, and noisy top-k's noise drawn for the
+whole micro-batch from default_rng([seed, 3, micro-batch number]) and split by rows like the batch.
 With `threads` > 1 each micro-batch is split by rows into shards that run in their own processes
 (minimoe/train/parallel.py); the step computes the same thing, up to float rounding order.
 
@@ -45,7 +49,8 @@ from minimoe.config import Config
 from minimoe.errors import CheckpointError, DataError, MinimoeError
 from minimoe.io.atomic import atomic_path, atomic_write_text
 from minimoe.model import Model
-from minimoe.train import losses
+from minimoe.nn import moe
+from minimoe.train import balance, losses
 from minimoe.train.data import Dataset, build_dataset
 from minimoe.train.optim import AdamW, clip_by_global_norm, lr_at
 from minimoe.train.parallel import (Shards, blas_threads, forward_shard, merge_routing,
@@ -89,8 +94,12 @@ class TrainConfig:
     decay_embeddings: bool = False
     decay_norms: bool = False
     aux_loss_coef: float = 0.01       # load balancing (0 turns it off)
-    aux_loss_form: str = "layers"     # "layers" or "hf", see minimoe/train/losses.py
+    aux_loss_form: str = "layers"     # "layers", "hf" or "sequence", see minimoe/train/losses.py
     z_loss_coef: float = 0.001        # router z-loss (0 turns it off)
+    bias_update_rate: float = 0.0     # gamma of loss-free balancing (minimoe/train/balance.py); > 0
+                                      # gives the model its correction bias; 0 turns it off
+    init: str = ""                    # start from this model folder's weights (e.g. `minimoe
+                                      # upcycle`'s output) instead of the preset's random ones
     eval_interval: int = 250
     eval_iters: int = 20              # batches per split per evaluation
     ckpt_interval: int = 500          # also at the end; 0: only at the end
@@ -122,14 +131,15 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise MinimoeError(f"{name} must be a non-negative integer, found {v!r}")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "aux_loss_coef", "z_loss_coef"):
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "aux_loss_coef", "z_loss_coef",
+                     "bias_update_rate"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise MinimoeError(f"{name} must be a finite number >= 0, found {v!r}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise MinimoeError(f"betas must be in [0, 1), found ({self.beta1}, {self.beta2})")
-        if self.aux_loss_form not in ("layers", "hf"):
-            raise MinimoeError(f"aux_loss_form must be 'layers' or 'hf', found {self.aux_loss_form!r}")
+        if self.aux_loss_form not in losses.FORMS:
+            raise MinimoeError(f"aux_loss_form must be one of {list(losses.FORMS)}, found {self.aux_loss_form!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -144,9 +154,12 @@ class TrainConfig:
 
 
 def model_config(tc: TrainConfig, dataset: Dataset) -> Config:
-    """The preset, with the vocabulary of the data, the block length, and `tc.model` overrides."""
+    """The preset, with the vocabulary of the data, the block length, and `tc.model` overrides
+    (and the correction bias that loss-free balancing moves, when bias_update_rate > 0)."""
     base = Config.preset(tc.preset)
     changes = {"vocab_size": dataset.vocab_size, **tc.model}
+    if tc.bias_update_rate:
+        changes.setdefault("router_correction_bias", True)
     if tc.block_size > base.max_seq_len:
         changes["max_seq_len"] = tc.block_size
     return base.replace(**changes)
@@ -185,6 +198,12 @@ class Trainer:
         """A fresh run: read the data, build the model from the preset, initialise AdamW."""
         tc = tc.resolved()
         tc.validate()
+        if tc.init:
+            model = initial_model(tc)
+            dataset = dataset or build_dataset(tc.data, model.tokenizer, tc.block_size or model.config.max_seq_len,
+                                               tc.val_fraction)
+            tc.block_size = tc.block_size or model.config.max_seq_len
+            return cls(tc, model, dataset, make_optimizer(tc, model), verbose=verbose)
         if dataset is None:
             block = tc.block_size or Config.preset(tc.preset).max_seq_len
             dataset = build_dataset(tc.data, tc.tokenizer, block, tc.val_fraction)
@@ -241,21 +260,29 @@ class Trainer:
         scale = 1.0 / tc.grad_accum                        # the step's loss is the micro-batches' mean
         grads = None
         ce_sum = aux_sum = z_sum = 0.0
-        for _ in range(tc.grad_accum):
+        counts: dict = {}                                  # assignments per expert, per layer, this step
+        for micro in range(tc.grad_accum):
             x, y = self.data.batch("train", tc.batch_size, tc.block_size, self.rng)   # (B, T) each
-            # forward and cross-entropy, one shard per core
-            fwd = self.shards.forward(x, y)                                           # [(ce, routing)]
+            # forward and cross-entropy, one shard per core, routing as in training
+            noise = moe.draw_noise(model.config, *x.shape,
+                                   np.random.default_rng([tc.seed, 3, self.step * tc.grad_accum + micro]),
+                                   model.dtype)                                      # (L, B, T, E) or None
+            fwd = self.shards.forward(x, y, True, noise)                              # [(ce, routing)]
             sizes = [r.stop - r.start for r in self.shards.rows]
             ce = sum(f[0] * n for f, n in zip(fwd, sizes)) / len(x)                  # mean over all rows
             # the router losses over the whole micro-batch (f_e and P_e are batch averages)
             routing = merge_routing([f[1] for f in fwd])
-            aux, daux = losses.load_balancing_loss(routing, tc.aux_loss_coef * scale, tc.aux_loss_form)
+            if tc.bias_update_rate:
+                for i, c in balance.expert_counts(routing, model.config.n_experts).items():
+                    counts[i] = counts.get(i, 0) + c
+            aux, daux = losses.load_balancing_loss(routing, tc.aux_loss_coef * scale, tc.aux_loss_form,
+                                                   tc.block_size)
             z, dz = losses.z_loss(routing, tc.z_loss_coef * scale)
             total = ce + tc.aux_loss_coef * aux + tc.z_loss_coef * z
             if not math.isfinite(total):
                 bad = next((r for r, f in zip(self.shards.rows, fwd) if not math.isfinite(f[0])),
                            self.shards.rows[0])
-                cache = forward_shard(model, x[bad], y[bad])[0]                      # again, here
+                cache = forward_shard(model, x[bad], y[bad])[0]                      # again, here (eval routing)
                 self._diverged(f"the loss is {total}", locate_nonfinite_forward(model, cache))
             tokens = [n * tc.block_size for n in sizes]   # router gradients are per token (N, E)
             daux_s = split_router_grads(daux if tc.aux_loss_coef else {}, tokens)
@@ -275,6 +302,8 @@ class Trainer:
             name = next(n for n, g in grads.items() if not np.isfinite(g).all())
             self._diverged(f"the gradient norm is {norm}", f"the gradient of {name} ({layer_of(name)})")
         self.opt.step(grads, lr)
+        if tc.bias_update_rate:                            # loss-free balancing: after the step
+            balance.update_biases(model.params, counts, tc.bias_update_rate)
         self.step += 1
         return {"ce": ce_sum, "aux": aux_sum, "z": z_sum, "grad_norm": norm, "lr": lr}
 
@@ -294,23 +323,33 @@ class Trainer:
         rng = np.random.default_rng([tc.seed, 2, self.step])
         out = {"iter": self.step}
         E = model.config.n_experts
+        L = model.config.n_layers
         for split in ("train", "val"):
-            ces, auxs, zs = [], [], []
-            counts = [np.zeros(E) if model.config.is_moe_layer(i) else None for i in range(model.config.n_layers)]
+            ces, auxs, zs, dropped = [], [], [], []
+            counts = [np.zeros(E) if model.config.is_moe_layer(i) else None for i in range(L)]
+            kept = [np.zeros(E) if model.config.is_moe_layer(i) else None for i in range(L)]
             for _ in range(tc.eval_iters):
                 x, y = self.data.batch(split, tc.batch_size, tc.block_size, rng)
                 cache, ce, _ = forward_shard(model, x, y)                       # in this process
                 ces.append(ce)
                 routing = cache["routing"]
-                auxs.append(losses.load_balancing_loss(routing, 0.0, tc.aux_loss_form)[0])
+                auxs.append(losses.load_balancing_loss(routing, 0.0, tc.aux_loss_form, tc.block_size)[0])
                 zs.append(losses.z_loss(routing, 0.0)[0])
                 for i, stats in enumerate(routing):
                     if stats is not None:
-                        counts[i] += np.bincount(stats["experts"].ravel(), minlength=E)   # (E,)
+                        counts[i] += stats["tokens_per_expert"]                     # (E,) chosen
+                        kept[i] += stats.get("tokens_per_expert_kept", stats["tokens_per_expert"])  # run
+                        dropped.append(stats.get("dropped_tokens", 0.0))
             out[f"{split}_loss"] = float(np.mean(ces))
             if split == "val":
                 out["aux_loss"], out["z_loss"] = float(np.mean(auxs)), float(np.mean(zs))
                 out["expert_load"] = [None if c is None else (c / c.sum()).round(5).tolist() for c in counts]
+                if model.config.eval_capacity_factor or model.config.router == "expert_choice":
+                    out["expert_load_kept"] = [None if c is None else (c / c.sum()).round(5).tolist() for c in kept]
+                    out["dropped_tokens"] = float(np.mean(dropped))
+        if model.config.router_correction_bias:
+            out["correction_bias"] = [model.params[balance.bias_name(i)].round(5).tolist()
+                                      if model.config.is_moe_layer(i) else None for i in range(L)]
         return out
 
     # --- the run --------------------------------------------------------------------------------------
@@ -488,7 +527,8 @@ class Trainer:
         tc, cfg, c = self.tc, self.model.config, self.model.param_counts()
         moe = f"{cfg.n_experts} experts top-{cfg.top_k}" if cfg.is_moe else "dense"
         verb = "resuming at" if self.step else "from"
-        return (f"training {tc.preset} ({moe}, {c['total']:,} parameters, {c['active']:,} active per token) "
+        name = f"{tc.init} (--init)" if tc.init else tc.preset
+        return (f"training {name} ({moe}, {c['total']:,} parameters, {c['active']:,} active per token) "
                 f"on {self.data.description}: {len(self.data.train):,} train / {len(self.data.val):,} val "
                 f"tokens, vocab {cfg.vocab_size}; {verb} step {self.step} to {tc.max_iters}, batch "
                 f"{tc.batch_size}x{tc.block_size}" + (f"x{tc.grad_accum}" if tc.grad_accum > 1 else "")
@@ -538,6 +578,29 @@ def default_threads() -> int:
     except AttributeError:                                         # not on Linux
         cores = os.cpu_count() or 1
     return max(1, min(2, cores))
+
+
+def initial_model(tc: TrainConfig) -> Model:
+    """The model in folder `tc.init` (its weights and tokenizer), with `tc.model` overrides on its
+    config. An override may add buffers (the correction bias, zeros) but no learned parameter."""
+    from minimoe.io.checkpoint import load
+    from minimoe.params import is_buffer, param_shapes
+    start = load(tc.init)
+    changes = dict(tc.model)
+    if tc.bias_update_rate:
+        changes.setdefault("router_correction_bias", True)
+    cfg = start.config.replace(**changes)
+    params = dict(start.params)
+    for name, shape in param_shapes(cfg).items():
+        if name not in params:
+            if not is_buffer(name):
+                raise MinimoeError(f"--init {tc.init}: the overrides {sorted(changes)} add the parameter "
+                                   f"{name!r}, which the model does not have; train it from a preset instead")
+            params[name] = np.zeros(shape, start.dtype)
+    extra = sorted(set(params) - set(param_shapes(cfg)))
+    if extra:
+        raise MinimoeError(f"--init {tc.init}: the overrides {sorted(changes)} drop the parameter {extra[0]!r}")
+    return Model(cfg, params=params, tokenizer=start.tokenizer)
 
 
 def make_optimizer(tc: TrainConfig, model: Model) -> AdamW:

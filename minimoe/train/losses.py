@@ -16,7 +16,14 @@ router. Two extra losses shape the routing itself:
         form="layers" (default): sum over MoE layers of each layer's loss (Switch Transformer).
         form="hf": transformers' `load_balancing_loss_func`, which concatenates the router outputs
                    of all layers first, so f_e and P_e are averages over layers and tokens together.
-    They agree when the model has one MoE layer.
+        form="sequence": DeepSeek-V3's complementary sequence-wise balance loss, per layer
+                   seq = mean over sequences b of  sum_e f_be * P_be,  with
+                   f_be = E / (K T) * (tokens of sequence b that chose e)   (1 at even routing)
+                   P_be = mean of probs[:, e] over the T tokens of sequence b
+                   It balances each sequence, not only the batch. Even routing gives 1 per layer.
+                   DeepSeek-V3 pairs it, with a tiny coefficient (0.0001), with the loss-free bias
+                   (minimoe/train/balance.py), which does most of the balancing.
+    The first two agree when the model has one MoE layer.
 
   * Router z-loss (ST-MoE, Zoph et al. 2022):   z = mean_n logsumexp(logits_n)^2, summed over layers.
     It keeps router logits small, which keeps the router softmax (and float16/bfloat16 training) stable.
@@ -43,15 +50,21 @@ def expert_fractions(stats: dict, n_experts: int) -> np.ndarray:
     return counts / experts.shape[0]                             # (E,), sums to K
 
 
-def load_balancing_loss(routing: list, coef: float = 1.0, form: str = "layers"):
-    """-> (aux loss (float), {layer: dprobs (N, E)}), where dprobs is d(coef * aux)/d(probs)."""
+FORMS = ("layers", "hf", "sequence")
+
+
+def load_balancing_loss(routing: list, coef: float = 1.0, form: str = "layers", seq_len: int | None = None):
+    """-> (aux loss (float), {layer: dprobs (N, E)}), where dprobs is d(coef * aux)/d(probs).
+    form="sequence" needs seq_len T (the N rows are N/T sequences of T, one after the other)."""
     layers = moe_layers(routing)
     if not layers:
         return 0.0, {}
-    if form not in ("layers", "hf"):
-        raise ValueError(f"load-balancing form must be 'layers' or 'hf', found {form!r}")
+    if form not in FORMS:
+        raise ValueError(f"load-balancing form must be one of {FORMS}, found {form!r}")
     E = routing[layers[0]]["probs"].shape[1]
     grads = {}
+    if form == "sequence":
+        return sequence_balance_loss(routing, layers, coef, seq_len)
     if form == "layers":
         loss = 0.0
         for i in layers:
@@ -73,6 +86,27 @@ def load_balancing_loss(routing: list, coef: float = 1.0, form: str = "layers"):
     for i in layers:
         probs = routing[i]["probs"]
         grads[i] = np.broadcast_to((coef * E / LN) * f, probs.shape).astype(probs.dtype)
+    return loss, grads
+
+
+def sequence_balance_loss(routing: list, layers: list, coef: float, T: int | None):
+    """DeepSeek-V3's sequence-wise form (see the module doc) -> (loss, {layer: dprobs (N, E)})."""
+    if not T:
+        raise ValueError("the sequence-wise balance loss needs seq_len, the tokens per sequence")
+    loss, grads = 0.0, {}
+    for i in layers:
+        probs, experts = routing[i]["probs"], routing[i]["experts"]   # (N, E), (N, K)
+        N, E = probs.shape
+        K = experts.shape[1]
+        Bs = N // T                                              # sequences
+        onehot = np.zeros((N, E))
+        onehot[np.arange(N)[:, None], experts] = 1.0              # (N, E) 1 where n chose e
+        f = onehot.reshape(Bs, T, E).sum(axis=1) * (E / (K * T))  # (Bs, E)
+        P = probs.reshape(Bs, T, E).mean(axis=1)                  # (Bs, E)
+        loss += float(np.mean(np.sum(f * P, axis=-1)))
+        # seq = (1/Bs) sum_b sum_e f_be (1/T) sum_{t in b} probs[t, e]  =>  d/dprobs[t, e] = f_be / (Bs T)
+        g = np.repeat(f, T, axis=0) * (coef / (Bs * T))           # (N, E)
+        grads[i] = g.astype(probs.dtype)
     return loss, grads
 
 

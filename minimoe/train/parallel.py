@@ -16,7 +16,7 @@ What crosses between processes, all through one block of shared memory (no pickl
     the parameters        the workers' model arrays *are* the trainer's (the trainer moves them
                           into shared memory before forking), so AdamW's in-place update is
                           seen by every worker at the next step
-    the batch             x, y (B, T) ids; each worker reads its rows
+    the batch             x, y (B, T) ids; each worker reads its rows (and noisy top-k's draws)
     the routing           each worker's router probs/logits (N, E) and choices (N, K) per MoE
                           layer, and back the router-loss gradients for them
     the gradients         each worker's, one flat float32 buffer
@@ -79,9 +79,10 @@ def split_router_grads(grads: dict, sizes: list[int]) -> list[dict]:
     return out
 
 
-def forward_shard(model, x, y):
-    """(forward cache, cross-entropy, its cache) of one shard's rows."""
-    logits, cache = model.forward(x)                                         # (b, T, V)
+def forward_shard(model, x, y, train: bool = False, noise=None):
+    """(forward cache, cross-entropy, its cache) of one shard's rows. train=True routes as in
+    training (capacity_factor; noisy top-k's draws `noise` (L, b, T, E)); see Model.forward."""
+    logits, cache = model.forward(x, train=train, noise=noise)               # (b, T, V)
     ce, ce_cache = cross_entropy.forward(logits, y)
     return cache, ce, ce_cache
 
@@ -126,7 +127,7 @@ def share_parameters(model) -> Arena:
 class Shards:
     """Runs the shards of a batch: shard 0 here, the others in forked workers (see the module doc).
 
-        fwd = shards.forward(x, y)               # [(ce, routing), ...] one per shard
+        fwd = shards.forward(x, y, train, noise) # [(ce, routing), ...] one per shard
         parts = shards.backward(dlosses, router_grads)  # [grads, ...] one dict per shard
     """
 
@@ -149,9 +150,11 @@ class Shards:
         n_params = sum(a.size for a in model.params.values())
         dtype = next(iter(model.params.values())).dtype
         rows_max = -(-self.B // self.n)                    # ceil(B / n)
-        N, E, K = rows_max * self.T, cfg.n_experts, cfg.top_k
+        N, E, K = rows_max * self.T, cfg.n_experts, cfg.route_width   # K: or E, for expert choice
         moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
         specs = {"x": ((self.B, self.T), np.int64), "y": ((self.B, self.T), np.int64)}
+        if cfg.router == "noisy_topk":                     # the routing noise of the batch
+            specs["noise"] = ((cfg.n_layers, self.B, self.T, E), dtype)
         for w in range(1, self.n):
             specs[f"ce{w}"] = ((1,), np.float64)
             specs[f"grads{w}"] = ((n_params,), dtype)
@@ -178,19 +181,24 @@ class Shards:
             self.workers = []
 
     # --- the two parallel phases ------------------------------------------------------------------
-    def forward(self, x, y) -> list:
-        """Phase 1. x, y (B, T) -> per shard (cross-entropy of its rows, its routing stats)."""
+    def forward(self, x, y, train: bool = False, noise=None) -> list:
+        """Phase 1. x, y (B, T) -> per shard (cross-entropy of its rows, its routing stats).
+        train: route as in training; noise (L, B, T, E): noisy top-k's draws, split by rows too."""
         self.rows = shard_rows(len(x), self.n)
+        part = lambda r: None if noise is None else noise[:, r]          # (L, b, T, E)
         if not self.forked:
-            self.local = [forward_shard(self.model, x[r], y[r]) for r in self.rows]
+            self.local = [forward_shard(self.model, x[r], y[r], train, part(r)) for r in self.rows]
             return [(f[1], _routing(f[0])) for f in self.local]
         if not self.workers:
             self._start()
         self.arena["x"][:len(x)], self.arena["y"][:len(y)] = x, y
+        if noise is not None:
+            self.arena["noise"][:, :len(x)] = noise
         for w, (_, pipe) in enumerate(self.workers, start=1):
             r = self.rows[w]
-            pipe.send_bytes(b"F" + struct.pack("<qq", r.start, r.stop))
-        self.local = [forward_shard(self.model, x[self.rows[0]], y[self.rows[0]])]
+            pipe.send_bytes(b"F" + struct.pack("<qqqq", r.start, r.stop, train, noise is not None))
+        r0 = self.rows[0]
+        self.local = [forward_shard(self.model, x[r0], y[r0], train, part(r0))]
         out = [(self.local[0][1], _routing(self.local[0][0]))]
         for w, (proc, pipe) in enumerate(self.workers, start=1):
             _expect_ok(proc, pipe)
@@ -276,9 +284,11 @@ def _worker_main(shards: Shards, w: int, pipe) -> None:
             return
         try:
             if msg[:1] == b"F":
-                start, stop = struct.unpack("<qq", msg[1:])
+                start, stop, train, noisy = struct.unpack("<qqqq", msg[1:])
                 rows = (start, stop)
-                fwd = forward_shard(model, np.array(arena["x"][start:stop]), np.array(arena["y"][start:stop]))
+                noise = np.array(arena["noise"][:, start:stop]) if noisy else None
+                fwd = forward_shard(model, np.array(arena["x"][start:stop]), np.array(arena["y"][start:stop]),
+                                    bool(train), noise)
                 arena[f"ce{w}"][0] = fwd[1]
                 n = (stop - start) * T
                 for i in shards.moe_layers:
