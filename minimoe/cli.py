@@ -12,6 +12,7 @@ import sys
 # (module, attribute) of each subcommand's `add_parser`, in the order `minimoe --help` lists them.
 SUBCOMMANDS = [
     "minimoe.commands.train",
+    "minimoe.commands.upcycle",
     "minimoe.commands.generate",
     "minimoe.commands.eval",
     "minimoe.commands.info",

@@ -14,6 +14,13 @@ It runs the prompt (a prefill, filling a KV cache), then decodes one more token,
 With --plot DIR it draws every figure of minimoe/inspect/plots.py; the FLOPs/bytes bars trace the
 same token in fp32 and in each quantized recipe.
 
+    minimoe inspect --model runs/moe --routing --data tinyshakespeare.txt --plot out/
+
+With --routing it analyses the routing of the val split instead (minimoe/inspect/routing.py):
+entropy and load per layer, where each character class goes, each expert's favourite tokens, and
+the figures specialization.png, coactivation.png, entropy.png and, from the run's metrics.json
+(DIR/metrics.json, or --metrics FILE), load_over_training.png.
+
 Shape legend: T prompt tokens, V vocab.
 """
 from __future__ import annotations
@@ -37,7 +44,56 @@ def add_parser(sub):
                    "(see `minimoe quantize --help`): q8_0, q4_0, q4_1, mxfp4, mxfp4-moe, ...")
     p.add_argument("--plot", metavar="DIR", help="write the figures (PNG) into DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--routing", action="store_true",
+                   help="analyse the routing of --data's val split (specialization, co-activation, "
+                        "entropy, load over training) instead of tracing a prompt")
+    p.add_argument("--data", metavar="PATH", help="with --routing: a text file, 'shakespeare' or 'pydoc'")
+    p.add_argument("--metrics", metavar="FILE", help="with --routing: a run's metrics.json (default: "
+                   "the one in --model's folder, if any)")
+    p.add_argument("--max-tokens", type=int, default=20000, metavar="N",
+                   help="with --routing: analyse the first N val tokens (default 20000)")
     p.set_defaults(func=run)
+
+
+def run_routing(args) -> int:
+    """`minimoe inspect --routing`: the routing analysis of the val split (see the module doc)."""
+    from minimoe.inspect import routing
+    from minimoe.inspect.plots import save
+    if not args.data:
+        raise MinimoeError("--routing needs --data PATH (the text whose val split is routed)")
+    model = open_model(args)
+    r = routing.collect(model, args.data, max_tokens=args.max_tokens)
+    classes = routing.token_classes(r, model.tokenizer)
+    metrics = None
+    path = args.metrics or (os.path.join(args.model, "metrics.json") if args.model else None)
+    if path and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            metrics = json.load(f)
+    elif args.metrics:
+        raise MinimoeError(f"--metrics {args.metrics}: no such file")
+    figures = []
+    if args.plot:
+        L = r["layers"]
+        seen = np.bincount(classes, minlength=len(routing.CLASSES))
+        figs = {"specialization": routing.specialization_figure(routing.specialization(r, classes), L, seen),
+                "coactivation": routing.coactivation_figure(routing.coactivation(r), L),
+                "entropy": routing.entropy_figure(routing.routing_entropy(r), L, r["n_experts"], routing.load(r))}
+        if metrics is not None:
+            figs["load_over_training"] = routing.load_history_figure(*routing.load_history(metrics))
+        figures = [save(fig, os.path.join(args.plot, f"{stem}.png")) for stem, fig in figs.items()]
+    if args.json:
+        print(json.dumps({"model": args.model or args.preset, "tokens": int(r["tokens"].size),
+                          "layers": r["layers"], "classes": list(routing.CLASSES),
+                          "entropy": routing.routing_entropy(r).tolist(), "load": routing.load(r).tolist(),
+                          "specialization": routing.specialization(r, classes).tolist(),
+                          "coactivation": routing.coactivation(r).tolist(), "figures": figures}, indent=1))
+        return 0
+    print(routing.report(r, classes, model.tokenizer))
+    if metrics is None:
+        print("\n(no metrics.json: pass --metrics FILE for the load over training)")
+    if figures:
+        print("\nfigures:\n" + "\n".join(f"  {f}" for f in figures))
+    return 0
 
 
 def trace_prompt(model, ids: np.ndarray, warm_up: bool = True):
@@ -118,6 +174,10 @@ def report(model, prompt, token, recipe, machine) -> str:
 
 
 def run(args) -> int:
+    if args.routing:
+        return run_routing(args)
+    if args.data or args.metrics:
+        raise MinimoeError("--data and --metrics go with --routing")
     from minimoe.inspect import plots, views
     from minimoe.inspect.machine import machine as measured_machine
     model = open_model(args)

@@ -2,6 +2,9 @@
 
     minimoe quantize --model runs/moe --recipe mxfp4-moe --out runs/moe-mxfp4
     minimoe quantize --model runs/moe --report --data tinyshakespeare.txt --plot report.png
+
+With --report and --data, an MoE model also gets the router-precision table: per layer and format,
+how often the packed router picks the float router's top-k, and the val loss with it packed.
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ def add_parser(sub):
     p.add_argument("--plot", metavar="FILE", help="with --report: save the figure here (e.g. report.png)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="with --report: evaluate only N val tokens")
     p.add_argument("--block-size", type=int, metavar="T", help="with --report: window length (default max_seq_len)")
+    p.add_argument("--router-formats", metavar="A,B,..", default="q8_0,q4_0,mxfp4",
+                   help="with --report on an MoE model: the formats to try on the router alone ('none': skip)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=run)
 
@@ -62,17 +67,25 @@ def run(args) -> int:
 
 
 def run_report(args) -> int:
-    from minimoe.quant.report import format_report, plot_report, quantization_report
+    from minimoe.quant.report import (format_report, format_router_precision, plot_report,
+                                      quantization_report, router_precision)
     if args.recipe or args.out:
         raise MinimoeError("--report compares recipes and writes no checkpoint; leave out --recipe and --out")
     recipes = [r.strip() for r in args.recipes.split(",")] if args.recipes else None
     model = open_model(args)
     rows = quantization_report(model, args.data, recipes=recipes, block_size=args.block_size,
                                max_tokens=args.max_tokens)
+    router_rows = None
+    formats = [f.strip() for f in args.router_formats.split(",") if f.strip() not in ("", "none")]
+    if model.config.is_moe and args.data and formats:
+        router_rows = router_precision(model, args.data, formats, block_size=args.block_size,
+                                       max_tokens=args.max_tokens)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps({"recipes": rows, "router": router_rows}, indent=1))
     else:
         print(format_report(rows))
+        if router_rows:
+            print("\n" + format_router_precision(router_rows))
     if args.plot:
         plot_report(rows, args.plot, title=f"what quantization costs {args.model or args.preset}")
         if not args.json:

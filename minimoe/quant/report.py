@@ -150,3 +150,95 @@ def plot_report(rows: list[dict], path, title: str | None = None) -> str:
         fig.savefig(tmp, dpi=120, format=ext)
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Router precision: may the router be quantized?
+# ----------------------------------------------------------------------------------------------
+ROUTER_FORMATS = ("q8_0", "q4_0", "mxfp4")
+
+
+def router_precision(model, data, formats=ROUTER_FORMATS, block_size: int | None = None,
+                     max_tokens: int | None = None, batch_size: int = 8) -> list[dict]:
+    """Per MoE layer and format: what packing that layer's router (E, C) changes.
+
+    agreement  over the val tokens, with the float model's own router inputs x (N, C) at that layer:
+               the share of tokens whose quantized router picks the same set of K experts as the
+               float one ("exact"), and the mean share of the K picks the two have in common
+               ("overlap"). Only the router's matrix differs, so this isolates its error.
+    val_loss   the val loss (minimoe.evaluate) with only that layer's router packed, against
+               the float model's; a row with layer "all" packs every router at once.
+    Rows: {"layer", "format", "exact", "overlap", "val_loss", "float_val_loss", "delta_loss"}.
+    """
+    from minimoe.errors import MinimoeError
+    from minimoe.evaluate import eval_tokens, evaluate
+    from minimoe.model import Model
+    from minimoe.nn import router
+
+    from .qtensor import quantize
+    cfg = model.config
+    layers = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
+    if not layers:
+        raise MinimoeError("router precision: this model has no MoE layer, so no router")
+    tokens = eval_tokens(model, data, "val") if isinstance(data, (str, os.PathLike)) else np.asarray(data)
+    if max_tokens is not None:
+        tokens = tokens[: int(max_tokens) + 1]
+    T = int(block_size or cfg.max_seq_len)
+    name = lambda i: f"layers.{i}.moe.router.weight"
+    packed = {(i, f): quantize(np.asarray(model.params[name(i)]), f, name=name(i)) for i in layers for f in formats}
+    # the float model's router inputs, window by window; the top-k of both routers on them
+    same = {k: [0, 0.0] for k in packed}                               # exact matches, overlap sum
+    n = 0
+    starts = np.arange(0, max(len(tokens) - 1, 0) // T) * T
+    for b in range(0, len(starts), batch_size):
+        idx = starts[b: b + batch_size, None] + np.arange(T)             # (B, T)
+        _, cache = model.forward(tokens[idx])
+        for i in layers:
+            x = cache["layers"][i][3]["router"][0][0]                    # (N, C) the router's input
+            p = {k[len(f"layers.{i}.moe."):]: v for k, v in model.params.items()
+                 if k.startswith(f"layers.{i}.moe.router.")}
+            bias = (p.get("router.bias"), p.get("router.e_score_correction_bias"))
+            ref = np.sort(router.forward(x, p["router.weight"], bias[0], cfg, bias[1])[1], axis=1)  # (N, K)
+            for f in formats:
+                wq = packed[(i, f)].dequantize().astype(x.dtype)
+                got = np.sort(router.forward(x, wq, bias[0], cfg, bias[1])[1], axis=1)
+                common = (got[:, :, None] == ref[:, None, :]).any(axis=2).sum(axis=1)   # (N,)
+                same[(i, f)][0] += int((common == ref.shape[1]).sum())
+                same[(i, f)][1] += float(common.sum() / ref.shape[1])
+        n += idx.size
+    if n == 0:
+        raise MinimoeError(f"router precision: need at least {T + 1} val tokens for one window of {T}")
+    base = evaluate(model, tokens, block_size=T, batch_size=batch_size)["loss"]
+    rows = []
+
+    def with_packed(routers: dict) -> float:
+        params = dict(model.params)
+        params.update(routers)
+        return evaluate(Model(cfg, params=params, tokenizer=model.tokenizer), tokens, block_size=T,
+                        batch_size=batch_size)["loss"]
+
+    for f in formats:
+        for i in layers:
+            loss = with_packed({name(i): packed[(i, f)]})
+            rows.append(dict(layer=i, format=f, exact=same[(i, f)][0] / n, overlap=same[(i, f)][1] / n,
+                             val_loss=loss, float_val_loss=base, delta_loss=loss - base, n_tokens=n))
+        loss = with_packed({name(i): packed[(i, f)] for i in layers})
+        rows.append(dict(layer="all", format=f, exact=None, overlap=None, val_loss=loss,
+                         float_val_loss=base, delta_loss=loss - base, n_tokens=n))
+    return rows
+
+
+def format_router_precision(rows: list[dict]) -> str:
+    """The router-precision rows as a text table."""
+    head = f"{'layer':>5} {'format':<7} {'same top-k':>10} {'overlap':>8} {'val loss':>9} {'Δ vs float':>11}"
+    lines = [f"router precision: each router packed alone (float val loss {rows[0]['float_val_loss']:.4f})",
+             head, "-" * len(head)]
+    for r in rows:
+        agree = "" if r["exact"] is None else f"{100 * r['exact']:>9.2f}%"
+        overlap = "" if r["overlap"] is None else f"{100 * r['overlap']:>7.2f}%"
+        lines.append(f"{r['layer']:>5} {r['format']:<7} {agree:>10} {overlap:>8} {r['val_loss']:>9.4f} "
+                     f"{r['delta_loss']:>+11.5f}")
+    lines.append(f"same top-k: tokens (of {rows[0]['n_tokens']:,}) whose K experts are the float router's, on "
+                 f"the float model's inputs; overlap: the share of the K picks in common; layer 'all': "
+                 f"every router packed at once")
+    return "\n".join(lines)
