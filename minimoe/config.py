@@ -24,6 +24,10 @@ The fields cover the families minimoe runs or estimates:
     Granite MoE     tied embeddings;  Phi-3.5-MoE  LayerNorm, a head bias, sparsemixer routing
 The families after Llama 3.1 are described for the estimator; `Config.estimator_only()` names what
 in a config minimoe's Model does not run.
+
+For routing research (docs/routing.md) the model also runs noisy top-k and expert-choice routers,
+a capacity factor with token dropping (training and evaluation apart), and DeepSeek-V3's selection
+bias (`router_correction_bias`) with a softmax router as well as a sigmoid one.
 """
 from __future__ import annotations
 

@@ -156,19 +156,26 @@ def test_router(rule, renorm, bias, scale, K):
     rng = np.random.default_rng(7)
     x, w = rand(rng, N, C), rand(rng, E, C)
     b = rand(rng, E) if bias else None
+    arrays = {"x": x, "router.weight": w, **({"router.bias": b} if bias else {})}
+    check_router(lambda: router.forward(x, w, b, cfg), arrays, rng, K)
+
+
+def check_router(route, arrays: dict, rng, K: int):
+    """Finite-difference check of router.backward for a routing call `route()` -> (weights (N, K),
+    selection, stats, cache, ...) that reads `arrays` ("x" and parameters by their short names),
+    with the loss sum(weights R_w) + sum(probs R_p) + sum(logits R_l): the gate weights, plus the
+    extra gradients the aux loss (on probs) and the z-loss (on logits) send."""
+    weights, selection0, stats, cache = route()[:4]
+    N, E = stats["probs"].shape
     Rw, Rp, Rl = rand(rng, N, K), rand(rng, N, E), rand(rng, N, E)
-    weights, experts0, stats, cache = router.forward(x, w, b, cfg)
 
     def f():
-        wts, ex, st, _ = router.forward(x, w, b, cfg)
-        assert np.array_equal(ex, experts0), "a perturbation changed the top-k selection"
+        wts, selection, st = route()[:3]
+        assert np.array_equal(selection, selection0), "a perturbation changed the selection"
         return float(np.sum(wts * Rw) + np.sum(st["probs"] * Rp) + np.sum(st["logits"] * Rl))
 
     dx, g = router.backward(Rw, cache, dprobs=Rp, dlogits_extra=Rl)
-    arrays, grads = {"x": x, "w": w}, {"x": dx, "w": g["router.weight"]}
-    if bias:
-        arrays["b"], grads["b"] = b, g["router.bias"]
-    assert_gradients(f, arrays, grads)
+    assert_gradients(f, arrays, {"x": dx, **{k: g[k] for k in arrays if k != "x"}})
 
 
 MOE_CASES = {

@@ -13,6 +13,7 @@ from minimoe.model import Model, init_params, sub_params
 from minimoe.nn import capacity, moe, router
 from minimoe.train import balance, losses
 from minimoe.train.gradcheck import assert_gradients
+from test_grad_layers import check_router
 
 F64 = np.float64
 
@@ -42,17 +43,8 @@ def test_noisy_topk_router_gradients():
     cfg = Config(d_model=C, n_heads=2, n_experts=E, top_k=K, router="noisy_topk")
     rng = np.random.default_rng(3)
     x, w, wn, eps = rand(rng, N, C), rand(rng, E, C), rand(rng, E, C), rand(rng, N, E)
-    Rw, Rp, Rl = rand(rng, N, K), rand(rng, N, E), rand(rng, N, E)
-    _, experts0, _, cache = router.forward(x, w, None, cfg, None, wn, eps)
-
-    def f():
-        wts, ex, st, _ = router.forward(x, w, None, cfg, None, wn, eps)
-        assert np.array_equal(ex, experts0), "a perturbation changed the top-k selection"
-        return float(np.sum(wts * Rw) + np.sum(st["probs"] * Rp) + np.sum(st["logits"] * Rl))
-
-    dx, g = router.backward(Rw, cache, dprobs=Rp, dlogits_extra=Rl)
-    assert_gradients(f, {"x": x, "w": w, "wn": wn},
-                     {"x": dx, "w": g["router.weight"], "wn": g["router.noise.weight"]})
+    check_router(lambda: router.forward(x, w, None, cfg, None, wn, eps),
+                 {"x": x, "router.weight": w, "router.noise.weight": wn}, rng, K)
 
 
 def test_noisy_topk_without_noise_is_topk_softmax():
@@ -66,24 +58,18 @@ def test_noisy_topk_without_noise_is_topk_softmax():
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_expert_choice_router_gradients(bias):
+    """Each expert takes its 3 best tokens of each sequence of 5; weights = probs where taken."""
     E, C, T, G = 4, 6, 5, 2
     cfg = Config(d_model=C, n_heads=2, n_experts=E, top_k=2, router="expert_choice", router_bias=bias)
     rng = np.random.default_rng(4)
     x, w = rand(rng, G * T, C), rand(rng, E, C)
     b = rand(rng, E) if bias else None
-    Rw, Rp, Rl = rand(rng, G * T, E), rand(rng, G * T, E), rand(rng, G * T, E)
-    _, chosen0, _, _, cache = router.expert_choice_forward(x, w, b, cfg, T, 3)
 
-    def f():
-        wts, chosen, _, st, _ = router.expert_choice_forward(x, w, b, cfg, T, 3)
-        assert np.array_equal(chosen, chosen0), "a perturbation changed which tokens were chosen"
-        return float(np.sum(wts * Rw) + np.sum(st["probs"] * Rp) + np.sum(st["logits"] * Rl))
+    def route():
+        weights, chosen, slots, stats, cache = router.expert_choice_forward(x, w, b, cfg, T, 3)
+        return weights, chosen, stats, cache
 
-    dx, g = router.backward(Rw, cache, dprobs=Rp, dlogits_extra=Rl)
-    arrays, grads = {"x": x, "w": w}, {"x": dx, "w": g["router.weight"]}
-    if bias:
-        arrays["b"], grads["b"] = b, g["router.bias"]
-    assert_gradients(f, arrays, grads)
+    check_router(route, {"x": x, "router.weight": w, **({"router.bias": b} if bias else {})}, rng, E)
 
 
 MOE_CASES = {
@@ -305,3 +291,36 @@ def test_sharded_training_step_with_noise_and_capacity_matches_one_shard(tmp_pat
     assert grads[1]["layers.0.moe.router.noise.weight"].any()
     for name in grads[1]:
         np.testing.assert_allclose(grads[2][name], grads[1][name], rtol=1e-4, atol=1e-7, err_msg=name)
+
+
+# --- generation with the new routers -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(MOE_CASES))
+def test_every_routing_option_generates(name):
+    model = Model(small(**MOE_CASES[name], eval_capacity_factor=MOE_CASES[name].get("capacity_factor", 0.0)),
+                  seed=0)
+    out = model.generate(np.array([1, 2, 3]), 5, temperature=0.8, seed=0)
+    assert out.shape == (8,)
+
+
+def test_expert_choice_generates_as_token_choice_over_the_same_router():
+    """Under a KV cache (one token at a time) expert choice reads its router as top-K of the
+    softmax, unnormalised: exactly a softmax_topk model without renormalisation."""
+    ec = Model(small(router="expert_choice"), seed=1)
+    tc = Model(small(router="softmax_topk", router_renorm=False), seed=1, params=ec.params)
+    tokens = np.array([[1, 5, 2, 7, 3]])
+    a, _ = ec.forward(tokens, ec.new_kv_cache(1, 8))
+    b, _ = tc.forward(tokens, tc.new_kv_cache(1, 8))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(ec(tokens), a)            # without a cache the experts choose: different
+
+
+def test_noisy_topk_is_noisy_only_in_training():
+    model = Model(small(router="noisy_topk"), seed=0)
+    x = np.array([[1, 2, 3, 4]])
+    clean = model.forward(x)[0]
+    np.testing.assert_array_equal(clean, model.forward(x)[0])
+    noise = moe.draw_noise(model.config, 1, 4, np.random.default_rng(0))
+    np.testing.assert_array_equal(model.forward(x, train=True, noise=noise)[0],
+                                  model.forward(x, train=True, noise=noise)[0])
+    assert not np.allclose(model.forward(x, train=True, noise=noise)[0], clean)
