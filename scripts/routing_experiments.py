@@ -25,6 +25,9 @@ training-mode batch, capacity padding included) and the wall time.
     --iters N --seeds 1,2      a shorter protocol (say so when you quote the numbers)
     --settings dense,moe-none  a subset
     --report                   only rebuild the table and figure from the finished runs
+    --speed                    instead: time training steps of every setting interleaved in one
+                               process (rounds of 10 steps each), so that their ratios are fair
+                               on a machine whose load changes
 """
 from __future__ import annotations
 
@@ -152,6 +155,36 @@ def figure(rows: list[dict], path: str) -> str:
     return path
 
 
+def speed(names: list[str], args, rounds: int = 5, steps: int = 10) -> str:
+    """Median ms per training step of each setting, measured in interleaved rounds in this
+    process (each after 3 warm-up steps), and the ratio to the first setting."""
+    from minimoe.train.loop import TrainConfig, Trainer
+    trainers = {}
+    for name in names:
+        s = dict(SETTINGS[name])
+        tc = TrainConfig(preset=s.pop("preset", "shakespeare-moe"), data=args.data, seed=1, max_iters=10**6,
+                         threads=args.threads, out=os.path.join(args.out, "speed", name), **s)
+        t = Trainer.new(tc, verbose=False)
+        for _ in range(3):
+            t.train_step()
+        trainers[name] = t
+    times = {n: [] for n in names}
+    for _ in range(rounds):
+        for name, t in trainers.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                t.train_step()
+            times[name].append(1e3 * (time.perf_counter() - t0) / steps)
+    for t in trainers.values():
+        t.shards.close()
+    base = float(np.median(times[names[0]]))
+    lines = [f"| setting | ms per step (median of {rounds} rounds of {steps}) | vs {names[0]} |", "|---|---|---|"]
+    for n in names:
+        m = float(np.median(times[n]))
+        lines.append(f"| {n} | {m:.0f} | {m / base:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="/work/shared/data/tinyshakespeare.txt")
@@ -162,6 +195,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="shards per batch (0: one per core, up to 2)")
     p.add_argument("--figure", default="docs/figures/routing_experiments.png")
     p.add_argument("--report", action="store_true", help="only summarize the finished runs")
+    p.add_argument("--speed", action="store_true", help="only time the settings' training steps, interleaved")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n.strip() for n in args.settings.split(",")]
@@ -172,6 +206,9 @@ def main(argv=None) -> int:
     info = machine_info()
     print(f"{len(names)} settings x {len(seeds)} seeds, {args.iters} iterations each, on {info['cpu']} "
           f"({info['cores']} cores, load average {info['load_average_1min']:.1f})", flush=True)
+    if args.speed:
+        print(speed(names, args))
+        return 0
     rows = []
     for name in names:
         runs = []
