@@ -324,3 +324,22 @@ def test_noisy_topk_is_noisy_only_in_training():
     np.testing.assert_array_equal(model.forward(x, train=True, noise=noise)[0],
                                   model.forward(x, train=True, noise=noise)[0])
     assert not np.allclose(model.forward(x, train=True, noise=noise)[0], clean)
+
+
+def test_resume_is_bit_exact_with_noise_capacity_and_the_loss_free_bias(tmp_path):
+    """The routing noise is a function of (seed, step) and the bias is saved with the model, so
+    20 steps straight equal 10, a resume, and 10 more."""
+    from minimoe.train.loop import TrainConfig, Trainer
+    kw = dict(preset="tiny-moe", batch_size=4, block_size=16, eval_iters=1, sample_tokens=0, threads=1,
+              eval_interval=0, ckpt_interval=0, lr_decay_iters=20, bias_update_rate=0.01,
+              model={"router": "softmax_topk", "capacity_factor": 0.9})
+    noisy = dict(kw, model={"router": "noisy_topk", "capacity_factor": 0.9}, bias_update_rate=0.0)
+    for settings in (kw, noisy):
+        straight = Trainer.new(TrainConfig(max_iters=20, out=str(tmp_path / "a"), **settings), verbose=False)
+        straight.run()
+        half = Trainer.new(TrainConfig(max_iters=10, out=str(tmp_path / "b"), **settings), verbose=False)
+        half.run()
+        resumed = Trainer.resume(str(tmp_path / "b"), verbose=False, max_iters=20)
+        resumed.run()
+        for name, arr in straight.model.params.items():
+            np.testing.assert_array_equal(resumed.model.params[name], arr, err_msg=name)
