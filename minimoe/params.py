@@ -23,6 +23,8 @@ initialises from it, the loader checks a checkpoint against it, and the paramete
     layers.{i}.ffn.down.weight         (C, F)
   an MoE layer:
     layers.{i}.moe.router.weight       (E, C)      router logits (+ .bias with router_bias)
+    layers.{i}.moe.router.e_score_correction_bias (E,)  DeepSeek-V3's selection bias (a buffer:
+                                                   not learned by gradient, not counted as a parameter)
     layers.{i}.moe.experts.gate        (E, F, C)   the E experts' SwiGLU weights, stacked
     layers.{i}.moe.experts.up          (E, F, C)
     layers.{i}.moe.experts.down        (E, C, F)
@@ -34,7 +36,7 @@ initialises from it, the loader checks a checkpoint against it, and the paramete
     norm.weight                        (C,)        final RMSNorm
     head.weight                        (V, C)      output head, absent with tie_embeddings
 
-With attention == "mla" (DeepSeek-V3; counted by the estimator, not run by minimoe):
+With attention == "mla" (DeepSeek-V2/V3, minimoe/nn/mla.py), in place of q, k, v, o above:
     layers.{i}.attn.q_a.weight (q_lora, C), attn.q_a_norm.weight (q_lora,),
     attn.q_b.weight (H*(nope+rope), q_lora)      [or attn.q.weight (H*(nope+rope), C) if q_lora_rank=0]
     attn.kv_a.weight (kv_lora+rope, C), attn.kv_a_norm.weight (kv_lora,),
@@ -47,6 +49,12 @@ import numpy as np
 from minimoe.config import Config
 
 COMPONENTS = ("embedding", "attention", "router", "experts", "shared_experts", "ffn", "norms", "head")
+
+
+def is_buffer(name: str) -> bool:
+    """Arrays a model holds that training does not learn by gradient (DeepSeek-V3's selection bias,
+    which is adjusted by a load-balancing rule instead). They are not counted as parameters."""
+    return name.endswith("e_score_correction_bias")
 
 
 def param_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
@@ -83,6 +91,8 @@ def param_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
             shapes[p + "moe.router.weight"] = (E, C)
             if cfg.router_bias:
                 shapes[p + "moe.router.bias"] = (E,)
+            if cfg.router_correction_bias:
+                shapes[p + "moe.router.e_score_correction_bias"] = (E,)
             shapes[p + "moe.experts.gate"] = (E, F, C)
             shapes[p + "moe.experts.up"] = (E, F, C)
             shapes[p + "moe.experts.down"] = (E, C, F)
@@ -166,6 +176,8 @@ def count_params(cfg: Config) -> dict[str, int]:
     by = {c: 0 for c in COMPONENTS}
     active_by = dict(by)
     for name, shape in param_shapes(cfg).items():
+        if is_buffer(name):
+            continue
         n = int(np.prod(shape))
         c = component(name)
         by[c] += n

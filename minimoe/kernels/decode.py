@@ -46,6 +46,10 @@ def unsupported(model) -> str | None:
         return f"the model is {model.params['embed.weight'].dtype}, the kernels are float32"
     if cfg.n_experts and cfg.router not in ROUTERS:
         return f"router {cfg.router!r}"
+    if cfg.attention != "gqa":
+        return f"attention {cfg.attention!r}"
+    if cfg.n_experts and cfg.router_groups > 1:
+        return "group-limited routing"
     if cfg.ffn_act != "swiglu":
         return f"ffn_act {cfg.ffn_act!r}"
     if getattr(cfg, "expert_bias", False):

@@ -9,6 +9,15 @@ Shape legend: N tokens (B*T flattened), C d_model, E experts, K top-k.
     "sigmoid_topk" (DeepSeek-V3): scores = sigmoid(logits); keep the K largest; renormalise
     every rule then multiplies the K weights by router_scale (DeepSeek's routed_scaling_factor)
 
+DeepSeek chooses the K experts in two more ways (`select`); neither changes how they are weighted:
+    correction bias (V3's e_score_correction_bias, (E,)): the experts are chosen by scores + bias,
+                   but weighted by the scores alone. DeepSeek nudges the bias between training steps
+                   to balance the load, instead of an auxiliary loss.
+    group-limited  (n_group, topk_group): the E experts form n_group groups; each token first keeps
+                   its topk_group best groups, then its K best experts inside them (V3 ranks a group
+                   by the sum of its two best scores, V2 by its best score). This bounds how many
+                   devices a token's experts live on.
+
 The selection is a hard choice and has no gradient. The gradient reaches the router through
 the K weights of the chosen experts (and through the auxiliary losses on `probs`/`logits`).
 
@@ -34,8 +43,35 @@ def top_k(scores: np.ndarray, K: int) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")[:, :K]
 
 
-def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config):
+def group_limited_top_k(choice: np.ndarray, K: int, n_group: int, topk_group: int,
+                        group_score: str) -> np.ndarray:
+    """choice (N, E) -> (N, K) indices: the K best experts inside each row's topk_group best groups.
+    A group's rank is the sum of its two best scores ("top2_sum", DeepSeek-V3) or its best ("max", V2)."""
+    N, E = choice.shape
+    grouped = choice.reshape(N, n_group, E // n_group)   # (N, n_group, E/n_group), groups are contiguous
+    if group_score == "top2_sum":
+        rank = np.sort(grouped, axis=-1)[..., -2:].sum(axis=-1)  # (N, n_group)
+    else:
+        rank = grouped.max(axis=-1)                      # (N, n_group)
+    best = top_k(rank, topk_group)                       # (N, topk_group) the groups a token may use
+    allowed = np.zeros((N, n_group), dtype=bool)
+    allowed[np.arange(N)[:, None], best] = True          # (N, n_group)
+    allowed = np.repeat(allowed, E // n_group, axis=1)   # (N, n_group) -> (N, E)
+    return top_k(np.where(allowed, choice, -np.inf), K)  # (N, K); other groups' experts never win
+
+
+def select(choice: np.ndarray, cfg: Config) -> np.ndarray:
+    """choice (N, E) -> (N, K): the experts each token goes to; plain top-k, or group-limited."""
+    if cfg.router_groups > 1:
+        group_score = "top2_sum" if cfg.router == "sigmoid_topk" else "max"
+        return group_limited_top_k(choice, cfg.top_k, cfg.router_groups, cfg.router_topk_groups, group_score)
+    return top_k(choice, cfg.top_k)
+
+
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config,
+            correction_bias: np.ndarray | None = None):
     """x (N, C), w (E, C), b (E,) or None -> (weights (N, K), experts (N, K) int, stats, cache).
+    correction_bias (E,): DeepSeek-V3's e_score_correction_bias, which only chooses (see above).
 
     stats: "tokens_per_expert" (E,) assignments per expert, "prob_mass" (E,) router probability
     summed over the N tokens, "probs" (N, E) the full router distribution, "logits" (N, E).
@@ -48,7 +84,7 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config):
     rows = np.arange(N)[:, None]                         # (N, 1)
     if cfg.router == "softmax_topk":
         probs = softmax(logits)                          # (N, E)
-        experts = top_k(probs, K)                        # (N, K)
+        experts = select(probs, cfg)                     # (N, K)
         g = probs[rows, experts]                         # (N, K) chosen probabilities
         weights = g / g.sum(axis=-1, keepdims=True) if cfg.router_renorm else g
     elif cfg.router == "topk_softmax":
@@ -59,8 +95,9 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config):
     else:  # "sigmoid_topk"
         scores = sigmoid(logits)                         # (N, E), each in (0, 1)
         probs = scores / scores.sum(axis=-1, keepdims=True)
-        experts = top_k(scores, K)
-        g = scores[rows, experts]                        # (N, K)
+        choice = scores if correction_bias is None else scores + correction_bias  # (N, E) + (E,)
+        experts = select(choice, cfg)                    # (N, K)
+        g = scores[rows, experts]                        # (N, K) weighted by the scores, bias-free
         weights = g / g.sum(axis=-1, keepdims=True) if cfg.router_renorm else g
     weights = weights * np.asarray(cfg.router_scale, dtype=weights.dtype)
     stats = {
