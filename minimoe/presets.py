@@ -79,7 +79,8 @@ PRESETS.update({
                         n_experts=256, top_k=8, d_expert=2048, n_shared_experts=1,
                         dense_layers=[0, 1, 2],                          # first_k_dense_replace: 3
                         router="sigmoid_topk", router_renorm=True, router_scale=2.5,
-                        attention="mla", q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
+                        router_groups=8, router_topk_groups=4, router_correction_bias=True,
+                        attention="mla", rope_interleave=True, q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
                         qk_nope_head_dim=128, v_head_dim=128, rope_theta=10000.0,
                         rope_scaling={"type": "yarn", "factor": 40.0, "beta_fast": 32, "beta_slow": 1,
                                       "mscale": 1.0, "mscale_all_dim": 1.0,

@@ -9,11 +9,16 @@ from __future__ import annotations
 from minimoe.config import Config, ConfigError
 
 
-def _get(d: dict, key: str, source: str, default=...):
-    if key in d and d[key] is not None:
-        return d[key]
+def _get(d: dict, key: str | tuple, source: str, default=...):
+    """d[key], or the default. `key` may be a tuple of the names transformers treats as one field
+    (its attribute_map: e.g. Qwen3-MoE's Hub configs say num_experts, transformers 5 writes
+    num_local_experts); the first one present wins."""
+    keys = key if isinstance(key, tuple) else (key,)
+    for k in keys:
+        if k in d and d[k] is not None:
+            return d[k]
     if default is ...:
-        raise ConfigError(f"{source}: missing field {key!r}")
+        raise ConfigError(f"{source}: missing field {keys[0]!r}")
     return default
 
 
@@ -59,10 +64,12 @@ def _mixtral(d: dict, source: str) -> Config:
 
 
 def _unsupported(d: dict, source: str, key: str, supported, why: str):
-    """Refuse, by name, a field value that would change the parameter count in a way minimoe can't express."""
+    """Refuse, by family and field name, a value that minimoe does not implement."""
     value = d.get(key)
     if value is not None and value != supported:
-        raise ConfigError(f"{source}: {key}={value!r} is not supported ({why}); expected {supported!r}")
+        family = d.get("model_type", "this model")
+        raise ConfigError(f"{source}: {family}: {key}={value!r} is not supported ({why}); "
+                          f"expected {supported!r}")
 
 
 # The defaults of each family's transformers config class (transformers 5.x), for the fields that
@@ -74,6 +81,7 @@ _DEFAULTS = {
     "qwen3_moe": (151936, 2048, 24, 32, 4, 32768, 10000.0, 1e-6),
     "olmoe": (50304, 2048, 16, 16, None, 4096, 10000.0, 1e-5),
     "deepseek_v3": (129280, 7168, 61, 128, 128, 4096, 10000.0, 1e-6),
+    "deepseek_v2": (102400, 4096, 32, 32, None, 2048, 10000.0, 1e-6),
     "llama": (32000, 4096, 32, 32, None, 2048, 10000.0, 1e-6),
 }
 
@@ -115,7 +123,7 @@ def _gpt_oss(d: dict, source: str) -> Config:
     return Config(
         **c, head_dim=_get(d, "head_dim", source, 64),
         d_ff=f, d_expert=f,
-        n_experts=_get(d, "num_local_experts", source, 128),
+        n_experts=_get(d, ("num_local_experts", "num_experts"), source, 128),
         top_k=_get(d, "num_experts_per_tok", source, 4),
         router="topk_softmax", router_bias=True, expert_bias=True,
         qkv_bias=bias, o_bias=bias, attn_sinks=True,
@@ -177,7 +185,7 @@ def _qwen3_moe(d: dict, source: str) -> Config:
     # transformers' Qwen3MoeConfig: attention_bias (q, k, v and o) defaults to False; q/k RMSNorm
     # over each head's D channels; no shared expert.
     c = _common(d, source, "qwen3_moe")
-    n_experts = _get(d, "num_experts", source, 128)
+    n_experts = _get(d, ("num_experts", "num_local_experts"), source, 128)
     layers = _qwen_moe_layers(d, source, c["n_layers"], n_experts)
     bias = bool(_get(d, "attention_bias", source, False))
     window = (_get(d, "sliding_window", source, 4096) or 0) if d.get("use_sliding_window", False) else 0
@@ -202,31 +210,50 @@ def _olmoe(d: dict, source: str) -> Config:
     head_dim = c["d_model"] // c["n_heads"]
     _unsupported(d, source, "head_dim", head_dim,
                  "OLMoE's q_norm is sized by hidden_size, so heads must split the width exactly")
+    _unsupported(d, source, "clip_qkv", None, "minimoe does not clamp q, k and v; released OLMoE has null")
     bias = bool(_get(d, "attention_bias", source, False))
     f = _get(d, "intermediate_size", source, 2048)
     return Config(
         **c, head_dim=head_dim, d_ff=f, d_expert=f,
-        n_experts=_get(d, "num_experts", source, 64), top_k=_get(d, "num_experts_per_tok", source, 8),
+        n_experts=_get(d, ("num_experts", "num_local_experts"), source, 64), top_k=_get(d, "num_experts_per_tok", source, 8),
         router="softmax_topk", router_renorm=bool(_get(d, "norm_topk_prob", source, False)),
         qkv_bias=bias, o_bias=bias, qk_norm="full",
         name=d.get("_name_or_path", "") or "olmoe",
     )
 
 
-def _deepseek_v3(d: dict, source: str) -> Config:
-    # transformers' DeepseekV3Config: multi-head latent attention; the first first_k_dense_replace
-    # layers have a dense FFN of intermediate_size; the others n_routed_experts experts of
-    # moe_intermediate_size plus n_shared_experts shared ones; a sigmoid router. The router's
-    # e_score_correction_bias is a buffer, not a parameter, and the multi-token-prediction layer
-    # (num_nextn_predict_layers) is not built, so neither is counted.
-    c = _common(d, source, "deepseek_v3")
-    _unsupported(d, source, "attention_bias", False, "no released DeepSeek-V3 uses attention biases")
-    q_lora = _get(d, "q_lora_rank", source, None) if "q_lora_rank" in d else 1536
-    n_experts = _get(d, "n_routed_experts", source, 256)
-    first_dense = _get(d, "first_k_dense_replace", source, 3)
+def _mla(d: dict, source: str, c: dict, q_lora_default) -> dict:
+    """The multi-head latent attention fields DeepSeek-V2 and V3 share."""
+    _unsupported(d, source, "attention_bias", False, "no released DeepSeek model uses attention biases")
+    if c["n_kv_heads"] != c["n_heads"]:
+        raise ConfigError(f"{source}: {d.get('model_type')}: num_key_value_heads={c['n_kv_heads']} is not "
+                          f"supported (latent attention decompresses every head's key and value; "
+                          f"expected num_attention_heads={c['n_heads']})")
+    q_lora = _get(d, "q_lora_rank", source, None) if "q_lora_rank" in d else q_lora_default
     rope, nope = _get(d, "qk_rope_head_dim", source, 64), _get(d, "qk_nope_head_dim", source, 128)
+    return dict(attention="mla", head_dim=rope + nope, q_lora_rank=q_lora or 0,
+                kv_lora_rank=_get(d, "kv_lora_rank", source, 512), qk_rope_head_dim=rope,
+                qk_nope_head_dim=nope, v_head_dim=_get(d, "v_head_dim", source, 128))
+
+
+def _deepseek_v3(d: dict, source: str) -> Config:
+    # transformers' DeepseekV3Config: multi-head latent attention with interleaved rotary pairs
+    # (rope_interleave); the first first_k_dense_replace layers have a dense FFN of
+    # intermediate_size; the others n_routed_experts experts of moe_intermediate_size plus
+    # n_shared_experts shared ones; a sigmoid router, group-limited (n_group, topk_group), whose
+    # e_score_correction_bias only chooses experts. That bias is a buffer, not a parameter, and the
+    # multi-token-prediction layer (num_nextn_predict_layers) is not built, so neither is counted.
+    c = _common(d, source, "deepseek_v3")
+    _unsupported(d, source, "scoring_func", "sigmoid", "transformers' DeepseekV3 always scores with a sigmoid")
+    _unsupported(d, source, "topk_method", "noaux_tc", "transformers' DeepseekV3 always routes group-limited "
+                                                       "with the correction bias")
+    _unsupported(d, source, "moe_layer_freq", 1, "every layer after first_k_dense_replace is an MoE layer")
+    _unsupported(d, source, "hidden_act", "silu", "minimoe's FFNs are SwiGLU")
+    n_experts = _get(d, ("n_routed_experts", "num_local_experts"), source, 256)
+    first_dense = _get(d, "first_k_dense_replace", source, 3)
     return Config(
-        **c, head_dim=rope + nope,
+        **c, **_mla(d, source, c, 1536),
+        rope_interleave=bool(_get(d, "rope_interleave", source, True)),
         d_ff=_get(d, "intermediate_size", source, 18432),
         n_experts=n_experts, top_k=_get(d, "num_experts_per_tok", source, 8),
         d_expert=_get(d, "moe_intermediate_size", source, 2048),
@@ -234,9 +261,41 @@ def _deepseek_v3(d: dict, source: str) -> Config:
         dense_layers=list(range(min(first_dense, c["n_layers"]))),
         router="sigmoid_topk", router_renorm=bool(_get(d, "norm_topk_prob", source, True)),
         router_scale=float(_get(d, "routed_scaling_factor", source, 2.5)),
-        attention="mla", q_lora_rank=q_lora or 0, kv_lora_rank=_get(d, "kv_lora_rank", source, 512),
-        qk_rope_head_dim=rope, qk_nope_head_dim=nope, v_head_dim=_get(d, "v_head_dim", source, 128),
+        router_groups=_get(d, "n_group", source, 8), router_topk_groups=_get(d, "topk_group", source, 4),
+        router_correction_bias=True,
         name=d.get("_name_or_path", "") or "deepseek_v3",
+    )
+
+
+def _deepseek_v2(d: dict, source: str) -> Config:
+    # transformers' DeepseekV2Config: the same latent attention, rotated as complex numbers on
+    # interleaved pairs (the same as rope_interleave); a softmax router, "greedy" (plain top-k) or
+    # "group_limited_greedy" (a group's rank is its best score), never renormalised, times
+    # routed_scaling_factor; n_shared_experts shared experts; first_k_dense_replace dense layers.
+    c = _common(d, source, "deepseek_v2")
+    _unsupported(d, source, "mlp_bias", False, "minimoe's FFNs have no biases")
+    _unsupported(d, source, "scoring_func", "softmax", "transformers' DeepseekV2 always scores with a softmax")
+    _unsupported(d, source, "norm_topk_prob", False, "transformers' DeepseekV2 never renormalises the top-k")
+    _unsupported(d, source, "moe_layer_freq", 1, "every layer after first_k_dense_replace is an MoE layer")
+    _unsupported(d, source, "hidden_act", "silu", "minimoe's FFNs are SwiGLU")
+    method = _get(d, "topk_method", source, "greedy")
+    if method not in ("greedy", "group_limited_greedy"):
+        raise ConfigError(f"{source}: deepseek_v2: topk_method={method!r} is not supported; expected "
+                          f"'greedy' or 'group_limited_greedy'")
+    groups = (_get(d, "n_group", source), _get(d, "topk_group", source)) if method != "greedy" else (1, 1)
+    n_experts = _get(d, ("n_routed_experts", "num_experts"), source, 64)
+    first_dense = _get(d, "first_k_dense_replace", source, 0)
+    return Config(
+        **c, **_mla(d, source, c, 1536), rope_interleave=True,
+        d_ff=_get(d, "intermediate_size", source, 11008),
+        n_experts=n_experts, top_k=_get(d, "num_experts_per_tok", source),
+        d_expert=_get(d, "moe_intermediate_size", source, 1407),
+        n_shared_experts=_get(d, "n_shared_experts", source, 2),
+        dense_layers=list(range(min(first_dense, c["n_layers"]))),
+        router="softmax_topk", router_renorm=False,
+        router_scale=float(_get(d, "routed_scaling_factor", source, 1.0)),
+        router_groups=groups[0], router_topk_groups=groups[1],
+        name=d.get("_name_or_path", "") or "deepseek_v2",
     )
 
 
@@ -259,6 +318,7 @@ CONVERTERS = {
     "qwen3_moe": _qwen3_moe,
     "olmoe": _olmoe,
     "deepseek_v3": _deepseek_v3,
+    "deepseek_v2": _deepseek_v2,
     "llama": _llama,
 }
 
@@ -271,6 +331,13 @@ def config_from_hf(d: dict, source: str = "config.json") -> Config:
     if model_type not in CONVERTERS:
         raise ConfigError(f"{source}: unknown model_type {model_type!r}; minimoe reads "
                           f"{sorted(CONVERTERS)} (and its own 'minimoe')")
+    quant = d.get("quantization_config")
+    if quant is not None:
+        method = quant.get("quant_method") if isinstance(quant, dict) else quant
+        if not (model_type == "gpt_oss" and method == "mxfp4"):
+            raise ConfigError(f"{source}: {model_type}: quantization_config.quant_method={method!r} is not "
+                              f"supported; minimoe reads fp32, bf16 and fp16 weights, and gpt-oss's mxfp4 "
+                              f"experts (dequantize the checkpoint to bf16 first)")
     try:
         return CONVERTERS[model_type](d, source)
     except (ConfigError, TypeError, ValueError) as e:   # a field of the wrong type or an invalid value

@@ -1,0 +1,124 @@
+"""minimoe against Hugging Face transformers for the MoE families beyond Mixtral: OLMoE,
+Qwen2-MoE, Qwen3-MoE, gpt-oss (float and MXFP4) and DeepSeek-V2/V3. The fixtures are tiny random
+checkpoints that tests/fixtures/make_hf_<family>.py wrote with transformers, with the logits
+transformers computed for them (see tests/fixtures/hf_fixture_lib.py); no torch is needed here."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import minimoe
+from minimoe import CheckpointError
+from minimoe.io.safetensors_file import read_header, read_tensors
+
+from conftest import FIXTURES
+
+FAMILIES = {
+    "olmoe": ["olmoe_gqa", "olmoe_bf16"],
+    "qwen2_moe": ["qwen2_moe_sparse_step", "qwen2_moe_bf16_window"],
+    "qwen3_moe": ["qwen3_moe_headdim", "qwen3_moe_bf16"],
+}
+ALL = [(family, name) for family, names in FAMILIES.items() for name in names]
+TOL = 1e-4
+
+
+def load_fixture(name):
+    folder = FIXTURES / f"hf_{name}"
+    expected, _ = read_tensors(folder / "expected.safetensors")
+    return minimoe.load(folder), expected["tokens"], expected["logits"]
+
+
+@pytest.mark.parametrize("family,name", ALL)
+def test_logits_match_transformers(family, name):
+    model, tokens, expected = load_fixture(name)
+    assert json.loads((FIXTURES / f"hf_{name}" / "config.json").read_text())["model_type"] == family
+    logits = model(tokens)
+    assert logits.dtype == np.float32
+    assert np.abs(logits - expected).max() < TOL
+
+
+@pytest.mark.parametrize("family,name", ALL)
+def test_kv_cache_decoding_equals_the_full_forward(family, name):
+    """Prefill 3 positions, then decode the rest one at a time: the same logits as one pass."""
+    model, tokens, expected = load_fixture(name)
+    full = model(tokens)
+    kv = model.new_kv_cache(tokens.shape[0], tokens.shape[1])
+    steps = [model.forward(tokens[:, :3], kv)[0]]
+    steps += [model.forward(tokens[:, t:t + 1], kv)[0] for t in range(3, tokens.shape[1])]
+    decoded = np.concatenate(steps, axis=1)
+    assert np.abs(decoded - full).max() < 1e-5
+    assert np.abs(decoded - expected).max() < TOL
+
+
+def _is_sharded(name):
+    return (FIXTURES / f"hf_{name}" / "model.safetensors.index.json").exists()
+
+
+def _dtypes(name):
+    folder = FIXTURES / f"hf_{name}"
+    return {info["dtype"] for f in folder.glob("model*.safetensors") for info in read_header(f)[0].values()}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_has_a_bf16_sharded_fixture_and_both_namings(family):
+    names = FAMILIES[family]
+    assert len(names) >= 2
+    assert any(_is_sharded(n) and "BF16" in _dtypes(n) for n in names)
+    hub = [n for n in names if any(".experts.0." in k for k in _all_names(n))]
+    assert hub and len(hub) < len(names), "one Hub-named (per-expert) fixture and one fused"
+
+
+def _all_names(name):
+    folder = FIXTURES / f"hf_{name}"
+    return [k for f in folder.glob("model*.safetensors") for k in read_header(f)[0]]
+
+
+def test_the_fixtures_cover_the_options():
+    cfg = {name: minimoe.load(FIXTURES / f"hf_{name}").config for _, name in ALL}
+    # OLMoE: full-width q/k norm, without and with renormalisation
+    assert cfg["olmoe_gqa"].qk_norm == "full" and not cfg["olmoe_gqa"].router_renorm
+    assert cfg["olmoe_bf16"].router_renorm and cfg["olmoe_bf16"].qkv_bias and cfg["olmoe_bf16"].tie_embeddings
+    # Qwen2-MoE: gated shared expert, qkv (not o) biases, decoder_sparse_step and mlp_only_layers,
+    # a sliding window shorter than the sequence on one layer only
+    q2 = cfg["qwen2_moe_sparse_step"]
+    assert q2.shared_expert_gate and q2.n_shared_experts == 1 and q2.qkv_bias and not q2.o_bias
+    assert q2.dense_layers == [0, 2] and cfg["qwen2_moe_bf16_window"].dense_layers == [0]
+    w = cfg["qwen2_moe_bf16_window"]
+    _, tokens, _ = load_fixture("qwen2_moe_bf16_window")
+    assert w.sliding_layers == [0] and 0 < w.sliding_window < tokens.shape[1]
+    # Qwen3-MoE: per-head q/k norm, explicit head_dim, norm_topk_prob both ways
+    q3 = cfg["qwen3_moe_headdim"]
+    assert q3.qk_norm == "head" and q3.head_dim * q3.n_heads != q3.d_model and q3.router_renorm
+    assert not cfg["qwen3_moe_bf16"].router_renorm and cfg["qwen3_moe_bf16"].dense_layers == [1]
+    # across the fixtures: GQA ratios other than 1, top-k other than 2
+    assert {c.n_heads // c.n_kv_heads for c in cfg.values()} >= {1, 2, 3}
+    assert {c.top_k for c in cfg.values()} >= {2, 3, 4}
+
+
+@pytest.mark.parametrize("family,field,value,message", [
+    ("olmoe", "clip_qkv", 8.0, "olmoe: clip_qkv=8.0 is not supported"),
+    ("qwen2_moe", "quantization_config", {"quant_method": "gptq"},
+     "qwen2_moe: quantization_config.quant_method='gptq' is not supported"),
+])
+def test_unsupported_options_name_the_family_and_the_option(tmp_path, family, field, value, message):
+    name = FAMILIES[family][0]
+    folder = tmp_path / name
+    shutil.copytree(FIXTURES / f"hf_{name}", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[field] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=message):
+        minimoe.load(folder)
+
+
+def test_a_hub_checkpoint_missing_one_expert(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(FIXTURES / "hf_olmoe_gqa", folder)
+    from safetensors.numpy import save_file
+    tensors, _ = read_tensors(folder / "model.safetensors")
+    victim = "model.layers.1.mlp.experts.5.down_proj.weight"
+    tensors.pop(victim)
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=f"missing tensor '{victim}'"):
+        minimoe.load(folder)
