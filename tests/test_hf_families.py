@@ -18,7 +18,9 @@ FAMILIES = {
     "olmoe": ["olmoe_gqa", "olmoe_bf16"],
     "qwen2_moe": ["qwen2_moe_sparse_step", "qwen2_moe_bf16_window"],
     "qwen3_moe": ["qwen3_moe_headdim", "qwen3_moe_bf16"],
+    "gpt_oss": ["gpt_oss_window", "gpt_oss_bf16_clamp", "gpt_oss_mxfp4"],
 }
+HUB_NAMED = ["olmoe", "qwen2_moe", "qwen3_moe"]     # families whose Hub checkpoints name each expert
 ALL = [(family, name) for family, names in FAMILIES.items() for name in names]
 TOL = 1e-4
 
@@ -65,8 +67,9 @@ def test_every_family_has_a_bf16_sharded_fixture_and_both_namings(family):
     names = FAMILIES[family]
     assert len(names) >= 2
     assert any(_is_sharded(n) and "BF16" in _dtypes(n) for n in names)
-    hub = [n for n in names if any(".experts.0." in k for k in _all_names(n))]
-    assert hub and len(hub) < len(names), "one Hub-named (per-expert) fixture and one fused"
+    if family in HUB_NAMED:
+        hub = [n for n in names if any(".experts.0." in k for k in _all_names(n))]
+        assert hub and len(hub) < len(names), "one Hub-named (per-expert) fixture and one fused"
 
 
 def _all_names(name):
@@ -91,8 +94,17 @@ def test_the_fixtures_cover_the_options():
     q3 = cfg["qwen3_moe_headdim"]
     assert q3.qk_norm == "head" and q3.head_dim * q3.n_heads != q3.d_model and q3.router_renorm
     assert not cfg["qwen3_moe_bf16"].router_renorm and cfg["qwen3_moe_bf16"].dense_layers == [1]
+    # gpt-oss: biases everywhere, sinks, alternating sliding layers shorter than the sequence, YaRN,
+    # the clamped SwiGLU (tests/fixtures/make_hf_gpt_oss.py checks its clamps act)
+    g = cfg["gpt_oss_window"]
+    assert g.attn_sinks and g.qkv_bias and g.o_bias and g.router_bias and g.expert_bias
+    assert g.router == "topk_softmax" and g.ffn_act == "swiglu_oai"
+    assert g.sliding_layers == [0, 2] and g.rope_scaling["type"] == "yarn"
+    assert cfg["gpt_oss_bf16_clamp"].sliding_layers == [1] and cfg["gpt_oss_bf16_clamp"].swiglu_limit == 1.5
+    for name in FAMILIES["gpt_oss"]:
+        assert 0 < cfg[name].sliding_window < load_fixture(name)[1].shape[1]
     # across the fixtures: GQA ratios other than 1, top-k other than 2
-    assert {c.n_heads // c.n_kv_heads for c in cfg.values()} >= {1, 2, 3}
+    assert {c.n_heads // c.n_kv_heads for c in cfg.values()} >= {1, 2, 3, 4}
     assert {c.top_k for c in cfg.values()} >= {2, 3, 4}
 
 
@@ -122,3 +134,39 @@ def test_a_hub_checkpoint_missing_one_expert(tmp_path):
     save_file(tensors, folder / "model.safetensors")
     with pytest.raises(CheckpointError, match=f"missing tensor '{victim}'"):
         minimoe.load(folder)
+
+
+# --- gpt-oss MXFP4 -------------------------------------------------------------------------------
+def test_mxfp4_experts_load_packed_with_the_files_bytes():
+    """Each expert stack is an mxfp4 QTensor whose codes and scales are the file's, bit for bit:
+    to_hf_mxfp4 (the inverse of the nibble reordering) gives back the stored bytes, so nothing
+    was decoded to float or re-quantized."""
+    from minimoe.quant import QTensor
+    from minimoe.quant.mxfp4 import to_hf_mxfp4
+    folder = FIXTURES / "hf_gpt_oss_mxfp4"
+    model = minimoe.load(folder)
+    stored = {}
+    for f in folder.glob("model-*.safetensors"):
+        stored.update(read_tensors(f)[0])
+    for i in range(model.config.n_layers):
+        hf, p = f"model.layers.{i}.mlp.experts.", f"layers.{i}.moe.experts."
+        blocks, scales = stored[hf + "gate_up_proj_blocks"], stored[hf + "gate_up_proj_scales"]
+        assert blocks.dtype == np.uint8
+        for ours, rows in (("gate", slice(0, None, 2)), ("up", slice(1, None, 2))):
+            qt = model.params[p + ours]
+            assert isinstance(qt, QTensor) and qt.fmt == "mxfp4"
+            b, s = to_hf_mxfp4(qt)
+            assert np.array_equal(b, blocks[:, rows]) and np.array_equal(s, scales[:, rows])
+        b, s = to_hf_mxfp4(model.params[p + "down"])
+        assert np.array_equal(b, stored[hf + "down_proj_blocks"]) and np.array_equal(s, stored[hf + "down_proj_scales"])
+        assert model.params[p + "gate_bias"].dtype == np.float32   # biases stay float
+
+
+def test_mxfp4_experts_run_through_the_fused_kernels(monkeypatch):
+    from minimoe.kernels import qmatmul as qm
+    calls = []
+    real = qm.qmatmul
+    monkeypatch.setattr(qm, "qmatmul", lambda x, w, *a: calls.append(w.fmt) or real(x, w, *a))
+    model, tokens, expected = load_fixture("gpt_oss_mxfp4")
+    assert np.abs(model(tokens) - expected).max() < TOL
+    assert calls and set(calls) == {"mxfp4"}
