@@ -19,8 +19,10 @@ FAMILIES = {
     "qwen2_moe": ["qwen2_moe_sparse_step", "qwen2_moe_bf16_window"],
     "qwen3_moe": ["qwen3_moe_headdim", "qwen3_moe_bf16"],
     "gpt_oss": ["gpt_oss_window", "gpt_oss_bf16_clamp", "gpt_oss_mxfp4"],
+    "deepseek_v3": ["deepseek_v3_groups", "deepseek_v3_bf16"],
+    "deepseek_v2": ["deepseek_v2_lite", "deepseek_v2_bf16_groups"],
 }
-HUB_NAMED = ["olmoe", "qwen2_moe", "qwen3_moe"]     # families whose Hub checkpoints name each expert
+HUB_NAMED = ["olmoe", "qwen2_moe", "qwen3_moe", "deepseek_v3", "deepseek_v2"]     # families whose Hub checkpoints name each expert
 ALL = [(family, name) for family, names in FAMILIES.items() for name in names]
 TOL = 1e-4
 
@@ -103,6 +105,23 @@ def test_the_fixtures_cover_the_options():
     assert cfg["gpt_oss_bf16_clamp"].sliding_layers == [1] and cfg["gpt_oss_bf16_clamp"].swiglu_limit == 1.5
     for name in FAMILIES["gpt_oss"]:
         assert 0 < cfg[name].sliding_window < load_fixture(name)[1].shape[1]
+    # DeepSeek-V3: latent attention with and without a low-rank q, interleaved or not, YaRN with
+    # mscale != mscale_all_dim; group-limited sigmoid routing with a nonzero correction bias
+    # (make_hf_deepseek_v3.py checks it changes some token's experts), renormalised or not
+    d3 = cfg["deepseek_v3_groups"]
+    assert d3.attention == "mla" and d3.q_lora_rank and d3.rope_interleave
+    assert d3.v_head_dim != d3.qk_nope_head_dim + d3.qk_rope_head_dim
+    assert d3.rope_scaling["mscale"] != d3.rope_scaling["mscale_all_dim"] and d3.norm_eps != 1e-6
+    assert (d3.router, d3.router_groups, d3.router_topk_groups, d3.router_correction_bias) == ("sigmoid_topk", 4, 2, True)
+    assert d3.router_renorm and d3.router_scale == 2.5 and d3.dense_layers == [0] and d3.n_shared_experts == 1
+    bias = minimoe.load(FIXTURES / "hf_deepseek_v3_groups").params["layers.1.moe.router.e_score_correction_bias"]
+    assert np.abs(bias).min() > 0
+    d3b = cfg["deepseek_v3_bf16"]
+    assert not d3b.q_lora_rank and not d3b.rope_interleave and not d3b.router_renorm and d3b.n_shared_experts == 2
+    # DeepSeek-V2: softmax routing, greedy and group-limited, x16
+    d2 = cfg["deepseek_v2_lite"]
+    assert d2.router == "softmax_topk" and not d2.router_renorm and not d2.q_lora_rank and d2.rope_interleave
+    assert cfg["deepseek_v2_bf16_groups"].router_groups == 4 and cfg["deepseek_v2_bf16_groups"].router_scale == 16
     # across the fixtures: GQA ratios other than 1, top-k other than 2
     assert {c.n_heads // c.n_kv_heads for c in cfg.values()} >= {1, 2, 3, 4}
     assert {c.top_k for c in cfg.values()} >= {2, 3, 4}
@@ -112,6 +131,15 @@ def test_the_fixtures_cover_the_options():
     ("olmoe", "clip_qkv", 8.0, "olmoe: clip_qkv=8.0 is not supported"),
     ("qwen2_moe", "quantization_config", {"quant_method": "gptq"},
      "qwen2_moe: quantization_config.quant_method='gptq' is not supported"),
+    ("deepseek_v3", "quantization_config", {"quant_method": "fp8", "fmt": "e4m3"},
+     "deepseek_v3: quantization_config.quant_method='fp8' is not supported"),
+    ("deepseek_v3", "scoring_func", "softmax", "deepseek_v3: scoring_func='softmax' is not supported"),
+    ("deepseek_v3", "num_key_value_heads", 2, "deepseek_v3: num_key_value_heads=2 is not supported"),
+    ("deepseek_v3", "attention_bias", True, "deepseek_v3: attention_bias=True is not supported"),
+    ("deepseek_v2", "topk_method", "noaux_tc", "deepseek_v2: topk_method='noaux_tc' is not supported"),
+    ("deepseek_v2", "norm_topk_prob", True, "deepseek_v2: norm_topk_prob=True is not supported"),
+    ("gpt_oss", "quantization_config", {"quant_method": "bitsandbytes"},
+     "gpt_oss: quantization_config.quant_method='bitsandbytes' is not supported"),
 ])
 def test_unsupported_options_name_the_family_and_the_option(tmp_path, family, field, value, message):
     name = FAMILIES[family][0]
@@ -170,3 +198,19 @@ def test_mxfp4_experts_run_through_the_fused_kernels(monkeypatch):
     model, tokens, expected = load_fixture("gpt_oss_mxfp4")
     assert np.abs(model(tokens) - expected).max() < TOL
     assert calls and set(calls) == {"mxfp4"}
+
+
+def test_deepseek_v3_multi_token_prediction_layers_are_skipped(tmp_path):
+    """Released V3 checkpoints append num_nextn_predict_layers extra layers that transformers does not
+    build; minimoe skips them too."""
+    from safetensors.numpy import save_file
+    folder = tmp_path / "v3"
+    shutil.copytree(FIXTURES / "hf_deepseek_v3_groups", folder)
+    tensors, _ = read_tensors(folder / "model.safetensors")
+    n = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    tensors[f"model.layers.{n}.eh_proj.weight"] = np.ones((4, 4), np.float32)
+    tensors[f"model.layers.{n}.input_layernorm.weight"] = np.ones(4, np.float32)
+    save_file(tensors, folder / "model.safetensors")
+    model = minimoe.load(folder)
+    expected, _ = read_tensors(folder / "expected.safetensors")
+    assert np.abs(model(expected["tokens"]) - expected["logits"]).max() < TOL
