@@ -17,36 +17,36 @@ import numpy as np
 
 @dataclass
 class LatentKVCache:
-    c: list[np.ndarray]      # per layer (B, max_len, Rkv): the normalised latents
-    k_rot: list[np.ndarray]  # per layer (B, max_len, Dr): the rotary keys, already rotated
-    length: int = 0          # positions filled so far (the same in every layer)
+    latent: list[np.ndarray]  # per layer (B, max_len, Rkv + Dr): each position's [c | k_rot], k_rot rotated
+    kv_lora_rank: int         # Rkv: where c ends and k_rot begins
+    length: int = 0           # positions filled so far (the same in every layer)
 
     @classmethod
     def empty(cls, n_layers: int, batch: int, max_len: int, kv_lora_rank: int, rope_dim: int,
               dtype=np.float32) -> "LatentKVCache":
-        return cls([np.zeros((batch, max_len, kv_lora_rank), dtype) for _ in range(n_layers)],
-                   [np.zeros((batch, max_len, rope_dim), dtype) for _ in range(n_layers)], 0)
+        shape = (batch, max_len, kv_lora_rank + rope_dim)  # (B, S, Rkv + Dr)
+        return cls([np.zeros(shape, dtype) for _ in range(n_layers)], kv_lora_rank, 0)
 
     @property
     def max_len(self) -> int:
-        return self.c[0].shape[1]
+        return self.latent[0].shape[1]
 
     @property
     def nbytes(self) -> int:
         """Bytes the filled positions occupy (what a decode step reads)."""
-        per_pos = sum(c[:, :1].nbytes + k[:, :1].nbytes for c, k in zip(self.c, self.k_rot))
-        return per_pos * self.length
+        return sum(a[:, :1].nbytes for a in self.latent) * self.length
 
-    def write(self, layer: int, c: np.ndarray, k_rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Store c (B, T, Rkv) and k_rot (B, T, Dr) at positions length..length+T; return all of
-        them so far, (B, length+T, Rkv) and (B, length+T, Dr). Call `advance(T)` once every layer
-        has written."""
+    def write(self, layer: int, c: np.ndarray, k_rot: np.ndarray) -> np.ndarray:
+        """Store c (B, T, Rkv) and k_rot (B, T, Dr) at positions length..length+T; return every
+        position's [c | k_rot] so far, (B, length+T, Rkv+Dr) (a view). Call `advance(T)` once every
+        layer has written."""
         t0, T = self.length, c.shape[1]
         if t0 + T > self.max_len:
             raise ValueError(f"latent KV cache holds {self.max_len} positions; cannot add {T} after {t0}")
-        self.c[layer][:, t0:t0 + T] = c
-        self.k_rot[layer][:, t0:t0 + T] = k_rot
-        return self.c[layer][:, :t0 + T], self.k_rot[layer][:, :t0 + T]
+        cache, R = self.latent[layer], self.kv_lora_rank
+        cache[:, t0:t0 + T, :R] = c
+        cache[:, t0:t0 + T, R:] = k_rot
+        return cache[:, :t0 + T]
 
     def advance(self, T: int) -> None:
         self.length += T

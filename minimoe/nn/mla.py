@@ -18,7 +18,7 @@ own key and value from c:
     P = softmax(q . k * scale + causal mask);  y = P v;  out = y Wo
 
 Only c and k_rot need caching (minimoe/nn/latent_kv_cache.py): Rkv + Dr numbers per token and
-layer. The two latent norms use eps 1e-6 whatever rms_norm_eps is (transformers builds them with
+layer. The softmax attention itself is nn/attention.py's `attend`, as for every other model. The two latent norms use eps 1e-6 whatever rms_norm_eps is (transformers builds them with
 RMSNorm's default). DeepSeek's checkpoints store the rotary channels as interleaved pairs
 (x0, x1), (x2, x3), ... (`rope_interleave`); we put them in rotate-half order first
 ([x0, x2, ...], [x1, x3, ...]), which permutes q_rot and k_rot alike and so leaves q . k as it was.
@@ -27,26 +27,29 @@ The softmax scale is 1/sqrt(Dq), times mscale^2 under YaRN with `mscale_all_dim`
 longer context: mscale = 0.1 mscale_all_dim ln(factor) + 1).
 
 Two forms compute the same attention:
-  * naive (`forward`, absorb=False): decompress k_nope and v for all S positions, then attend as
-    usual. Training and the tests use it; it has the backward pass.
+  * naive (`forward`, absorb=False): decompress k_nope and v for all S positions, then run plain
+    multi-head attention over k = [k_nope, k_rot] and v. Training uses it; it has the backward pass.
   * absorbed (absorb=True, what decoding uses): fold Wkv_b into the query and the output. With
     Wkv_b viewed per head as [W_uk (Dn, Rkv); W_uv (Dv, Rkv)],
         q_nope . k_nope = q_nope . (W_uk c) = (q_nope W_uk) . c        score against c itself
         P v             = P (c W_uv^T)      = (P c) W_uv^T             mix c, then decompress once
-    so nothing per head is built for the S cached positions: a step reads the (S, Rkv) latents.
+    so it is multi-QUERY attention (one key [c | k_rot] and one value c per position, shared by
+    all H heads) over the cached latents: nothing per head is built for the S positions.
 
 `p` holds one layer's parameters by short name: "q.weight" or "q_a.weight", "q_a_norm.weight",
 "q_b.weight"; "kv_a.weight", "kv_a_norm.weight", "kv_b.weight", "o.weight" (+ "o.bias").
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minimoe.config import Config
 from minimoe.nn import linear, norm, rope
-from minimoe.nn.attention import causal_mask, mask_bias
+from minimoe.nn.attention import ATTEND, SOFTMAX_BACKWARD
 from minimoe.nn.latent_kv_cache import LatentKVCache
-from minimoe.nn.router import softmax
+from minimoe.nn.linear import as_float
 
 LATENT_NORM_EPS = 1e-6
 
@@ -100,55 +103,59 @@ def _project(x: np.ndarray, p: dict, cfg: Config, cos: np.ndarray, sin: np.ndarr
         q_rot, k_rot = deinterleave(q_rot), deinterleave(k_rot)
     q_rot, q_rope = rope.forward(np.ascontiguousarray(q_rot), cos, sin)  # (B, H, T, Dr)
     k_rot, k_rope = rope.forward(np.ascontiguousarray(k_rot), cos, sin)  # (B, T, Dr), one for all heads
-    caches = dict(q=q_caches, kva_lin=kva_lin, c_norm=c_norm, q_rope=q_rope, k_rope=k_rope)
+    caches = dict(q_proj=q_caches, kva_lin=kva_lin, c_norm=c_norm, q_rope=q_rope, k_rope=k_rope)
     return np.ascontiguousarray(q_nope), q_rot, c, k_rot, caches
+
+
+def split_kv_b(w_kvb, cfg: Config, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Wkv_b (H*(Dn+Dv), Rkv) per head: (W_uk (H, Dn, Rkv), W_uv (H, Dv, Rkv))."""
+    W = as_float(w_kvb, dtype).reshape(cfg.n_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, -1)
+    return W[:, :cfg.qk_nope_head_dim], W[:, cfg.qk_nope_head_dim:]   # (H, Dn, Rkv), (H, Dv, Rkv)
 
 
 def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, sin: np.ndarray,
             kv: LatentKVCache | None = None, absorb: bool = False):
     """x (B, T, C) -> (out (B, T, C), cache). cos/sin (T, Dr) rotate these T positions. With a
     latent KV cache the new c and k_rot are appended and attention spans every cached position.
-    absorb=True computes the absorbed form (inference only: its cache has no backward)."""
+    absorb=True computes the absorbed form (inference only: its cache has no backward).
+
+    Both forms hand the softmax attention to nn/attention.py's `attend` (which divides the scores
+    by sqrt of the query width, so q is first scaled by softmax_scale * sqrt(width))."""
     B, T, C = x.shape
-    H, Dn, Dv = cfg.n_heads, cfg.qk_nope_head_dim, cfg.v_head_dim
+    H, Dn, Dv, Rkv = cfg.n_heads, cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
     q_nope, q_rot, c, k_rot, caches = _project(x, p, cfg, cos, sin)
     if kv is not None:
-        c_all, k_rot_all = kv.write(layer, c, k_rot)     # (B, S, Rkv), (B, S, Dr), S = cached + T
+        latent = kv.write(layer, c, k_rot)               # (B, S, Rkv+Dr): [c | k_rot], S = cached + T
     else:
-        c_all, k_rot_all = c, k_rot                      # (B, T, Rkv), (B, T, Dr)
-    S = c_all.shape[1]
+        latent = np.concatenate([c, k_rot], axis=-1)     # (B, T, Rkv+Dr)
+    S = latent.shape[1]
     scale = softmax_scale(cfg)
-    # the rotary half of every score: q_rot . k_rot, one k_rot shared by the H heads
-    scores = q_rot @ k_rot_all[:, None].swapaxes(-1, -2)  # (B,H,T,Dr) @ (B,1,Dr,S) -> (B,H,T,S)
 
     if absorb:
-        w_kvb = p["kv_b.weight"]
-        w_kvb = w_kvb if isinstance(w_kvb, np.ndarray) else w_kvb.dequantize().astype(x.dtype)
-        W = w_kvb.reshape(H, Dn + Dv, -1)                # (H*(Dn+Dv), Rkv) -> (H, Dn+Dv, Rkv)
-        W_uk, W_uv = W[:, :Dn], W[:, Dn:]                # (H, Dn, Rkv), (H, Dv, Rkv)
+        W_uk, W_uv = split_kv_b(p["kv_b.weight"], cfg, x.dtype)   # (H, Dn, Rkv), (H, Dv, Rkv)
         q_lat = q_nope @ W_uk                            # (B,H,T,Dn) @ (H,Dn,Rkv) -> (B,H,T,Rkv)
-        scores += q_lat @ c_all[:, None].swapaxes(-1, -2)  # (B,H,T,Rkv) @ (B,1,Rkv,S) -> (B,H,T,S)
-        scores *= scores.dtype.type(scale)
-        scores += mask_bias(causal_mask(T, S), scores.dtype)  # (B, H, T, S) + (T, S)
-        probs = softmax(scores)                          # (B, H, T, S)
-        o_lat = probs @ c_all[:, None]                   # (B,H,T,S) @ (B,1,S,Rkv) -> (B,H,T,Rkv)
+        q = np.concatenate([q_lat, q_rot], axis=-1)      # (B, H, T, Rkv+Dr): scores against [c | k_rot]
+        q *= q.dtype.type(scale * math.sqrt(Rkv + cfg.qk_rope_head_dim))
+        # multi-query attention over the latents: ONE key [c | k_rot] and ONE value c per position
+        o_lat, probs, _ = ATTEND(q, latent[:, None], latent[:, None, :, :Rkv], 0, None, name="attn")  # (B, H, T, Rkv)
         y = o_lat @ W_uv.swapaxes(-1, -2)                # (B,H,T,Rkv) @ (H,Rkv,Dv) -> (B,H,T,Dv)
-        kv_cache = None
+        attn_cache = dict(absorbed=True)
     else:
+        c_all, k_rot_all = latent[..., :Rkv], latent[..., Rkv:]  # (B, S, Rkv), (B, S, Dr)
         kv_up, kvb_lin = linear.forward(c_all, p["kv_b.weight"], name="attn.kv_b")  # (B, S, Rkv) -> (B, S, H*(Dn+Dv))
         kv_up = kv_up.reshape(B, S, H, Dn + Dv).transpose(0, 2, 1, 3)  # (B, H, S, Dn+Dv)
-        k_nope, v = kv_up[..., :Dn], kv_up[..., Dn:]     # (B, H, S, Dn), (B, H, S, Dv)
-        scores += q_nope @ k_nope.swapaxes(-1, -2)       # (B,H,T,Dn) @ (B,H,Dn,S) -> (B,H,T,S)
-        scores *= scores.dtype.type(scale)
-        scores += mask_bias(causal_mask(T, S), scores.dtype)  # (B, H, T, S) + (T, S)
-        probs = softmax(scores)                          # (B, H, T, S)
-        y = probs @ v                                    # (B,H,T,S) @ (B,H,S,Dv) -> (B,H,T,Dv)
-        kv_cache = dict(kvb_lin=kvb_lin, k_nope=k_nope, v=v)
+        k = np.concatenate([kv_up[..., :Dn],             # (B, H, S, Dn) per head, decompressed
+                            np.broadcast_to(k_rot_all[:, None], (B, H, S, k_rot_all.shape[-1]))],
+                           axis=-1)                      # (B, H, S, Dq): the rotary part shared
+        v = np.ascontiguousarray(kv_up[..., Dn:])        # (B, H, S, Dv)
+        q = np.concatenate([q_nope, q_rot], axis=-1)     # (B, H, T, Dq)
+        q *= q.dtype.type(scale * math.sqrt(q.shape[-1]))
+        y, probs, _ = ATTEND(q, k, v, 0, None, name="attn")  # (B, H, T, Dv), probs (B, H, 1, T, S)
+        attn_cache = dict(absorbed=False, kvb_lin=kvb_lin, q=q, k=k, v=v, probs=probs)
     y = y.transpose(0, 2, 1, 3).reshape(B, T, H * Dv)    # (B, H, T, Dv) -> (B, T, H*Dv)
     out, o_lin = linear.forward(y, p["o.weight"], p.get("o.bias"), name="attn.o")  # (B, T, H*Dv) -> (B, T, C)
-    cache = dict(caches, q_nope=q_nope, q_rot=q_rot, k_rot=k_rot_all, probs=probs, scale=scale,
-                 o_lin=o_lin, shape=(B, T, H, Dn, Dv), interleave=cfg.rope_interleave, **(kv_cache or {}))
-    cache["absorbed"] = absorb
+    cache = dict(caches, **attn_cache, scale=scale, o_lin=o_lin, shape=(B, T, H, Dn, Dv),
+                 interleave=cfg.rope_interleave)
     return out, cache
 
 
@@ -165,23 +172,24 @@ def backward(dout: np.ndarray, cache):
         grads["o.bias"] = dbo
     dy = dy.reshape(B, T, H, Dv).transpose(0, 2, 1, 3)   # (B, H, T, Dv)
     # y = P v
-    probs, v = cache["probs"], cache["v"]
+    q, k, v = cache["q"], cache["k"], cache["v"]         # q already scaled (see forward)
+    probs = cache["probs"].reshape(B, H, T, T)           # (B, H, 1, T, S) -> (B, H, T, S)
     dprobs = dy @ v.swapaxes(-1, -2)                     # (B,H,T,Dv) @ (B,H,Dv,S) -> (B,H,T,S)
     dv = probs.swapaxes(-1, -2) @ dy                     # (B,H,S,T) @ (B,H,T,Dv) -> (B,H,S,Dv)
-    # P = softmax(scores): dscores = P * (dP - sum_s dP * P); then through the scale
-    inner = np.einsum("...s,...s->...", dprobs, probs)[..., None]  # (B, H, T, 1)
-    ds = (dprobs - inner) * probs * cache["scale"]       # (B, H, T, S), d(q . k)
-    # q . k = q_nope . k_nope + q_rot . k_rot
-    dq_nope = ds @ cache["k_nope"]                       # (B,H,T,S) @ (B,H,S,Dn) -> (B,H,T,Dn)
-    dk_nope = ds.swapaxes(-1, -2) @ cache["q_nope"]      # (B,H,S,T) @ (B,H,T,Dn) -> (B,H,S,Dn)
-    dq_rot = ds @ cache["k_rot"][:, None]                # (B,H,T,S) @ (B,1,S,Dr) -> (B,H,T,Dr)
-    dk_rot = (ds.swapaxes(-1, -2) @ cache["q_rot"]).sum(axis=1)  # (B,H,S,Dr) -> (B,S,Dr): shared by the heads
+    # P = softmax(q . k / sqrt(Dq)): dscores = P * (dP - sum_s dP * P)
+    dscores, _ = SOFTMAX_BACKWARD(dprobs.reshape(-1, T), np.ascontiguousarray(probs.reshape(-1, T)))
+    dscores = dscores.reshape(B, H, T, T) * (1.0 / math.sqrt(q.shape[-1]))  # d(q . k)
+    dq = dscores @ k                                     # (B,H,T,S) @ (B,H,S,Dq) -> (B,H,T,Dq)
+    dk = dscores.swapaxes(-1, -2) @ q                    # (B,H,S,T) @ (B,H,T,Dq) -> (B,H,S,Dq)
+    dq *= dq.dtype.type(cache["scale"] * math.sqrt(q.shape[-1]))  # through the scaling of q
+    dq_nope, dq_rot = dq[..., :Dn], dq[..., Dn:]         # (B, H, T, Dn), (B, H, T, Dr)
+    dk_nope, dk_rot = dk[..., :Dn], dk[..., Dn:].sum(axis=1)  # (B, H, S, Dn); (B, S, Dr): one for all heads
     # [k_nope, v] = c Wkv_b
     dkv_up = np.concatenate([dk_nope, dv], axis=-1)      # (B, H, S, Dn+Dv)
     dkv_up = dkv_up.transpose(0, 2, 1, 3).reshape(B, T, H * (Dn + Dv))  # (B, S, H*(Dn+Dv))
     dc, grads["kv_b.weight"], _ = linear.backward(dkv_up, cache["kvb_lin"])  # (B, S, Rkv)
     # rotary positions (and DeepSeek's pair order)
-    dq_rot = rope.backward(dq_rot, cache["q_rope"])      # (B, H, T, Dr)
+    dq_rot = rope.backward(np.ascontiguousarray(dq_rot), cache["q_rope"])  # (B, H, T, Dr)
     dk_rot = rope.backward(dk_rot, cache["k_rope"])      # (B, T, Dr)
     if cache["interleave"]:
         dq_rot, dk_rot = interleave(dq_rot), interleave(dk_rot)
@@ -192,11 +200,11 @@ def backward(dout: np.ndarray, cache):
     # q = [q_nope, q_rot]
     dq = np.concatenate([dq_nope, dq_rot], axis=-1)      # (B, H, T, Dq)
     dq = dq.transpose(0, 2, 1, 3).reshape(B, T, -1)      # (B, T, H*Dq)
-    if len(cache["q"]) == 3:                             # q = RMSNorm(x Wq_a) Wq_b
-        qa_lin, qa_norm, qb_lin = cache["q"]
+    if len(cache["q_proj"]) == 3:                        # q = RMSNorm(x Wq_a) Wq_b
+        qa_lin, qa_norm, qb_lin = cache["q_proj"]
         dcq, grads["q_b.weight"], _ = linear.backward(dq, qb_lin)
         dcq, grads["q_a_norm.weight"] = norm.backward(dcq, qa_norm)
         dxq, grads["q_a.weight"], _ = linear.backward(dcq, qa_lin)
     else:
-        dxq, grads["q.weight"], _ = linear.backward(dq, cache["q"][0])
+        dxq, grads["q.weight"], _ = linear.backward(dq, cache["q_proj"][0])
     return dx + dxq, grads

@@ -9,7 +9,7 @@ Shape legend: N tokens (B*T flattened), C d_model, E experts, K top-k.
     "sigmoid_topk" (DeepSeek-V3): scores = sigmoid(logits); keep the K largest; renormalise
     every rule then multiplies the K weights by router_scale (DeepSeek's routed_scaling_factor)
 
-DeepSeek chooses the K experts in two more ways (`select`); neither changes how they are weighted:
+DeepSeek chooses the K experts in two more ways (`choose`); neither changes how they are weighted:
     correction bias (V3's e_score_correction_bias, (E,)): the experts are chosen by scores + bias,
                    but weighted by the scores alone. DeepSeek nudges the bias between training steps
                    to balance the load, instead of an auxiliary loss.
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from minimoe.config import Config
-from minimoe.inspect import tracing
+from minimoe.kernels.dispatch import Leaf, all_float32
 from minimoe.nn import linear
 from minimoe.nn.ffn import sigmoid
 
@@ -60,12 +60,43 @@ def group_limited_top_k(choice: np.ndarray, K: int, n_group: int, topk_group: in
     return top_k(np.where(allowed, choice, -np.inf), K)  # (N, K); other groups' experts never win
 
 
-def select(choice: np.ndarray, cfg: Config) -> np.ndarray:
-    """choice (N, E) -> (N, K): the experts each token goes to; plain top-k, or group-limited."""
-    if cfg.router_groups > 1:
-        group_score = "top2_sum" if cfg.router == "sigmoid_topk" else "max"
-        return group_limited_top_k(choice, cfg.top_k, cfg.router_groups, cfg.router_topk_groups, group_score)
-    return top_k(choice, cfg.top_k)
+def choose(scores: np.ndarray, K: int, groups: int, topk_groups: int, bias: np.ndarray | None,
+           group_score: str) -> np.ndarray:
+    """scores (N, E) -> experts (N, K): plain top-k, or DeepSeek's (bias added, groups first)."""
+    choice = scores if bias is None else scores + bias   # (N, E) + (E,): the bias only chooses
+    if groups > 1:
+        return group_limited_top_k(choice, K, groups, topk_groups, group_score)
+    return top_k(choice, K)
+
+
+def select(logits: np.ndarray, K: int, rule: str, renorm: bool, scale: float, groups: int = 1,
+           topk_groups: int = 1, bias: np.ndarray | None = None):
+    """The routing rule: logits (N, E) -> (weights (N, K), experts (N, K) int, probs (N, E), g (N, K)),
+    where g are the chosen scores the weights are made from (kept for the backward pass).
+    groups/topk_groups: DeepSeek's group-limited choice; bias (E,): V3's correction bias."""
+    rows = np.arange(logits.shape[0])[:, None]           # (N, 1)
+    if rule == "softmax_topk":
+        probs = softmax(logits)                          # (N, E)
+        experts = choose(probs, K, groups, topk_groups, None, "max")  # (N, K)
+        g = probs[rows, experts]                         # (N, K) chosen probabilities
+        weights = g / g.sum(axis=-1, keepdims=True) if renorm else g
+    elif rule == "topk_softmax":
+        probs = softmax(logits)                          # (N, E), for statistics and the aux loss
+        experts = top_k(logits, K)                       # (N, K)
+        g = logits[rows, experts]                        # (N, K) chosen logits
+        weights = softmax(g)                             # (N, K)
+    else:  # "sigmoid_topk"
+        scores = sigmoid(logits)                         # (N, E), each in (0, 1)
+        probs = scores / scores.sum(axis=-1, keepdims=True)
+        experts = choose(scores, K, groups, topk_groups, bias, "top2_sum")  # (N, K)
+        g = scores[rows, experts]                        # (N, K) weighted by the scores, bias-free
+        weights = g / g.sum(axis=-1, keepdims=True) if renorm else g
+    return weights * np.asarray(scale, dtype=weights.dtype), experts, probs, g
+
+
+SELECT = Leaf("route", select, "minimoe.kernels.ops:select",
+              when=lambda logits, K, rule, renorm, scale, groups=1, *_: (
+                  rule in ("softmax_topk", "topk_softmax") and groups == 1 and all_float32(logits)))
 
 
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config,
@@ -76,37 +107,15 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config,
     stats: "tokens_per_expert" (E,) assignments per expert, "prob_mass" (E,) router probability
     summed over the N tokens, "probs" (N, E) the full router distribution, "logits" (N, E).
     """
-    N = x.shape[0]
-    E, K = cfg.n_experts, cfg.top_k
     logits, lin = linear.forward(x, w, b, name="moe.router")  # (N, C) -> (N, E)
-    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
-    t0 = tr.clock() if tr else 0.0
-    rows = np.arange(N)[:, None]                         # (N, 1)
-    if cfg.router == "softmax_topk":
-        probs = softmax(logits)                          # (N, E)
-        experts = select(probs, cfg)                     # (N, K)
-        g = probs[rows, experts]                         # (N, K) chosen probabilities
-        weights = g / g.sum(axis=-1, keepdims=True) if cfg.router_renorm else g
-    elif cfg.router == "topk_softmax":
-        probs = softmax(logits)                          # (N, E), for statistics and the aux loss
-        experts = top_k(logits, K)                       # (N, K)
-        g = logits[rows, experts]                        # (N, K) chosen logits
-        weights = softmax(g)                             # (N, K)
-    else:  # "sigmoid_topk"
-        scores = sigmoid(logits)                         # (N, E), each in (0, 1)
-        probs = scores / scores.sum(axis=-1, keepdims=True)
-        choice = scores if correction_bias is None else scores + correction_bias  # (N, E) + (E,)
-        experts = select(choice, cfg)                    # (N, K)
-        g = scores[rows, experts]                        # (N, K) weighted by the scores, bias-free
-        weights = g / g.sum(axis=-1, keepdims=True) if cfg.router_renorm else g
-    weights = weights * np.asarray(cfg.router_scale, dtype=weights.dtype)
+    weights, experts, probs, g = SELECT(logits, cfg.top_k, cfg.router, cfg.router_renorm, cfg.router_scale,
+                                        cfg.router_groups, cfg.router_topk_groups, correction_bias,
+                                        name="moe.router.topk")
     stats = {
-        "tokens_per_expert": np.bincount(experts.ravel(), minlength=E),  # (E,)
-        "prob_mass": probs.sum(axis=0),                                  # (E,)
+        "tokens_per_expert": np.bincount(experts.ravel(), minlength=cfg.n_experts),  # (E,)
+        "prob_mass": probs.sum(axis=0),                                                # (E,)
         "probs": probs, "logits": logits,
     }
-    if tr:
-        tr.route("moe.router.topk", logits, probs, experts, weights, stats, t0)  # per-token routing
     cache = (lin, logits, probs, experts, g, weights, cfg.router, cfg.router_renorm, cfg.router_scale)
     return weights, experts, stats, cache
 
