@@ -217,3 +217,20 @@ def test_deepseek_v3_multi_token_prediction_layers_are_skipped(tmp_path):
     model = minimoe.load(folder)
     expected, _ = read_tensors(folder / "expected.safetensors")
     assert np.abs(model(expected["tokens"]) - expected["logits"]).max() < TOL
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_info_and_estimate_read_every_family(family, capsys):
+    from minimoe.cli import main as cli_main
+    folder = str(FIXTURES / f"hf_{FAMILIES[family][-1]}")
+    model = minimoe.load(folder)
+    counts = model.param_counts()
+    assert cli_main(["info", "--model", folder]) == 0
+    out = capsys.readouterr().out
+    assert f"{counts['total']:,}" in out and "bytes on disk by dtype" in out
+    if family == "gpt_oss":                               # the MXFP4 fixture: experts stay packed
+        assert "packed mxfp4" in out and "U8" in out
+    assert cli_main(["estimate", folder]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(family) and f"{counts['total']:,}" in out
+    assert "bytes in the folder's safetensors files" in out
