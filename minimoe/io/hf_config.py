@@ -40,6 +40,7 @@ def _rope(d: dict, source: str, default_theta: float) -> tuple[float, dict | Non
 
 
 def _mixtral(d: dict, source: str) -> Config:
+    _unsupported(d, source, "hidden_act", "silu", "minimoe's FFNs are SwiGLU")
     theta, scaling = _rope(d, source, 1e6)
     n_heads = _get(d, "num_attention_heads", source)
     hidden = _get(d, "hidden_size", source)
@@ -89,6 +90,7 @@ _DEFAULTS = {
 def _common(d: dict, source: str, family: str) -> dict:
     """The fields every family spells the same way, with its transformers class's defaults."""
     vocab, hidden, layers, heads, kv_heads, max_pos, theta, eps = _DEFAULTS[family]
+    _unsupported(d, source, "hidden_act", "silu", "minimoe's FFNs are SwiGLU")
     theta, scaling = _rope(d, source, theta)
     n_heads = _get(d, "num_attention_heads", source, heads)
     return dict(
@@ -248,7 +250,6 @@ def _deepseek_v3(d: dict, source: str) -> Config:
     _unsupported(d, source, "topk_method", "noaux_tc", "transformers' DeepseekV3 always routes group-limited "
                                                        "with the correction bias")
     _unsupported(d, source, "moe_layer_freq", 1, "every layer after first_k_dense_replace is an MoE layer")
-    _unsupported(d, source, "hidden_act", "silu", "minimoe's FFNs are SwiGLU")
     n_experts = _get(d, ("n_routed_experts", "num_local_experts"), source, 256)
     first_dense = _get(d, "first_k_dense_replace", source, 3)
     return Config(
@@ -277,7 +278,6 @@ def _deepseek_v2(d: dict, source: str) -> Config:
     _unsupported(d, source, "scoring_func", "softmax", "transformers' DeepseekV2 always scores with a softmax")
     _unsupported(d, source, "norm_topk_prob", False, "transformers' DeepseekV2 never renormalises the top-k")
     _unsupported(d, source, "moe_layer_freq", 1, "every layer after first_k_dense_replace is an MoE layer")
-    _unsupported(d, source, "hidden_act", "silu", "minimoe's FFNs are SwiGLU")
     method = _get(d, "topk_method", source, "greedy")
     if method not in ("greedy", "group_limited_greedy"):
         raise ConfigError(f"{source}: deepseek_v2: topk_method={method!r} is not supported; expected "
