@@ -122,7 +122,8 @@ def test_the_fixtures_cover_the_options():
     d2 = cfg["deepseek_v2_lite"]
     assert d2.router == "softmax_topk" and not d2.router_renorm and not d2.q_lora_rank and d2.rope_interleave
     assert cfg["deepseek_v2_bf16_groups"].router_groups == 4 and cfg["deepseek_v2_bf16_groups"].router_scale == 16
-    # across the fixtures: GQA ratios other than 1, top-k other than 2
+    # across the fixtures: fp32, bf16 and fp16 files; GQA ratios other than 1, top-k other than 2
+    assert set().union(*(_dtypes(name) for _, name in ALL)) >= {"F32", "BF16", "F16", "U8"}
     assert {c.n_heads // c.n_kv_heads for c in cfg.values()} >= {1, 2, 3, 4}
     assert {c.top_k for c in cfg.values()} >= {2, 3, 4}
 
