@@ -15,11 +15,14 @@ functions of minimoe/nn/; this file only wires them together, forward and backwa
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minimoe.config import Config
 from minimoe.errors import MinimoeError
 from minimoe.inspect import tracing
+from minimoe.kernels.dispatch import blas_threads_for
 from minimoe.kernels.dispatch import inference as _inference
 from minimoe.nn import attention, embedding, ffn, linear, mla, moe, norm, rope
 from minimoe.nn.kv_cache import KVCache
@@ -57,6 +60,10 @@ class Model:
 
     def __init__(self, config: Config, seed: int = 0, dtype=np.float32, params: dict | None = None,
                  tokenizer=None):
+        not_run = [s for s in config.estimator_only() if not s.startswith("n_mtp_layers")]  # (MTP: skipped)
+        if not_run:
+            raise MinimoeError(f"minimoe's model does not run {', '.join(not_run)} (the estimator counts "
+                               f"it: `minimoe estimate`)")
         self.config = config
         self.params = init_params(config, seed, dtype) if params is None else params
         self.tokenizer = tokenizer
@@ -64,6 +71,7 @@ class Model:
         # each layer's parameter names, by the short names the nn/ layers use; the arrays
         # themselves are looked up in self.params at every call, so replacing one takes effect
         self._names = [self._layer_names(i) for i in range(config.n_layers)]
+        self._largest_weight = max(math.prod(a.shape[-2:]) for a in self.params.values())  # O * I
 
     # --- parameters ------------------------------------------------------------------------------
     def _layer_names(self, i: int) -> dict:
@@ -140,10 +148,11 @@ class Model:
         kernels may skip what only a backward needs.
         """
         tokens = self.check_tokens(tokens)
-        if kv is not None or inference:
-            with _inference():
-                return self._forward(tokens, kv, keep=False)
-        return self._forward(tokens, kv, keep=True)
+        with blas_threads_for(tokens.size * self._largest_weight):   # one BLAS thread if all are small
+            if kv is not None or inference:
+                with _inference():
+                    return self._forward(tokens, kv, keep=False)
+            return self._forward(tokens, kv, keep=True)
 
     def _forward(self, tokens, kv: KVCache | None, keep: bool):
         cfg = self.config

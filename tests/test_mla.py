@@ -120,3 +120,11 @@ def test_mla_model_decodes_from_the_latent_cache_like_the_full_forward():
     outs = [model.forward(tokens[:, :3], kv)[0]]
     outs += [model.forward(tokens[:, t:t + 1], kv)[0] for t in range(3, 9)]
     np.testing.assert_allclose(np.concatenate(outs, axis=1), full, atol=2e-5)
+
+
+def test_the_model_runs_mla_but_refuses_what_only_the_estimator_counts():
+    import minimoe
+    from minimoe.errors import MinimoeError
+    Model(minimoe.Config.preset("tiny-deepseek").replace(n_mtp_layers=1), seed=0)   # MTP layers: skipped
+    with pytest.raises(MinimoeError, match="does not run linear_layers="):
+        Model(minimoe.Config.preset("qwen3-next-80b-a3b"))    # refused before any weight is allocated

@@ -298,11 +298,42 @@ LOADERS = {"mixtral": _mixtral_params, "olmoe": _olmoe_qwen_params, "qwen2_moe":
            "deepseek_v3": _deepseek_params, "deepseek_v2": _deepseek_params}
 
 
+# Options that change no parameter count (the estimator reads them without complaint) but that
+# minimoe's model does not run: (field, the value it runs, the model_types it concerns (None: all), why).
+NOT_RUN = [
+    ("hidden_act", "silu", None, "minimoe's FFNs are SwiGLU"),
+    ("clip_qkv", None, ("olmoe",), "minimoe does not clamp q, k and v; released OLMoE has null"),
+    ("scoring_func", "sigmoid", ("deepseek_v3",), "transformers' DeepseekV3 always scores with a sigmoid"),
+    ("topk_method", "noaux_tc", ("deepseek_v3",), "transformers' DeepseekV3 always routes group-limited "
+                                                  "with the correction bias"),
+    ("scoring_func", "softmax", ("deepseek_v2",), "transformers' DeepseekV2 always scores with a softmax"),
+    ("norm_topk_prob", False, ("deepseek_v2",), "transformers' DeepseekV2 never renormalises the top-k"),
+]
+
+
+def check_runnable(raw: dict, source: str) -> None:
+    """Refuse, naming the family and the field, what the model would not compute as transformers does."""
+    family = raw.get("model_type")
+    quant = raw.get("quantization_config")
+    if quant is not None:
+        method = quant.get("quant_method") if isinstance(quant, dict) else quant
+        if not (family == "gpt_oss" and method == "mxfp4"):
+            raise CheckpointError(f"{source}: {family}: quantization_config.quant_method={method!r} is not "
+                                  f"supported; minimoe reads fp32, bf16 and fp16 weights, and gpt-oss's mxfp4 "
+                                  f"experts (dequantize the checkpoint to bf16 first)")
+    for field, runs, families, why in NOT_RUN:
+        value = raw.get(field)
+        if (families is None or family in families) and value is not None and value != runs:
+            raise CheckpointError(f"{source}: {family}: {field}={value!r} is not supported ({why}); "
+                                  f"expected {runs!r}")
+
+
 def load(folder: str, raw_config: dict, dtype=np.float32):
     """A Hugging Face folder whose config.json is `raw_config` -> Model."""
     from minimoe.io.checkpoint import _is_packed, check_params
     from minimoe.model import Model
     config_path = os.path.join(folder, "config.json")
+    check_runnable(raw_config, config_path)
     try:
         cfg = config_from_hf(raw_config, source=config_path)
     except ConfigError as e:
