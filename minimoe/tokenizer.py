@@ -1,5 +1,7 @@
 """Tokenizers: text <-> integer ids. Stored with a checkpoint as tokenizer.json.
 
+  * HFTokenizer (minimoe/hf_tokenizer/): a Hugging Face tokenizer.json (GPT-2, Llama, Mistral,
+    Qwen, gpt-oss, DeepSeek), read without the `tokenizers` package.
   * ByteTokenizer: the 256 byte values of the UTF-8 encoding, plus special tokens after them
     (id 256 is "<|endoftext|>"). Any text encodes; no training needed.
   * CharTokenizer: one id per distinct character of a corpus, sorted (nanoGPT's Shakespeare
@@ -8,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -88,18 +91,33 @@ class CharTokenizer:
 
 
 def tokenizer_from_dict(d: dict, source: str = "tokenizer"):
+    if isinstance(d, dict) and "kind" not in d and "model" in d:       # a Hugging Face tokenizer.json
+        from minimoe.hf_tokenizer import HFTokenizer
+        return HFTokenizer(d, source=source)
     kind = d.get("kind") if isinstance(d, dict) else None
     if kind == "byte":
         return ByteTokenizer(d.get("special_tokens", ["<|endoftext|>"]))
     if kind == "char":
         return CharTokenizer(d["chars"])
-    raise TokenizerError(f"{source}: unknown tokenizer kind {kind!r}; expected 'byte' or 'char'")
+    raise TokenizerError(f"{source}: unknown tokenizer kind {kind!r}; expected 'byte' or 'char', "
+                         f"or a Hugging Face tokenizer.json (with a 'model')")
 
 
 def load_tokenizer(path: str):
+    """A tokenizer.json, or a folder holding one -> ByteTokenizer, CharTokenizer or HFTokenizer.
+    A Hugging Face folder's tokenizer_config.json / chat_template.jinja give the chat template."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(path):
+        raise TokenizerError(f"{path}: no such tokenizer file")
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
     except json.JSONDecodeError as e:
         raise TokenizerError(f"{path}: not valid JSON ({e})") from None
-    return tokenizer_from_dict(d, source=path)
+    tok = tokenizer_from_dict(d, source=path)
+    if getattr(tok, "kind", None) == "hf":
+        from minimoe.hf_tokenizer.tokenizer import read_chat_config
+        tok.chat_template, tok.bos_token, tok.eos_token = read_chat_config(os.path.dirname(path))
+    return tok

@@ -344,4 +344,8 @@ def load(folder: str, raw_config: dict, dtype=np.float32):
     take.finish()
     check_params(params, cfg, folder)
     params = {k: v if _is_packed(v) else np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
-    return Model(cfg, params=params)
+    tokenizer = None
+    if os.path.exists(os.path.join(folder, "tokenizer.json")):     # text in and out (hf_tokenizer/)
+        from minimoe.tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(folder)
+    return Model(cfg, params=params, tokenizer=tokenizer)

@@ -22,6 +22,7 @@ Files (the Numba modules are imported on a kernel's first use, not by `import mi
     dispatch.py  `Leaf`: the one place that picks a kernel or its twin, and that traces
     packed.py    the kernels' layout of a QTensor (float32 scales, value bytes block-index-last)
     qmatmul.py   fused GEMV (decode) and tile-dequantize + BLAS (prefill), per format
+    halfmatmul.py  bf16 / fp16 weights as stored: GEMV kernels and tile-widen + BLAS (not wired yet)
     moe.py       MoE dispatch (group assignments by expert), gather, combine (weighted scatter-add)
     ops.py       attention over the KV cache for a few new positions, router top-k
     train.py     row-wise RMSNorm, RoPE and softmax backward, forward and backward

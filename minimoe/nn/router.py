@@ -108,9 +108,9 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config,
     summed over the N tokens, "probs" (N, E) the full router distribution, "logits" (N, E).
     """
     logits, lin = linear.forward(x, w, b, name="moe.router")  # (N, C) -> (N, E)
-    weights, experts, probs, g = SELECT(logits, cfg.top_k, cfg.router, cfg.router_renorm, cfg.router_scale,
-                                        cfg.router_groups, cfg.router_topk_groups, correction_bias,
-                                        name="moe.router.topk")
+    rule = (cfg.router, cfg.router_renorm, cfg.router_scale,
+            cfg.router_groups, cfg.router_topk_groups, correction_bias)  # (+ DeepSeek's ways of choosing)
+    weights, experts, probs, g = SELECT(logits, cfg.top_k, *rule, name="moe.router.topk")  # (N, K) (N, K) (N, E)
     stats = {
         "tokens_per_expert": np.bincount(experts.ravel(), minlength=cfg.n_experts),  # (E,)
         "prob_mass": probs.sum(axis=0),                                                # (E,)
