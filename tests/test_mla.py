@@ -128,3 +128,26 @@ def test_the_model_runs_mla_but_refuses_what_only_the_estimator_counts():
     Model(minimoe.Config.preset("tiny-deepseek").replace(n_mtp_layers=1), seed=0)   # MTP layers: skipped
     with pytest.raises(MinimoeError, match="does not run linear_layers="):
         Model(minimoe.Config.preset("qwen3-next-80b-a3b"))    # refused before any weight is allocated
+
+
+def test_the_trace_counts_latent_attention_with_its_value_width():
+    """Naive form: scores over Dq = Dn + Dr channels, P.v over Dv; the absorbed decode step: scores
+    over Rkv + Dr, P.c over Rkv, read from the latent cache."""
+    import minimoe
+    cfg = minimoe.Config.preset("tiny-deepseek")
+    model = Model(cfg, seed=0)
+    H, Dq, Dv, R = cfg.n_heads, cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+    T = 5
+    with minimoe.trace() as t:
+        model(np.arange(T))
+    ops = t.ops
+    assert ops["layers.0.attn.scores"]["flops"] == 2 * H * T * T * Dq
+    assert ops["layers.0.attn.pv"]["flops"] == 2 * H * T * T * Dv
+    kv = model.new_kv_cache(1, T + 1)
+    model.forward(np.arange(T)[None], kv)
+    with minimoe.trace() as t:
+        model.forward(np.array([[7]]), kv)
+    S = T + 1
+    assert t.ops["layers.0.attn.scores"]["flops"] == 2 * H * S * (R + cfg.qk_rope_head_dim)
+    assert t.ops["layers.0.attn.pv"]["flops"] == 2 * H * S * R
+    assert t.ops["layers.0.attn.scores"]["kv_cache_bytes"] == S * (R + cfg.qk_rope_head_dim) * 4

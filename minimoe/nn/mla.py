@@ -132,6 +132,7 @@ def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, si
     scale = softmax_scale(cfg)
 
     if absorb:
+        # (the two per-head products with the folded weights are plain NumPy: a trace does not count them)
         W_uk, W_uv = split_kv_b(p["kv_b.weight"], cfg, x.dtype)   # (H, Dn, Rkv), (H, Dv, Rkv)
         q_lat = q_nope @ W_uk                            # (B,H,T,Dn) @ (H,Dn,Rkv) -> (B,H,T,Rkv)
         q = np.concatenate([q_lat, q_rot], axis=-1)      # (B, H, T, Rkv+Dr): scores against [c | k_rot]
