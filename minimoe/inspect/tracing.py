@@ -12,19 +12,18 @@ I/O a weight's input/output width.
 
 How it works
 ------------
-`ACTIVE` below is None, except inside `with trace()`. Every op in minimoe/nn/ does
+`ACTIVE` below is None, except inside `with trace()`. Nothing in minimoe/nn/ reads it: every hot
+op of a layer is a leaf (minimoe/kernels/dispatch.py), and the leaf, after running the Numba kernel
+or its NumPy twin, does
 
     tr = tracing.ACTIVE                           # None unless a trace is recording
-    t0 = tr.clock() if tr else 0.0
-    y = matmul(x, w)                              # ... the op's own NumPy ...
-    if tr: tr.matmul("attn.q", x, w, b, y, t0)
+    if tr: tr.record(kind, name, args, out, t0)   # the call's own arrays
 
-so with tracing off an op pays one module-attribute lookup and two tests of None: tens of
-nanoseconds against the microseconds of its NumPy (docs/inspect.md has the measurement). With
-tracing on, the op hands its real arrays to one of the recording methods of `Trace`, which reads
-their shapes, dtypes and byte counts. Nothing is recomputed from the config.
+so with tracing off a leaf pays one module-attribute lookup and one test of None. With tracing
+on, the recorder of that kind (`_matmul`, `_norm`, ...) reads the real arrays' shapes, dtypes and
+byte counts. Nothing is recomputed from the config.
 
-Op names are the checkpoint's names without ".weight": the model sets `tr.layer = i` while it
+Op names are the checkpoint's names without ".weight": Model.forward sets `tr.layer = i` while it
 runs layer i, so "attn.q" reported inside layer 0 is recorded as "layers.0.attn.q", next to
 the parameter "layers.0.attn.q.weight". Expert e of a layer is "layers.i.moe.experts.{e}.gate".
 
