@@ -151,3 +151,14 @@ def test_the_trace_counts_latent_attention_with_its_value_width():
     assert t.ops["layers.0.attn.scores"]["flops"] == 2 * H * S * (R + cfg.qk_rope_head_dim)
     assert t.ops["layers.0.attn.pv"]["flops"] == 2 * H * S * R
     assert t.ops["layers.0.attn.scores"]["kv_cache_bytes"] == S * (R + cfg.qk_rope_head_dim) * 4
+
+
+def test_the_latent_cache_holds_what_the_estimator_counts():
+    import minimoe
+    from minimoe.inspect.estimate import kv_cache_bytes
+    cfg = minimoe.Config.preset("tiny-deepseek")
+    model = Model(cfg, seed=0)
+    kv = model.new_kv_cache(2, 16)
+    model.forward(np.tile(np.arange(11), (2, 1)), kv)
+    assert kv.nbytes == kv_cache_bytes(cfg, 11, batch=2, kv_dtype="fp32")
+    assert kv.nbytes == 2 * 11 * cfg.n_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 4
