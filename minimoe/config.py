@@ -14,9 +14,11 @@ The fields cover the families minimoe runs or estimates:
     Qwen2-MoE       softmax router, no renormalisation; a shared expert with a sigmoid gate
     Qwen3-MoE       per-head q/k RMSNorm; renormalised top-k
     OLMoE           full-width q/k RMSNorm; no renormalisation
-    DeepSeek-V3     multi-head latent attention (MLA), sigmoid router with a selection bias,
-                    a shared expert, dense first layers, multi-token-prediction (MTP) layers
-                    (estimated only: minimoe does not run MLA); Kimi K2 and DeepSeek-V2 too
+    DeepSeek-V3     multi-head latent attention (MLA) with interleaved rope pairs; a sigmoid router
+                    whose selection bias only chooses experts, group-limited top-k, a routed
+                    scaling factor; a shared expert; dense first layers; multi-token-prediction
+                    (MTP) layers (estimated only); Kimi K2 too
+    DeepSeek-V2     the same MLA; a softmax router, greedy or group-limited (best score per group)
     Llama 3.1       dense; llama3 RoPE scaling
     Llama 4         MoE and dense layers interleaved, a shared expert, chunked attention
     Qwen3-Next      Gated DeltaNet (linear attention) on 3 layers in 4, gated attention on the others
@@ -81,6 +83,8 @@ class Config:
     router_renorm: bool = True       # softmax_topk/sigmoid_topk: rescale the K weights to sum to 1
     router_bias: bool = False        # a learned bias on the router logits (gpt-oss)
     router_scale: float = 1.0        # DeepSeek's routed_scaling_factor, multiplies the K weights
+    router_groups: int = 1           # DeepSeek n_group: the E experts form this many equal groups
+    router_topk_groups: int = 1      # DeepSeek topk_group: each token picks from its best groups only
     router_correction_bias: bool = False  # DeepSeek-V3 e_score_correction_bias: added to the scores to
                                           # choose the experts, never to weigh them (softmax_topk,
                                           # sigmoid_topk); training's loss-free balancing moves it
@@ -94,7 +98,7 @@ class Config:
     expert_bias: bool = False        # biases inside the experts (gpt-oss)
 
     # --- attention ---------------------------------------------------------------------------
-    attention: str = "gqa"           # "gqa", or "mla" (DeepSeek; estimator only)
+    attention: str = "gqa"           # "gqa", or "mla" (DeepSeek's multi-head latent attention)
     qkv_bias: bool = False           # biases on the q, k and v projections
     o_bias: bool = False             # bias on the output projection
     attn_sinks: bool = False         # gpt-oss: one learned logit per head that takes softmax mass
@@ -121,6 +125,7 @@ class Config:
     qk_rope_head_dim: int = 0
     qk_nope_head_dim: int = 0
     v_head_dim: int = 0
+    rope_interleave: bool = False    # MLA: rotary pairs are (x0, x1), (x2, x3), ... as DeepSeek stores them
 
     # --- positions, norms, FFN, embeddings ---------------------------------------------------
     rope_theta: float = 10000.0
@@ -211,6 +216,38 @@ class Config:
         if self.attention == "mla":
             for f in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
                 _check_pos_int(f, getattr(self, f))
+            if self.qk_rope_head_dim % 2:
+                raise ConfigError(f"qk_rope_head_dim must be even (RoPE rotates pairs), found {self.qk_rope_head_dim}")
+            if self.head_dim != self.qk_nope_head_dim + self.qk_rope_head_dim:
+                raise ConfigError(f"attention='mla' needs head_dim = qk_nope_head_dim + qk_rope_head_dim = "
+                                  f"{self.qk_nope_head_dim + self.qk_rope_head_dim}, found {self.head_dim}")
+            if self.n_kv_heads != self.n_heads:
+                raise ConfigError(f"attention='mla' decompresses a key and value for every head: n_kv_heads "
+                                  f"must equal n_heads={self.n_heads}, found {self.n_kv_heads}")
+            for f, off in (("qk_norm", "none"), ("attn_sinks", False), ("qkv_bias", False), ("sliding_window", 0)):
+                if getattr(self, f) != off:
+                    raise ConfigError(f"attention='mla' does not implement {f}={getattr(self, f)!r}; "
+                                      f"expected {off!r}")
+        elif self.rope_interleave:
+            raise ConfigError("rope_interleave is only implemented for attention='mla' (DeepSeek)")
+        for f in ("router_groups", "router_topk_groups"):
+            _check_pos_int(f, getattr(self, f))
+        if self.n_experts and self.router_groups > 1:
+            E, n = self.n_experts, self.router_groups
+            if E % n:
+                raise ConfigError(f"router_groups={n} must divide n_experts={E}")
+            if self.router_topk_groups > n:
+                raise ConfigError(f"router_topk_groups={self.router_topk_groups} must be at most "
+                                  f"router_groups={n}")
+            if self.top_k > self.router_topk_groups * (E // n):
+                raise ConfigError(f"top_k={self.top_k} is more than the {self.router_topk_groups} chosen "
+                                  f"groups of {E // n} experts hold")
+            if self.router not in ("softmax_topk", "sigmoid_topk"):
+                raise ConfigError(f"router_groups > 1 is implemented for softmax_topk and sigmoid_topk, "
+                                  f"not {self.router}")
+            if self.router == "sigmoid_topk" and E // n < 2:
+                raise ConfigError(f"sigmoid_topk ranks a group by its two best experts: groups need at "
+                                  f"least 2 experts, found {E // n}")
         for f in ("rope_theta", "norm_eps", "router_scale", "swiglu_limit", "swiglu_alpha"):
             v = getattr(self, f)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
@@ -253,6 +290,11 @@ class Config:
         """True when this layer's FFN is a routed mixture of experts."""
         return self.n_experts > 0 and layer not in self.dense_layers
 
+    @property
+    def rope_dim(self) -> int:
+        """How many channels of each head RoPE rotates: head_dim, or MLA's qk_rope_head_dim."""
+        return self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
+
     def window(self, layer: int) -> int:
         """The sliding window of this layer, or 0 for full causal attention."""
         if self.sliding_window and (self.sliding_layers is None or layer in self.sliding_layers):
@@ -270,8 +312,9 @@ class Config:
         return layer in self.linear_layers
 
     def estimator_only(self) -> list[str]:
-        """The settings of this config that minimoe's Model does not run (the estimator counts them)."""
-        found = [("attention", self.attention != "gqa"), ("linear_layers", bool(self.linear_layers)),
+        """The settings of this config that minimoe's Model does not run (the estimator counts them).
+        Multi-token-prediction layers are listed too; the Model skips them, as transformers does."""
+        found = [("linear_layers", bool(self.linear_layers)),
                  ("attention_chunk_size", bool(self.attention_chunk_size)),
                  ("attn_output_gate", self.attn_output_gate), ("norm", self.norm != "rmsnorm"),
                  ("head_bias", self.head_bias), ("router", self.router == "sparsemixer"),

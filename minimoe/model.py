@@ -4,7 +4,8 @@ Shape legend: B batch, T time, C d_model, V vocab, N = B*T tokens.
 
     x = embed[tokens]                                   (B, T, C)
     for each layer i:
-        x = x + attention(rmsnorm(x))                   causal, grouped-query, RoPE, KV cache
+        x = x + attention(rmsnorm(x))                   causal, grouped-query (or DeepSeek's latent
+                                                        attention, nn/mla.py), RoPE, KV cache
         x = x + ffn_or_moe(rmsnorm(x))                  dense SwiGLU, or routed experts
     logits = rmsnorm(x) @ head.T                        (B, T, V)  (head = embed when tied)
 
@@ -23,8 +24,9 @@ from minimoe.errors import MinimoeError
 from minimoe.inspect import tracing
 from minimoe.kernels.dispatch import blas_threads_for
 from minimoe.kernels.dispatch import inference as _inference
-from minimoe.nn import attention, embedding, ffn, linear, moe, norm, rope
+from minimoe.nn import attention, embedding, ffn, linear, mla, moe, norm, rope
 from minimoe.nn.kv_cache import KVCache
+from minimoe.nn.latent_kv_cache import LatentKVCache
 from minimoe.params import count_params, param_shapes
 
 
@@ -36,7 +38,7 @@ def init_params(cfg: Config, seed: int = 0, dtype=np.float32) -> dict[str, np.nd
     for name, shape in param_shapes(cfg).items():
         if name.endswith("norm.weight"):
             arr = np.ones(shape)
-        elif name.endswith("bias") or name.endswith("sinks"):
+        elif name.endswith("bias") or name.endswith("sinks"):  # (and DeepSeek's selection bias)
             arr = np.zeros(shape)
         else:
             std = 0.02
@@ -58,9 +60,10 @@ class Model:
 
     def __init__(self, config: Config, seed: int = 0, dtype=np.float32, params: dict | None = None,
                  tokenizer=None):
-        if config.attention != "gqa":
-            raise MinimoeError(f"attention={config.attention!r} is not implemented by minimoe's model "
-                               f"(the estimator counts it); use attention='gqa'")
+        not_run = [s for s in config.estimator_only() if not s.startswith("n_mtp_layers")]  # (MTP: skipped)
+        if not_run:
+            raise MinimoeError(f"minimoe's model does not run {', '.join(not_run)} (the estimator counts "
+                               f"it: `minimoe estimate`)")
         self.config = config
         self.params = init_params(config, seed, dtype) if params is None else params
         self.tokenizer = tokenizer
@@ -106,11 +109,12 @@ class Model:
 
     # --- forward -----------------------------------------------------------------------------------
     def rotations(self, start: int, T: int):
-        """RoPE's cos, sin (T, D) for positions start .. start+T-1, from a table grown on demand."""
+        """RoPE's cos, sin (T, D) for positions start .. start+T-1, from a table grown on demand
+        (D is config.rope_dim: the head dim, or MLA's rotary part)."""
         end = start + T
         if self._rope_cache is None or self._rope_cache[0] < end:
             n = max(end, self.config.max_seq_len)
-            cos, sin = rope.cos_sin(np.arange(n), self.config.head_dim, self.config.rope_theta,
+            cos, sin = rope.cos_sin(np.arange(n), self.config.rope_dim, self.config.rope_theta,
                                     self.config.rope_scaling, dtype=self.dtype)
             self._rope_cache = (n, cos, sin)
         _, cos, sin = self._rope_cache
@@ -167,6 +171,7 @@ class Model:
         B, T = tokens.shape
         start = kv.length if kv is not None else 0
         cos, sin = self.rotations(start, T)                       # (T, D)
+        latent = cfg.attention == "mla"                            # DeepSeek's attention (nn/mla.py)
         tr = tracing.ACTIVE                                        # None unless inside `with minimoe.trace()`
         if tr:
             tr.begin_forward(tokens, start, cached=kv is not None)  # ops below report as layers.{i}.*
@@ -178,7 +183,10 @@ class Model:
             if tr:
                 tr.layer = i
             h, n1 = norm.forward(x, lp["attn_norm"], cfg.norm_eps, name="attn_norm")  # (B, T, C)
-            a, ac = attention.forward(h, lp["attn"], cfg, i, cos, sin, kv)     # (B, T, C)
+            if latent:                                             # decoding takes the absorbed form
+                a, ac = mla.forward(h, lp["attn"], cfg, i, cos, sin, kv, absorb=kv is not None)
+            else:
+                a, ac = attention.forward(h, lp["attn"], cfg, i, cos, sin, kv)  # (B, T, C)
             x = x + a
             h, n2 = norm.forward(x, lp["ffn_norm"], cfg.norm_eps, name="ffn_norm")    # (B, T, C)
             if cfg.is_moe_layer(i):
@@ -231,7 +239,7 @@ class Model:
             dn, grads[p + "ffn_norm.weight"] = norm.backward(dh, n2)
             dx = dx + dn
             # x = x + attention(norm(x))
-            dh, g = attention.backward(dx, ac)
+            dh, g = (mla if cfg.attention == "mla" else attention).backward(dx, ac)
             grads.update({p + "attn." + k: v for k, v in g.items()})
             dn, grads[p + "attn_norm.weight"] = norm.backward(dh, n1)
             dx = dx + dn
@@ -249,8 +257,11 @@ class Model:
         return grads
 
     # --- generation --------------------------------------------------------------------------------
-    def new_kv_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+    def new_kv_cache(self, batch: int, max_len: int | None = None) -> KVCache | LatentKVCache:
         cfg = self.config
+        if cfg.attention == "mla":                                 # latents, not keys and values
+            return LatentKVCache.empty(cfg.n_layers, batch, max_len or cfg.max_seq_len,
+                                       cfg.kv_lora_rank, cfg.qk_rope_head_dim, self.dtype)
         return KVCache.empty(cfg.n_layers, batch, cfg.n_kv_heads, max_len or cfg.max_seq_len,
                              cfg.head_dim, self.dtype)
 

@@ -50,7 +50,7 @@ place of attn.*, with Hk key heads of Dk and Hv value heads of Dv (K_conv taps):
     layers.{i}.linear_attn.norm.weight         (Dv,)        gated RMSNorm of each head's output
     layers.{i}.linear_attn.out_proj.weight     (C, Hv*Dv)
 
-With attention == "mla" (DeepSeek-V3; counted by the estimator, not run by minimoe):
+With attention == "mla" (DeepSeek-V2/V3, minimoe/nn/mla.py), in place of q, k, v, o above:
     layers.{i}.attn.q_a.weight (q_lora, C), attn.q_a_norm.weight (q_lora,),
     attn.q_b.weight (H*(nope+rope), q_lora)      [or attn.q.weight (H*(nope+rope), C) if q_lora_rank=0]
     attn.kv_a.weight (kv_lora+rope, C), attn.kv_a_norm.weight (kv_lora,),

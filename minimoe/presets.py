@@ -25,6 +25,26 @@ PRESETS: dict[str, dict] = {
     "shakespeare-moe": dict(vocab_size=65, d_model=128, n_layers=4, n_heads=4, d_ff=344,
                             n_experts=8, top_k=2, d_expert=172, max_seq_len=64,
                             tie_embeddings=True),
+    # gpt-oss in miniature: attention biases and sinks, a sliding-window layer beside a full one,
+    # YaRN, a router with a bias (top-k, then softmax), experts with biases and the clamped SwiGLU.
+    # Widths are multiples of 32, so the experts quantize to MXFP4 as gpt-oss ships them.
+    "tiny-gpt-oss": dict(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                         d_ff=32, n_experts=4, top_k=2, d_expert=32, max_seq_len=64,
+                         router="topk_softmax", router_bias=True, expert_bias=True, qkv_bias=True,
+                         o_bias=True, attn_sinks=True, sliding_window=8, sliding_layers=[0],
+                         ffn_act="swiglu_oai", rope_scaling={"type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                                                             "beta_slow": 1.0, "truncate": False,
+                                                             "original_max_position_embeddings": 16}),
+    # DeepSeek-V3 in miniature: multi-head latent attention (low-rank q, a 16-wide latent, 4 rotary
+    # dims in interleaved pairs), a dense first layer, then a sigmoid router over 8 experts in 4
+    # groups (a token picks from its 2 best) with the selection-only correction bias, a routed
+    # scaling factor and one shared expert.
+    "tiny-deepseek": dict(vocab_size=256, d_model=32, n_layers=3, n_heads=4, head_dim=12, d_ff=64,
+                          n_experts=8, top_k=2, d_expert=16, n_shared_experts=1, dense_layers=[0],
+                          router="sigmoid_topk", router_renorm=True, router_scale=2.5, router_groups=4,
+                          router_topk_groups=2, router_correction_bias=True, attention="mla",
+                          q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8,
+                          v_head_dim=8, rope_interleave=True, max_seq_len=64),
     # The benchmark model shared with the peer comparison (Hugging Face transformers, llama.cpp).
     "mixtral-mini": dict(vocab_size=8192, d_model=512, n_layers=8, n_heads=8, n_kv_heads=2,
                          head_dim=64, d_ff=1408, n_experts=8, top_k=2, d_expert=1408,
@@ -80,7 +100,8 @@ PRESETS.update({
                         n_experts=256, top_k=8, d_expert=2048, n_shared_experts=1,
                         dense_layers=[0, 1, 2],                          # first_k_dense_replace: 3
                         router="sigmoid_topk", router_renorm=True, router_scale=2.5,
-                        attention="mla", q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
+                        router_groups=8, router_topk_groups=4, router_correction_bias=True,
+                        attention="mla", rope_interleave=True, q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
                         qk_nope_head_dim=128, v_head_dim=128, rope_theta=10000.0,
                         rope_scaling={"type": "yarn", "factor": 40.0, "beta_fast": 32, "beta_slow": 1,
                                       "mscale": 1.0, "mscale_all_dim": 1.0,
@@ -130,6 +151,7 @@ PRESETS.update({
     # dense layer and no MTP layer
     "kimi-k2": dict(PRESETS["deepseek-v3"], vocab_size=163840, n_heads=64, n_kv_heads=64,
                     max_seq_len=131072, n_experts=384, dense_layers=[0], router_scale=2.827,
+                    router_groups=1, router_topk_groups=1,                     # n_group: 1, topk_group: 1
                     rope_theta=50000.0,
                     rope_scaling={"type": "yarn", "factor": 32.0, "beta_fast": 1.0, "beta_slow": 1.0,
                                   "mscale": 1.0, "mscale_all_dim": 1.0,
@@ -165,7 +187,7 @@ PRESETS.update({
                              head_dim=192, d_ff=10944, max_seq_len=163840,
                              n_experts=64, top_k=6, d_expert=1408, n_shared_experts=2, dense_layers=[0],
                              router="softmax_topk", router_renorm=False,
-                             attention="mla", q_lora_rank=0, kv_lora_rank=512, qk_rope_head_dim=64,
+                             attention="mla", rope_interleave=True, q_lora_rank=0, kv_lora_rank=512, qk_rope_head_dim=64,
                              qk_nope_head_dim=128, v_head_dim=128, rope_theta=10000.0,
                              rope_scaling={"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1,
                                            "mscale": 0.707, "mscale_all_dim": 0.707,

@@ -83,6 +83,8 @@ MOE_CASES = {
     "noisy-topk": dict(router="noisy_topk"),
     "noisy-topk-capacity": dict(router="noisy_topk", capacity_factor=0.7),
     "correction-bias": dict(router_correction_bias=True),
+    "deepseek-groups-capacity": dict(router="sigmoid_topk", router_correction_bias=True, n_experts=8,
+                                     router_groups=4, router_topk_groups=2, capacity_factor=0.7),
 }
 
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 from minimoe.config import Config, ConfigError
 
 
-def _get(d: dict, key: str, source: str, default=...):
-    if key in d and d[key] is not None:
-        return d[key]
+def _get(d: dict, key: str | tuple, source: str, default=...):
+    """d[key], or the default. `key` may be a tuple of the names transformers treats as one field
+    (its attribute_map: e.g. Qwen3-MoE's Hub configs say num_experts, transformers 5 writes
+    num_local_experts); the first one present wins."""
+    keys = key if isinstance(key, tuple) else (key,)
+    for k in keys:
+        if k in d and d[k] is not None:
+            return d[k]
     if default is ...:
-        raise ConfigError(f"{source}: missing field {key!r}")
+        raise ConfigError(f"{source}: missing field {keys[0]!r}")
     return default
 
 
@@ -59,10 +64,12 @@ def _mixtral(d: dict, source: str) -> Config:
 
 
 def _unsupported(d: dict, source: str, key: str, supported, why: str):
-    """Refuse, by name, a field value that would change the parameter count in a way minimoe can't express."""
+    """Refuse, by family and field name, a value that minimoe does not implement."""
     value = d.get(key)
     if value is not None and value != supported:
-        raise ConfigError(f"{source}: {key}={value!r} is not supported ({why}); expected {supported!r}")
+        family = d.get("model_type", "this model")
+        raise ConfigError(f"{source}: {family}: {key}={value!r} is not supported ({why}); "
+                          f"expected {supported!r}")
 
 
 # The defaults of each family's transformers config class (transformers 5.x), for the fields that
@@ -121,7 +128,7 @@ def _gpt_oss(d: dict, source: str) -> Config:
     return Config(
         **c, head_dim=_get(d, "head_dim", source, 64),
         d_ff=f, d_expert=f,
-        n_experts=_get(d, "num_local_experts", source, 128),
+        n_experts=_get(d, ("num_local_experts", "num_experts"), source, 128),
         top_k=_get(d, "num_experts_per_tok", source, 4),
         router="topk_softmax", router_bias=True, expert_bias=True,
         qkv_bias=bias, o_bias=bias, attn_sinks=True,
@@ -183,7 +190,7 @@ def _qwen3_moe(d: dict, source: str) -> Config:
     # transformers' Qwen3MoeConfig: attention_bias (q, k, v and o) defaults to False; q/k RMSNorm
     # over each head's D channels; no shared expert.
     c = _common(d, source, "qwen3_moe")
-    n_experts = _get(d, "num_experts", source, 128)
+    n_experts = _get(d, ("num_experts", "num_local_experts"), source, 128)
     layers = _qwen_moe_layers(d, source, c["n_layers"], n_experts)
     bias = bool(_get(d, "attention_bias", source, False))
     window = (_get(d, "sliding_window", source, 4096) or 0) if d.get("use_sliding_window", False) else 0
@@ -212,28 +219,43 @@ def _olmoe(d: dict, source: str) -> Config:
     f = _get(d, "intermediate_size", source, 2048)
     return Config(
         **c, head_dim=head_dim, d_ff=f, d_expert=f,
-        n_experts=_get(d, "num_experts", source, 64), top_k=_get(d, "num_experts_per_tok", source, 8),
+        n_experts=_get(d, ("num_experts", "num_local_experts"), source, 64), top_k=_get(d, "num_experts_per_tok", source, 8),
         router="softmax_topk", router_renorm=bool(_get(d, "norm_topk_prob", source, False)),
         qkv_bias=bias, o_bias=bias, qk_norm="full",
         name=d.get("_name_or_path", "") or "olmoe",
     )
 
 
-def _deepseek_v3(d: dict, source: str) -> Config:
-    # transformers' DeepseekV3Config: multi-head latent attention; the first first_k_dense_replace
-    # layers have a dense FFN of intermediate_size; the others n_routed_experts experts of
-    # moe_intermediate_size plus n_shared_experts shared ones; a sigmoid router. The router's
-    # e_score_correction_bias is a buffer, not a parameter. The num_nextn_predict_layers
-    # multi-token-prediction layers (default 1) are in the checkpoint but not in the model: the
-    # estimator counts them apart (n_mtp_layers). Kimi K2 (model_type "kimi_k2") is this class.
-    c = _common(d, source, "deepseek_v3")
-    _unsupported(d, source, "attention_bias", False, "no released DeepSeek-V3 uses attention biases")
-    q_lora = _get(d, "q_lora_rank", source, None) if "q_lora_rank" in d else 1536
-    n_experts = _get(d, "n_routed_experts", source, 256)
-    first_dense = _get(d, "first_k_dense_replace", source, 3)
+def _mla(d: dict, source: str, c: dict, q_lora_default) -> dict:
+    """The multi-head latent attention fields DeepSeek-V2 and V3 share."""
+    _unsupported(d, source, "attention_bias", False, "no released DeepSeek model uses attention biases")
+    if c["n_kv_heads"] != c["n_heads"]:
+        raise ConfigError(f"{source}: {d.get('model_type')}: num_key_value_heads={c['n_kv_heads']} is not "
+                          f"supported (latent attention decompresses every head's key and value; "
+                          f"expected num_attention_heads={c['n_heads']})")
+    q_lora = _get(d, "q_lora_rank", source, None) if "q_lora_rank" in d else q_lora_default
     rope, nope = _get(d, "qk_rope_head_dim", source, 64), _get(d, "qk_nope_head_dim", source, 128)
+    return dict(attention="mla", head_dim=rope + nope, q_lora_rank=q_lora or 0,
+                kv_lora_rank=_get(d, "kv_lora_rank", source, 512), qk_rope_head_dim=rope,
+                qk_nope_head_dim=nope, v_head_dim=_get(d, "v_head_dim", source, 128))
+
+
+def _deepseek_v3(d: dict, source: str) -> Config:
+    # transformers' DeepseekV3Config: multi-head latent attention with interleaved rotary pairs
+    # (rope_interleave); the first first_k_dense_replace layers have a dense FFN of
+    # intermediate_size; the others n_routed_experts experts of moe_intermediate_size plus
+    # n_shared_experts shared ones; a sigmoid router, group-limited (n_group, topk_group), whose
+    # e_score_correction_bias only chooses experts. That bias is a buffer, not a parameter. The
+    # num_nextn_predict_layers multi-token-prediction layers (default 1) are in the checkpoint but
+    # not in the model: the estimator counts them apart (n_mtp_layers). Kimi K2 (model_type
+    # "kimi_k2") is this class.
+    c = _common(d, source, "deepseek_v3")
+    _unsupported(d, source, "moe_layer_freq", 1, "every layer after first_k_dense_replace is an MoE layer")
+    n_experts = _get(d, ("n_routed_experts", "num_local_experts"), source, 256)
+    first_dense = _get(d, "first_k_dense_replace", source, 3)
     return Config(
-        **c, head_dim=rope + nope,
+        **c, **_mla(d, source, c, 1536),
+        rope_interleave=bool(_get(d, "rope_interleave", source, True)),
         d_ff=_get(d, "intermediate_size", source, 18432),
         n_experts=n_experts, top_k=_get(d, "num_experts_per_tok", source, 8),
         d_expert=_get(d, "moe_intermediate_size", source, 2048),
@@ -241,11 +263,12 @@ def _deepseek_v3(d: dict, source: str) -> Config:
         dense_layers=list(range(min(first_dense, c["n_layers"]))),
         router="sigmoid_topk", router_renorm=bool(_get(d, "norm_topk_prob", source, True)),
         router_scale=float(_get(d, "routed_scaling_factor", source, 2.5)),
-        attention="mla", q_lora_rank=q_lora or 0, kv_lora_rank=_get(d, "kv_lora_rank", source, 512),
-        qk_rope_head_dim=rope, qk_nope_head_dim=nope, v_head_dim=_get(d, "v_head_dim", source, 128),
-        n_mtp_layers=_get(d, "num_nextn_predict_layers", source, 1),
+        router_groups=_get(d, "n_group", source, 8), router_topk_groups=_get(d, "topk_group", source, 4),
+        router_correction_bias=True,
+        n_mtp_layers=_get(d, ("num_nextn_predict_layers", "num_mtp_layers"), source, 1),
         name=d.get("_name_or_path", "") or d.get("model_type", "deepseek_v3"),
     )
+
 
 
 def _llama(d: dict, source: str) -> Config:
@@ -261,27 +284,33 @@ def _llama(d: dict, source: str) -> Config:
 
 
 def _deepseek_v2(d: dict, source: str) -> Config:
-    # transformers' DeepseekV2Config: MLA as in DeepSeek-V3 (q_lora_rank null: one full q
-    # projection); the first first_k_dense_replace layers (default 0) dense, the others
-    # n_routed_experts experts plus n_shared_experts shared ones; a softmax router without
-    # renormalisation by default (greedy or group-limited top-k: the same parameters).
+    # transformers' DeepseekV2Config: the same latent attention, rotated as complex numbers on
+    # interleaved pairs (the same as rope_interleave); a softmax router, "greedy" (plain top-k) or
+    # "group_limited_greedy" (a group's rank is its best score), never renormalised, times
+    # routed_scaling_factor; n_shared_experts shared experts; first_k_dense_replace dense layers.
     c = _common(d, source, "deepseek_v2")
-    _unsupported(d, source, "attention_bias", False, "no released DeepSeek-V2 uses attention biases")
-    q_lora = _get(d, "q_lora_rank", source, None) if "q_lora_rank" in d else 1536
-    rope, nope = _get(d, "qk_rope_head_dim", source, 64), _get(d, "qk_nope_head_dim", source, 128)
+    _unsupported(d, source, "mlp_bias", False, "minimoe's FFNs have no biases")
+    _unsupported(d, source, "moe_layer_freq", 1, "every layer after first_k_dense_replace is an MoE layer")
+    method = _get(d, "topk_method", source, "greedy")
+    if method not in ("greedy", "group_limited_greedy"):
+        raise ConfigError(f"{source}: deepseek_v2: topk_method={method!r} is not supported; expected "
+                          f"'greedy' or 'group_limited_greedy'")
+    groups = (_get(d, "n_group", source), _get(d, "topk_group", source)) if method != "greedy" else (1, 1)
+    n_experts = _get(d, ("n_routed_experts", "num_experts"), source, 64)
+    first_dense = _get(d, "first_k_dense_replace", source, 0)
     return Config(
-        **c, head_dim=rope + nope,
+        **c, **_mla(d, source, c, 1536), rope_interleave=True,
         d_ff=_get(d, "intermediate_size", source, 11008),
-        n_experts=_get(d, "n_routed_experts", source, 64), top_k=_get(d, "num_experts_per_tok", source),
+        n_experts=n_experts, top_k=_get(d, "num_experts_per_tok", source),
         d_expert=_get(d, "moe_intermediate_size", source, 1407),
         n_shared_experts=_get(d, "n_shared_experts", source, 2),
-        dense_layers=list(range(min(_get(d, "first_k_dense_replace", source, 0), c["n_layers"]))),
-        router="softmax_topk", router_renorm=bool(_get(d, "norm_topk_prob", source, False)),
+        dense_layers=list(range(min(first_dense, c["n_layers"]))),
+        router="softmax_topk", router_renorm=False,
         router_scale=float(_get(d, "routed_scaling_factor", source, 1.0)),
-        attention="mla", q_lora_rank=q_lora or 0, kv_lora_rank=_get(d, "kv_lora_rank", source, 512),
-        qk_rope_head_dim=rope, qk_nope_head_dim=nope, v_head_dim=_get(d, "v_head_dim", source, 128),
+        router_groups=groups[0], router_topk_groups=groups[1],
         name=d.get("_name_or_path", "") or "deepseek_v2",
     )
+
 
 
 def _layer_types(d: dict, source: str, n_layers: int, default: list[str]) -> list[str]:

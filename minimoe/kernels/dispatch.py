@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from minimoe.inspect import tracing
-from minimoe.kernels.backend import get_backend
+from minimoe.kernels.backend import _current as _BACKEND   # ["numba"] or ["numpy"]: get_backend()
 
 _INFERENCE = [False]     # True inside `with inference()`: no backward pass will follow
 
@@ -88,12 +88,15 @@ class Leaf:
 
     def pick(self, *args):
         """The function this call runs: the Numba kernel or the NumPy twin."""
-        if self._numba_ref is not None and get_backend() == "numba" and self.when(*args):
+        if _BACKEND[0] == "numba" and self._numba_ref is not None and self.when(*args):
             return self._numba or self.numba
         return self.numpy
 
     def __call__(self, *args, name: str | None = None):
-        fn = self.pick(*args)
+        if _BACKEND[0] == "numba" and self._numba_ref is not None and self.when(*args):   # = self.pick(*args)
+            fn = self._numba or self.numba
+        else:
+            fn = self.numpy
         tr = tracing.ACTIVE                               # None unless inside `with minimoe.trace()`
         if tr is None or self.kind is None:               # (kind None: a backward, never traced)
             return fn(*args)
