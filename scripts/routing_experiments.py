@@ -175,14 +175,36 @@ def speed(names: list[str], args, rounds: int = 5, steps: int = 10) -> str:
             for _ in range(steps):
                 t.train_step()
             times[name].append(1e3 * (time.perf_counter() - t0) / steps)
-    for t in trainers.values():
-        t.shards.close()
     base = float(np.median(times[names[0]]))
     lines = [f"| setting | ms per step (median of {rounds} rounds of {steps}) | vs {names[0]} |", "|---|---|---|"]
     for n in names:
         m = float(np.median(times[n]))
         lines.append(f"| {n} | {m:.0f} | {m / base:.2f}x |")
+    lines += ["", "forward pass of one 12 x 64 training batch, traced (minimoe.trace), ms by kind of op "
+              "(median of 5):", "", "| setting | " + " | ".join(KINDS) + " | total |",
+              "|---|" + "---|" * (len(KINDS) + 1)]
+    for name, t in trainers.items():
+        by_kind = forward_breakdown(t.model)
+        lines.append(f"| {name} | " + " | ".join(f"{by_kind.get(k, 0.0):.1f}" for k in KINDS)
+                     + f" | {sum(by_kind.values()):.1f} |")
+        t.shards.close()
     return "\n".join(lines)
+
+
+KINDS = ("matmul", "attention", "softmax", "activation", "norm", "rope", "route", "dispatch", "combine",
+         "embedding")
+
+
+def forward_breakdown(model, repeat: int = 5) -> dict:
+    """{kind: ms} of one training-mode forward pass over a 12 x 64 batch (median over `repeat`)."""
+    import minimoe
+    tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(12, 64))
+    runs = []
+    for _ in range(repeat):
+        with minimoe.trace() as t:
+            model.forward(tokens, train=True)
+        runs.append({k: 1e3 * g["time_s"] for k, g in t.group("kind").items()})
+    return {k: float(np.median([r.get(k, 0.0) for r in runs])) for k in runs[0]}
 
 
 def main(argv=None) -> int:
