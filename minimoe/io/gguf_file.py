@@ -1,0 +1,220 @@
+"""GGUF files (llama.cpp's format) out of and into minimoe, through the `gguf` package (an optional
+extra: pip install gguf).
+
+Shape legend: V vocab, C model width, H heads, G kv heads, D head dim, F expert width, E experts.
+
+    model.save_gguf("m.gguf", recipe="q4_0")     # f32 | q8_0 | q4_0 | mxfp4
+    model = minimoe.load("m.gguf")              # packed tensors stay packed (QTensor)
+
+Architecture written: llama.cpp's "llama" with experts (what convert_hf_to_gguf.py writes for a
+Mixtral): metadata keys llama.block_count, llama.expert_count, llama.expert_used_count, ...,
+tensors token_embd, blk.N.attn_{norm,q,k,v,output}, blk.N.ffn_norm, blk.N.ffn_gate_inp (router),
+blk.N.ffn_{gate,up,down}_exps (E stacked), output_norm, output.
+
+Two conventions differ from minimoe's (and Hugging Face's):
+  * RoPE: llama.cpp's "llama" architecture rotates neighbouring pairs (x0, x1), (x2, x3), ...;
+    minimoe rotates halves (x_j, x_{j + D/2}). convert_hf_to_gguf.py permutes the rows of q and
+    k to make one the other; rope_interleave_rows does the same, and load undoes it. A row
+    permutation moves whole rows of packed blocks, so it is exact for packed tensors too.
+  * Which tensors are packed: the recipe packs the attention and expert matrices and the output
+    head; norms, the router and the embedding table stay float32 (minimoe looks embedding rows
+    up in float), as llama.cpp keeps norms and the router.
+The packed bytes are minimoe.quant's, which are gguf.quants' byte for byte.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from minimoe.errors import MinimoeError
+
+ARCH = "llama"
+RECIPES = ("f32", "q8_0", "q4_0", "mxfp4")
+
+
+class GGUFError(MinimoeError, ValueError):
+    """A model that cannot be written as GGUF, or a GGUF file minimoe cannot read."""
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise GGUFError("GGUF files need the `gguf` package: pip install gguf") from None
+    return gguf
+
+
+def check_llama_moe(cfg) -> None:
+    """The llama/Mixtral GGUF export expresses a plain Mixtral; refuse, by name, a field it can't."""
+    plain = dict(router="softmax_topk", router_renorm=True, router_bias=False, router_scale=1.0,
+                 expert_bias=False, attention="gqa", qkv_bias=False, o_bias=False, attn_sinks=False,
+                 sliding_window=0, qk_norm="none", ffn_act="swiglu", n_shared_experts=0,
+                 dense_layers=[], rope_scaling=None, tie_embeddings=False, norm="rmsnorm")
+    for key, want in plain.items():
+        if getattr(cfg, key, want) != want:
+            raise GGUFError(f"config {cfg.name!r}: {key}={getattr(cfg, key)!r}; the GGUF '{ARCH}' export "
+                            f"handles a plain Mixtral ({key}={want!r}) (docs/export.md)")
+    if cfg.n_experts < 2:
+        raise GGUFError(f"config {cfg.name!r} has no experts (n_experts={cfg.n_experts}); the GGUF export "
+                        f"writes MoE models")
+
+
+def rope_interleave_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """q or k rows (H*D, ...), rotate-half order -> llama.cpp's neighbour-pair order: in each
+    head, row j (j < D/2) moves to 2j and row j + D/2 to 2j + 1."""
+    rows = w.shape[0]
+    D = rows // n_heads
+    halves = w.reshape(n_heads, 2, D // 2, *w.shape[1:])         # (H, 2, D/2, ...)
+    pairs = np.swapaxes(halves, 1, 2)                            # (H, D/2, 2, ...)
+    return np.ascontiguousarray(pairs.reshape(w.shape))
+
+
+def rope_halves_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """The inverse of rope_interleave_rows."""
+    rows = w.shape[0]
+    D = rows // n_heads
+    pairs = w.reshape(n_heads, D // 2, 2, *w.shape[1:])          # (H, D/2, 2, ...)
+    return np.ascontiguousarray(np.swapaxes(pairs, 1, 2).reshape(w.shape))
+
+
+def _permute(t, n_heads, fn):
+    """Row permutation of a float array or of a QTensor's packed rows (whole rows of blocks)."""
+    if isinstance(t, np.ndarray):
+        return fn(t, n_heads)
+    from minimoe.quant import QTensor
+    return QTensor(t.fmt, t.shape, fn(t.blocks, n_heads), t.name)
+
+
+def tensor_names(cfg) -> list[tuple[str, str, bool]]:
+    """(GGUF name, minimoe param name, packed by a recipe) for a llama-architecture MoE."""
+    out = [("token_embd.weight", "embed.weight", False)]
+    for i in range(cfg.n_layers):
+        ours, blk = f"layers.{i}.", f"blk.{i}."
+        out += [(blk + "attn_norm.weight", ours + "attn_norm.weight", False),
+                (blk + "attn_q.weight", ours + "attn.q.weight", True),
+                (blk + "attn_k.weight", ours + "attn.k.weight", True),
+                (blk + "attn_v.weight", ours + "attn.v.weight", True),
+                (blk + "attn_output.weight", ours + "attn.o.weight", True),
+                (blk + "ffn_norm.weight", ours + "ffn_norm.weight", False),
+                (blk + "ffn_gate_inp.weight", ours + "moe.router.weight", False),
+                (blk + "ffn_gate_exps.weight", ours + "moe.experts.gate", True),
+                (blk + "ffn_up_exps.weight", ours + "moe.experts.up", True),
+                (blk + "ffn_down_exps.weight", ours + "moe.experts.down", True)]
+    out += [("output_norm.weight", "norm.weight", False), ("output.weight", "head.weight", True)]
+    return out
+
+
+def _file_type(gguf, recipe):
+    return {"f32": gguf.LlamaFileType.ALL_F32, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+            "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+            "mxfp4": getattr(gguf.LlamaFileType, "MOSTLY_MXFP4_MOE", gguf.LlamaFileType.ALL_F32)}[recipe]
+
+
+def save_gguf(model, path: str, recipe: str = "f32") -> str:
+    """Write `model` as a llama.cpp "llama" GGUF; `recipe` packs the matrices (f32 = none).
+    A matrix already packed in the model is written as it is, whatever the recipe."""
+    gguf = _gguf()
+    from minimoe import quant
+    from minimoe.io.atomic import atomic_path
+    if recipe not in RECIPES:
+        raise GGUFError(f"--recipe must be one of {', '.join(RECIPES)}, found {recipe!r}")
+    cfg, p = model.config, model.params
+    check_llama_moe(cfg)
+    path = os.fspath(path)
+    with atomic_path(path) as tmp:
+        w = gguf.GGUFWriter(tmp, arch=ARCH)
+        w.add_name(f"minimoe {cfg.name}")
+        w.add_file_type(_file_type(gguf, recipe))
+        w.add_vocab_size(cfg.vocab_size)
+        w.add_context_length(cfg.max_seq_len)
+        w.add_embedding_length(cfg.d_model)
+        w.add_block_count(cfg.n_layers)
+        w.add_feed_forward_length(cfg.d_expert)
+        w.add_head_count(cfg.n_heads)
+        w.add_head_count_kv(cfg.n_kv_heads)
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_rope_dimension_count(cfg.head_dim)
+        w.add_rope_freq_base(cfg.rope_theta)
+        w.add_layer_norm_rms_eps(cfg.norm_eps)
+        w.add_expert_count(cfg.n_experts)
+        w.add_expert_used_count(cfg.top_k)
+        w.add_tokenizer_model("none")            # no vocabulary yet: vocab_size dummy tokens (NOT DONE: vocab)
+        for gname, ours, packable in tensor_names(cfg):
+            t = p[ours]
+            if gname.endswith(("attn_q.weight", "attn_k.weight")):
+                heads = cfg.n_heads if "attn_q" in gname else cfg.n_kv_heads
+                t = _permute(t, heads, rope_interleave_rows)
+            if isinstance(t, np.ndarray) and packable and recipe != "f32":
+                t = quant.quantize(t, recipe, name=gname)
+            if isinstance(t, np.ndarray):
+                w.add_tensor(gname, np.ascontiguousarray(t, dtype=np.float32))
+            else:
+                qtype = gguf.GGMLQuantizationType[t.fmt.upper()]
+                w.add_tensor(gname, t.blocks, raw_dtype=qtype)       # (..., bytes per row) uint8
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return path
+
+
+def load_gguf(path: str):
+    """A llama-architecture MoE GGUF -> Model. Tensors in a minimoe format stay packed."""
+    gguf = _gguf()
+    from minimoe import quant
+    from minimoe.config import Config
+    from minimoe.model import Model
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise GGUFError(f"{path}: no such GGUF file")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:                      # the gguf package raises plain ValueError/struct errors
+        raise GGUFError(f"{path}: not a readable GGUF file ({e})") from None
+
+    def field(key, required=True):
+        f = reader.fields.get(key)
+        if f is None:
+            if required:
+                raise GGUFError(f"{path}: metadata key {key!r} is missing")
+            return None
+        return f.contents()
+
+    arch = field("general.architecture")
+    if arch != ARCH:
+        raise GGUFError(f"{path}: general.architecture is {arch!r}; minimoe reads {ARCH!r} (with experts)")
+    a = f"{arch}."
+    n_heads, n_kv = int(field(a + "attention.head_count")), int(field(a + "attention.head_count_kv"))
+    tensors = {t.name: t for t in reader.tensors}
+    vocab = field(a + "vocab_size", required=False) or int(tensors["token_embd.weight"].shape[-1])
+    cfg = Config(name=os.path.basename(path).removesuffix(".gguf"), vocab_size=int(vocab),
+                 d_model=int(field(a + "embedding_length")), n_layers=int(field(a + "block_count")),
+                 n_heads=n_heads, n_kv_heads=n_kv,
+                 head_dim=int(field(a + "attention.key_length", required=False) or
+                              int(field(a + "embedding_length")) // n_heads),
+                 d_ff=int(field(a + "feed_forward_length")), d_expert=int(field(a + "feed_forward_length")),
+                 n_experts=int(field(a + "expert_count")), top_k=int(field(a + "expert_used_count")),
+                 max_seq_len=int(field(a + "context_length")), rope_theta=float(field(a + "rope.freq_base")),
+                 norm_eps=float(field(a + "attention.layer_norm_rms_epsilon")))
+    params = {}
+    for gname, ours, _ in tensor_names(cfg):
+        if gname not in tensors:
+            raise GGUFError(f"{path}: tensor {gname!r} is missing")
+        t = tensors[gname]
+        fmt = t.tensor_type.name.lower()
+        data = np.asarray(t.data)
+        if fmt in ("f32", "f16", "bf16"):
+            value = data.astype(np.float32) if fmt != "bf16" else quant.dequantize(data)  # pragma: no cover
+        elif fmt in quant.FORMATS:
+            shape = tuple(int(n) for n in reversed(t.shape))          # ggml ne is fastest-first
+            value = quant.QTensor(fmt, shape, np.ascontiguousarray(data), gname)
+            if ours == "embed.weight" or ours.endswith("router.weight"):
+                value = value.dequantize()                            # minimoe keeps these in float
+        else:
+            raise GGUFError(f"{path}: tensor {gname!r} has type {fmt.upper()}, which minimoe does not read")
+        if gname.endswith(("attn_q.weight", "attn_k.weight")):
+            value = _permute(value, n_heads if "attn_q" in gname else n_kv, rope_halves_rows)
+        params[ours] = value
+    return Model(cfg, params=params)

@@ -1,0 +1,62 @@
+"""minimoe -> GGUF -> minimoe is exact: float tensors bit for bit, packed tensors the same bytes as
+minimoe.quant (which are gguf.quants' bytes), the q/k RoPE row permutation undone, and the loaded
+model's logits equal. Needs the `gguf` package (test extra)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minimoe
+from minimoe import quant
+from minimoe.io import gguf_file
+
+gguf = pytest.importorskip("gguf")
+
+
+def tiny_moe():
+    cfg = minimoe.Config(name="tiny-moe", vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                         n_experts=4, top_k=2, d_ff=64, max_seq_len=32)
+    return minimoe.Model(cfg, seed=0)
+
+
+@pytest.mark.parametrize("recipe", ["f32", "q8_0", "q4_0", "mxfp4"])
+def test_round_trip_is_exact(tmp_path, recipe):
+    model = tiny_moe()
+    back = minimoe.load(model.save_gguf(str(tmp_path / f"m-{recipe}.gguf"), recipe=recipe))
+    assert back.config.n_experts == 4 and back.config.top_k == 2 and back.config.n_kv_heads == 2
+    for name, ours in model.params.items():
+        theirs = back.params[name]
+        if isinstance(theirs, np.ndarray):
+            np.testing.assert_array_equal(theirs, ours, err_msg=name)
+        else:
+            assert recipe != "f32" and theirs.fmt == recipe
+            np.testing.assert_array_equal(theirs.blocks, quant.quantize(ours, recipe).blocks, err_msg=name)
+    if recipe == "f32":
+        tokens = np.array([[1, 5, 9, 33, 2]])
+        np.testing.assert_array_equal(back(tokens), model(tokens))
+
+
+def test_file_holds_llama_cpp_names_and_the_rope_permutation(tmp_path):
+    model = tiny_moe()
+    reader = gguf.GGUFReader(model.save_gguf(str(tmp_path / "m.gguf")))
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert reader.fields["llama.expert_count"].contents() == 4
+    assert reader.fields["llama.expert_used_count"].contents() == 2
+    tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
+    assert tensors["blk.1.ffn_gate_exps.weight"].shape == model.params["layers.1.moe.experts.gate"].shape
+    q = model.params["layers.0.attn.q.weight"]                    # (H*D, C), D = 16
+    stored = tensors["blk.0.attn_q.weight"]
+    np.testing.assert_array_equal(stored[0], q[0])               # row 0 stays
+    np.testing.assert_array_equal(stored[1], q[8])               # row D/2 becomes row 1: pairs
+    np.testing.assert_array_equal(stored[2], q[1])
+
+
+def test_refuses_what_the_llama_arch_cannot_say(tmp_path):
+    cfg = minimoe.Config(name="biased", vocab_size=64, d_model=64, n_layers=1, n_heads=4, n_experts=4,
+                         top_k=2, d_ff=64, qkv_bias=True)
+    with pytest.raises(gguf_file.GGUFError, match="qkv_bias"):
+        minimoe.Model(cfg, seed=0).save_gguf(str(tmp_path / "x.gguf"))
+    with pytest.raises(gguf_file.GGUFError, match="recipe"):
+        tiny_moe().save_gguf(str(tmp_path / "x.gguf"), recipe="q3_k")
+    with pytest.raises(gguf_file.GGUFError, match="no such"):
+        minimoe.load(str(tmp_path / "missing.gguf"))
