@@ -1,0 +1,189 @@
+"""minimoe Models -> Hugging Face model folders that transformers loads (the inverse of io/hf.py).
+
+Shape legend: V vocab, C model width, H heads, G kv heads, D head dim, F expert width, E experts.
+
+    model.save_hf("out")          # config.json, model.safetensors (float32), tokenizer.json
+
+Which family (docs/export.md): the plainest family of transformers that computes exactly what
+the config says, found from the config's options (a Config does not remember where it came from):
+
+    qk_norm "full" (OLMoE's q/k RMSNorm over H*D)                       -> olmoe
+    qk_norm "head" (RMSNorm over each head's D), or no renormalised top-k  -> qwen3_moe
+    otherwise (softmax top-k renormalised, no biases, no q/k norm)      -> mixtral
+
+So minimoe's own presets export as mixtral (or qwen3_moe when they use its options), and a model
+loaded from a mixtral, olmoe or qwen3_moe folder goes back to its own family. gpt-oss, Qwen2-MoE
+and DeepSeek export is NOT written yet: those configs raise an error that names the option.
+
+Weights are written as float32 under the Hub's names (one tensor per expert, Mixtral's
+block_sparse_moe.experts.{e}.w1/w3/w2 and the mlp.experts.{e}.{gate,up,down}_proj of the others),
+which transformers 4 and 5, vLLM and llama.cpp's convert_hf_to_gguf.py all read. A packed weight
+is written as its dequantized float32 values.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from minimoe.errors import CheckpointError
+from minimoe.io.atomic import atomic_path, atomic_write_text
+
+
+class ExportError(CheckpointError):
+    """A model whose config no supported Hugging Face family can express."""
+
+
+def _need(cfg, family: str, **want) -> None:
+    for key, value in want.items():
+        if getattr(cfg, key) != value:
+            raise ExportError(f"config {cfg.name!r}: {key}={getattr(cfg, key)!r} cannot be written as "
+                              f"{family} (it needs {key}={value!r}); see docs/export.md")
+
+
+def family_for(cfg) -> str:
+    """The transformers model_type this config exports to (the table above)."""
+    if cfg.n_experts < 2:
+        raise ExportError(f"config {cfg.name!r} is dense (n_experts={cfg.n_experts}); save_hf writes MoE families")
+    common = dict(attention="gqa", router="softmax_topk", router_bias=False, router_scale=1.0,
+                  expert_bias=False, attn_sinks=False, ffn_act="swiglu", n_shared_experts=0,
+                  norm="rmsnorm", rope_scaling=None, attn_output_gate=False)
+    if cfg.qk_norm == "full":
+        family, extra = "olmoe", dict(sliding_window=0, dense_layers=[])
+    elif cfg.qk_norm == "head" or not cfg.router_renorm:
+        family, extra = "qwen3_moe", dict(qk_norm="head", sliding_window=0)
+    else:
+        family, extra = "mixtral", dict(qkv_bias=False, o_bias=False, dense_layers=[], tie_embeddings=False)
+    _need(cfg, family, **common, **extra)
+    if family != "mixtral" and cfg.qkv_bias != cfg.o_bias:
+        raise ExportError(f"config {cfg.name!r}: qkv_bias={cfg.qkv_bias} but o_bias={cfg.o_bias}; {family}'s "
+                          f"attention_bias puts a bias on all four projections or none")
+    if family == "olmoe" and cfg.head_dim * cfg.n_heads != cfg.d_model:
+        raise ExportError(f"config {cfg.name!r}: olmoe needs head_dim * n_heads == d_model")
+    return family
+
+
+def config_to_hf(cfg, family: str | None = None) -> dict:
+    """The config.json dict for `family` (default: family_for(cfg))."""
+    family = family or family_for(cfg)
+    d = {"model_type": family, "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
+         "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+         "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+         "max_position_embeddings": cfg.max_seq_len, "rope_theta": cfg.rope_theta,
+         "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": bool(cfg.tie_embeddings),
+         "hidden_act": "silu", "num_experts_per_tok": cfg.top_k, "torch_dtype": "float32"}
+    if family == "mixtral":
+        d.update(architectures=["MixtralForCausalLM"], intermediate_size=cfg.d_expert,
+                 num_local_experts=cfg.n_experts, sliding_window=cfg.sliding_window or None)
+        if cfg.sliding_layers is not None:
+            raise ExportError(f"config {cfg.name!r}: sliding_layers={cfg.sliding_layers}; Mixtral's window "
+                              f"applies to every layer")
+    elif family == "qwen3_moe":
+        d.update(architectures=["Qwen3MoeForCausalLM"], intermediate_size=cfg.d_ff,
+                 moe_intermediate_size=cfg.d_expert, num_experts=cfg.n_experts,
+                 norm_topk_prob=bool(cfg.router_renorm), decoder_sparse_step=1,
+                 mlp_only_layers=list(cfg.dense_layers), attention_bias=bool(cfg.qkv_bias),
+                 use_sliding_window=False, sliding_window=None)
+    elif family == "olmoe":
+        d.update(architectures=["OlmoeForCausalLM"], intermediate_size=cfg.d_expert,
+                 num_experts=cfg.n_experts, norm_topk_prob=bool(cfg.router_renorm),
+                 attention_bias=bool(cfg.qkv_bias), clip_qkv=None)
+        d.pop("head_dim")
+    else:
+        raise ExportError(f"unknown export family {family!r}")
+    return d
+
+
+def _float(t) -> np.ndarray:
+    return np.ascontiguousarray(t if isinstance(t, np.ndarray) else t.dequantize(), dtype=np.float32)
+
+
+def hf_tensors(model, family: str) -> dict[str, np.ndarray]:
+    """minimoe params -> {HF name: float32 array} in the Hub naming of `family`."""
+    cfg, p = model.config, model.params
+    out = {"model.embed_tokens.weight": p["embed.weight"], "model.norm.weight": p["norm.weight"]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = p["head.weight"]
+    for i in range(cfg.n_layers):
+        ours, hf = f"layers.{i}.", f"model.layers.{i}."
+        out[hf + "input_layernorm.weight"] = p[ours + "attn_norm.weight"]
+        out[hf + "post_attention_layernorm.weight"] = p[ours + "ffn_norm.weight"]
+        for n in "qkvo":
+            out[hf + f"self_attn.{n}_proj.weight"] = p[ours + f"attn.{n}.weight"]
+            if ours + f"attn.{n}.bias" in p:
+                out[hf + f"self_attn.{n}_proj.bias"] = p[ours + f"attn.{n}.bias"]
+        if cfg.qk_norm != "none":
+            out[hf + "self_attn.q_norm.weight"] = p[ours + "attn.q_norm.weight"]
+            out[hf + "self_attn.k_norm.weight"] = p[ours + "attn.k_norm.weight"]
+        if not cfg.is_moe_layer(i):
+            for n in ("gate", "up", "down"):
+                out[hf + f"mlp.{n}_proj.weight"] = p[ours + f"ffn.{n}.weight"]
+            continue
+        if family == "mixtral":
+            base, names = hf + "block_sparse_moe.", ("w1", "w3", "w2")
+        else:
+            base, names = hf + "mlp.", ("gate_proj", "up_proj", "down_proj")
+        out[base + "gate.weight"] = p[ours + "moe.router.weight"]                 # (E, C)
+        for mine, theirs in zip(("gate", "up", "down"), names):
+            stack = _float(p[ours + f"moe.experts.{mine}"])                      # (E, F, C) or (E, C, F)
+            for e in range(cfg.n_experts):
+                out[base + f"experts.{e}.{theirs}.weight"] = stack[e]
+    return {k: _float(v) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# The tokenizer as a Hugging Face tokenizer.json
+# --------------------------------------------------------------------------------------------------
+
+def tokenizer_json(tok) -> dict | None:
+    """A tokenizer.json dict for minimoe's tokenizers: an HF tokenizer as it was read; the byte
+    tokenizer as a byte-level BPE with no merges (ids 0..255 = the byte, then the special tokens);
+    the character tokenizer as a BPE over its characters with no merges and a Fuse decoder."""
+    if tok is None:
+        return None
+    if getattr(tok, "kind", None) == "byte":
+        from minimoe.hf_tokenizer.bpe import bytes_to_chars
+        chars = bytes_to_chars()                                        # byte -> printable char
+        vocab = {chars[b]: b for b in range(256)}
+        added = [{"id": 256 + i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                  "normalized": False, "special": True} for i, s in enumerate(tok.special_tokens)]
+        return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+                "normalizer": None,
+                "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                                  "use_regex": False},
+                "post_processor": None,
+                "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                            "use_regex": False},
+                "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                          "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                          "ignore_merges": False, "vocab": vocab, "merges": []}}
+    if getattr(tok, "kind", None) == "char":
+        return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+                "normalizer": None, "pre_tokenizer": None, "post_processor": None,
+                "decoder": {"type": "Fuse"},
+                "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                          "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                          "ignore_merges": False, "vocab": {c: i for i, c in enumerate(tok.chars)},
+                          "merges": []}}
+    return json.loads(tok.to_json())                                    # an HF tokenizer, as read
+
+
+def save_hf(model, folder: str, family: str | None = None) -> str:
+    """Write `model` as a Hugging Face folder: config.json, model.safetensors (float32) and
+    tokenizer.json (when the model has a tokenizer). Returns the family written."""
+    from safetensors.numpy import save_file
+    cfg = model.config
+    family = family or family_for(cfg)
+    config = config_to_hf(cfg, family)
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    with atomic_path(os.path.join(folder, "model.safetensors")) as tmp:
+        save_file(hf_tensors(model, family), tmp, metadata={"format": "pt"})
+    spec = tokenizer_json(model.tokenizer)
+    if spec is not None:
+        atomic_write_text(os.path.join(folder, "tokenizer.json"), json.dumps(spec, ensure_ascii=False) + "\n")
+        atomic_write_text(os.path.join(folder, "tokenizer_config.json"),
+                          json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}) + "\n")
+    atomic_write_text(os.path.join(folder, "config.json"), json.dumps(config, indent=2) + "\n")   # last
+    return family
