@@ -70,7 +70,7 @@ def test_transformers_loads_the_same_logits(tmp_path, family):
     transformers = pytest.importorskip("transformers")
     model = model_for(family)
     model.save_hf(tmp_path)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     with torch.no_grad():
         theirs = hf(torch.from_numpy(TOKENS)).logits.numpy()
     ours = model(TOKENS)

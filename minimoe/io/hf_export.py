@@ -72,7 +72,8 @@ def config_to_hf(cfg, family: str | None = None) -> dict:
          "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
          "max_position_embeddings": cfg.max_seq_len, "rope_theta": cfg.rope_theta,
          "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": bool(cfg.tie_embeddings),
-         "hidden_act": "silu", "num_experts_per_tok": cfg.top_k, "torch_dtype": "float32"}
+         "hidden_act": "silu", "num_experts_per_tok": cfg.top_k, "torch_dtype": "float32",
+         "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}   # not the family's defaults
     if family == "mixtral":
         d.update(architectures=["MixtralForCausalLM"], intermediate_size=cfg.d_expert,
                  num_local_experts=cfg.n_experts, sliding_window=cfg.sliding_window or None)
