@@ -112,8 +112,11 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
     best = error(scale, min_, L)
     with np.errstate(divide="ignore", invalid="ignore"):
         for step in range(nstep + 1):
+            # ggml reuses its `min` variable: once a step is taken, the next grids start from
+            # that step's min (both the span max - min and the shift x - min)
+            span = np.where(flat, F32(1), hi - min_)
             iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / span
-            Laux = codes(iscale, lo)                             # (M, n)
+            Laux = codes(iscale, min_)                           # (M, n)
             l = Laux.astype(F32)
             sum_l = running_sum(w * l)
             sum_l2 = running_sum(w * l * l)
@@ -124,8 +127,9 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
             positive = this_min > 0                              # a min above 0: refit the scale alone
             this_scale = np.where(positive, sum_xl / sum_l2, this_scale)
             this_min = np.where(positive, F32(0), this_min)
-            take = (D > 0) & (error(this_scale, this_min, Laux) < best)
-            best = np.where(take, error(this_scale, this_min, Laux), best)
+            this_error = error(this_scale, this_min, Laux)
+            take = (D > 0) & (this_error < best)
+            best = np.where(take, this_error, best)
             L = np.where(take[:, None], Laux, L)
             scale = np.where(take, this_scale, scale)
             min_ = np.where(take, this_min, min_)
