@@ -111,9 +111,11 @@ def _file_type(gguf, recipe):
             "mxfp4": getattr(gguf.LlamaFileType, "MOSTLY_MXFP4_MOE", gguf.LlamaFileType.ALL_F32)}[recipe]
 
 
-def save_gguf(model, path: str, recipe: str = "f32") -> str:
+def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = False) -> str:
     """Write `model` as a llama.cpp "llama" GGUF; `recipe` packs the matrices (f32 = none).
-    A matrix already packed in the model is written as it is, whatever the recipe."""
+    A matrix already packed in the model is written as it is, whatever the recipe.
+    pack_embedding: pack token_embd too (llama.cpp's "all weights" files; minimoe dequantizes it
+    when it loads the file, so the round trip is then exact only up to that quantization)."""
     gguf = _gguf()
     from minimoe import quant
     from minimoe.io.atomic import atomic_path
@@ -146,7 +148,8 @@ def save_gguf(model, path: str, recipe: str = "f32") -> str:
             if gname.endswith(("attn_q.weight", "attn_k.weight")):
                 heads = cfg.n_heads if "attn_q" in gname else cfg.n_kv_heads
                 t = _permute(t, heads, rope_interleave_rows)
-            if isinstance(t, np.ndarray) and packable and recipe != "f32":
+            if isinstance(t, np.ndarray) and (packable or pack_embedding and ours == "embed.weight") \
+                    and recipe != "f32":
                 t = quant.quantize(t, recipe, name=gname)
             if isinstance(t, np.ndarray):
                 w.add_tensor(gname, np.ascontiguousarray(t, dtype=np.float32))
