@@ -13,8 +13,8 @@ from minimoe.io import gguf_file
 gguf = pytest.importorskip("gguf")
 
 
-def tiny_moe():
-    cfg = minimoe.Config(name="tiny-moe", vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+def tiny_moe(vocab_size=64):
+    cfg = minimoe.Config(name="tiny-moe", vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                          n_experts=4, top_k=2, d_ff=64, max_seq_len=32)
     return minimoe.Model(cfg, seed=0)
 
@@ -60,3 +60,22 @@ def test_refuses_what_the_llama_arch_cannot_say(tmp_path):
         tiny_moe().save_gguf(str(tmp_path / "x.gguf"), recipe="q3_k")
     with pytest.raises(gguf_file.GGUFError, match="no such"):
         minimoe.load(str(tmp_path / "missing.gguf"))
+
+
+@pytest.mark.parametrize("tok", [minimoe.ByteTokenizer(), minimoe.CharTokenizer("abc de\n")])
+def test_the_tokenizer_goes_with_it(tmp_path, tok):
+    model = tiny_moe(vocab_size=257 if tok.kind == "byte" else 64)   # bytes and <|endoftext|>
+    model.tokenizer = tok
+    path = model.save_gguf(str(tmp_path / "m.gguf"))
+    back = minimoe.load(path)
+    text = "bad cab\n"
+    np.testing.assert_array_equal(back.tokenizer.encode(text), tok.encode(text))
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    assert len(tokens) == model.config.vocab_size                 # one token per embedding row
+    if tok.kind == "byte":
+        assert tokens[ord("a")] == "a" and tokens[ord(" ")] == "Ġ"    # GPT-2's printable bytes
+        assert tokens[256] == "<|endoftext|>" and reader.fields["tokenizer.ggml.eos_token_id"].contents() == 256
+    else:
+        assert tokens[:7] == ["a", "b", "c", "Ġ", "d", "e", "Ċ"] and tokens[7] == "[PAD7]"

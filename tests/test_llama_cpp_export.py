@@ -38,3 +38,14 @@ def test_llama_cpp_decodes_the_same_tokens(tmp_path, recipe):
     same = sum(a == b for a, b in zip(ours, theirs))
     assert same == STEPS, f"{recipe}: {same}/{STEPS} greedy tokens equal; first differ at " \
                           f"{next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)}"
+
+
+@pytest.mark.parametrize("tok", [minimoe.ByteTokenizer(), minimoe.CharTokenizer("abcdefghijklmnopqrstuvwxyz ,.\n")])
+def test_llama_cpp_tokenizes_like_minimoe(tmp_path, tok):
+    """The GGUF vocabulary (tokenizer.ggml.model gpt2, no merges) gives llama.cpp minimoe's ids."""
+    cfg = minimoe.Config.preset("tiny-moe")
+    model = minimoe.Model(cfg, seed=0, tokenizer=tok)
+    path = model.save_gguf(str(tmp_path / "tok.gguf"))
+    llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_gpu_layers=0, verbose=False, vocab_only=True)
+    text = "the cat sat, on a mat.\nabc"
+    assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) == tok.encode(text).tolist()

@@ -23,6 +23,7 @@ The packed bytes are minimoe.quant's, which are gguf.quants' byte for byte.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -142,7 +143,7 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
         w.add_layer_norm_rms_eps(cfg.norm_eps)
         w.add_expert_count(cfg.n_experts)
         w.add_expert_used_count(cfg.top_k)
-        w.add_tokenizer_model("none")            # no vocabulary yet: vocab_size dummy tokens (NOT DONE: vocab)
+        add_vocabulary(w, model.tokenizer, cfg.vocab_size)
         for gname, ours, packable in tensor_names(cfg):
             t = p[ours]
             if gname.endswith(("attn_q.weight", "attn_k.weight")):
@@ -161,6 +162,67 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
         w.write_tensors_to_file()
         w.close()
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# The tokenizer as a GGUF vocabulary (llama.cpp's tokenizer.ggml.* keys)
+# --------------------------------------------------------------------------------------------------
+
+TOKENIZER_KEY = "minimoe.tokenizer"      # minimoe's own tokenizer JSON, for an exact round trip
+
+
+def gguf_vocabulary(tok, vocab_size: int):
+    """A tokenizer -> (tokens, token types, merges) for llama.cpp's "gpt2" (byte-level BPE) model,
+    exactly vocab_size long (the rows of token_embd), or None when it cannot be expressed.
+
+    Every minimoe tokenizer is first written as a Hugging Face BPE (io/hf_export.tokenizer_json):
+    the byte tokenizer is a byte-level BPE with no merges (id b = byte b), the character tokenizer
+    a BPE over its characters. llama.cpp's gpt2 model works on bytes shown as printable characters
+    (GPT-2's bytes_to_unicode), so token strings that are not byte-level already are converted.
+    Ids past the tokenizer's vocabulary are filled with unused "[PAD{i}]" tokens; special tokens
+    past the model's vocabulary are dropped.
+    """
+    import gguf
+    from minimoe.hf_tokenizer.bpe import bytes_to_chars
+    from minimoe.io.hf_export import tokenizer_json
+    spec = tokenizer_json(tok)
+    if spec is None or spec.get("model", {}).get("type") != "BPE":
+        return None
+    pre = spec.get("pre_tokenizer") or {}
+    pres = pre.get("pretokenizers", [pre]) if pre else []
+    byte_level = any(p.get("type") == "ByteLevel" for p in pres)
+    to_bytes = bytes_to_chars()
+    show = (lambda t: t) if byte_level else (lambda t: "".join(to_bytes[b] for b in t.encode("utf-8")))
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for text, i in spec["model"]["vocab"].items():
+        if i < vocab_size:
+            tokens[i], types[i] = show(text), gguf.TokenType.NORMAL
+    for added in spec.get("added_tokens", []):
+        if added["id"] < vocab_size:
+            tokens[added["id"]] = added["content"]
+            types[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
+    return tokens, [int(t) for t in types], merges
+
+
+def add_vocabulary(w, tok, vocab_size: int) -> None:
+    """Write the tokenizer.ggml.* keys (and minimoe's own tokenizer JSON) to GGUFWriter `w`."""
+    vocab = gguf_vocabulary(tok, vocab_size) if tok is not None else None
+    if vocab is None:
+        w.add_tokenizer_model("none")            # llama.cpp: vocab_size dummy tokens; ids in, logits out
+        return
+    tokens, types, merges = vocab
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_add_bos_token(False)
+    special = getattr(tok, "special_tokens", None) or []
+    if special and 256 < vocab_size and tokens[256] == special[0]:
+        w.add_eos_token_id(256)                  # the byte tokenizer's <|endoftext|>
+    w.add_string(TOKENIZER_KEY, tok.to_json())
 
 
 def load_gguf(path: str):
@@ -220,4 +282,8 @@ def load_gguf(path: str):
         if gname.endswith(("attn_q.weight", "attn_k.weight")):
             value = _permute(value, n_heads if "attn_q" in gname else n_kv, rope_halves_rows)
         params[ours] = value
-    return Model(cfg, params=params)
+    tokenizer = None
+    if reader.fields.get(TOKENIZER_KEY) is not None:
+        from minimoe.tokenizer import tokenizer_from_dict
+        tokenizer = tokenizer_from_dict(json.loads(field(TOKENIZER_KEY)), source=f"{path}: {TOKENIZER_KEY}")
+    return Model(cfg, params=params, tokenizer=tokenizer)
