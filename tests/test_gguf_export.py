@@ -51,6 +51,34 @@ def test_file_holds_llama_cpp_names_and_the_rope_permutation(tmp_path):
     np.testing.assert_array_equal(stored[2], q[1])
 
 
+@pytest.mark.parametrize("family, arch", [("qwen3_moe", "qwen3moe"), ("olmoe", "olmoe")])
+@pytest.mark.parametrize("recipe", ["f32", "q8_0"])
+def test_qwen3moe_and_olmoe_round_trip(tmp_path, family, arch, recipe):
+    import dataclasses
+    cfg = tiny_moe().config
+    if family == "qwen3_moe":
+        cfg = dataclasses.replace(cfg, qk_norm="head", d_ff=96)
+    else:
+        cfg = dataclasses.replace(cfg, qk_norm="full", router_renorm=False, n_kv_heads=4)
+    model = minimoe.Model(cfg, seed=3)
+    path = model.save_gguf(str(tmp_path / f"{arch}.gguf"), recipe=recipe)
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.architecture"].contents() == arch
+    back = minimoe.load(path)
+    for key in ("qk_norm", "router_renorm", "d_ff", "d_expert", "n_kv_heads", "head_dim"):
+        assert getattr(back.config, key) == getattr(cfg, key), key
+    for name, ours in model.params.items():
+        theirs = back.params[name]
+        expect = ours if isinstance(theirs, np.ndarray) else quant.quantize(ours, recipe)
+        np.testing.assert_array_equal(theirs if isinstance(theirs, np.ndarray) else theirs.blocks,
+                                      expect if isinstance(expect, np.ndarray) else expect.blocks, err_msg=name)
+    q = {t.name: np.asarray(t.data) for t in reader.tensors}["blk.0.attn_q.weight"]
+    if recipe == "f32":                                           # NEOX RoPE: rows as minimoe has them
+        np.testing.assert_array_equal(q, model.params["layers.0.attn.q.weight"])
+        tokens = np.array([[1, 5, 9, 33, 2]])
+        np.testing.assert_array_equal(back(tokens), model(tokens))
+
+
 def test_refuses_what_the_llama_arch_cannot_say(tmp_path):
     cfg = minimoe.Config(name="biased", vocab_size=64, d_model=64, n_layers=1, n_heads=4, n_experts=4,
                          top_k=2, d_ff=64, qkv_bias=True)

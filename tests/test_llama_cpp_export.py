@@ -29,14 +29,32 @@ def greedy_llama_cpp(path: str, prompt, steps: int) -> list[int]:
     return out
 
 
+def model_for_arch(arch: str, preset: str = "tiny-moe", seed: int = 0):
+    """The preset as a model of each llama.cpp architecture save_gguf writes, random norms."""
+    import dataclasses
+    cfg = minimoe.Config.preset(preset)
+    if arch == "qwen3moe":
+        cfg = dataclasses.replace(cfg, name=cfg.name + "-qwen3moe", qk_norm="head")
+    elif arch == "olmoe":
+        cfg = dataclasses.replace(cfg, name=cfg.name + "-olmoe", qk_norm="full", router_renorm=False,
+                                  n_kv_heads=cfg.n_heads)
+    model = minimoe.Model(cfg, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for name, w in model.params.items():
+        if name.endswith("norm.weight"):
+            w[...] = 1 + 0.3 * rng.standard_normal(w.shape).astype(w.dtype)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3moe", "olmoe"])
 @pytest.mark.parametrize("recipe", ["f32", "q8_0", "q4_0", "mxfp4"])
-def test_llama_cpp_decodes_the_same_tokens(tmp_path, recipe):
-    model = minimoe.Model(minimoe.Config.preset("tiny-moe"), seed=0)
-    path = model.save_gguf(str(tmp_path / f"m-{recipe}.gguf"), recipe=recipe)
+def test_llama_cpp_decodes_the_same_tokens(tmp_path, arch, recipe):
+    model = model_for_arch(arch)
+    path = model.save_gguf(str(tmp_path / f"m-{arch}-{recipe}.gguf"), recipe=recipe)
     ours = minimoe.load(path).generate(np.array(PROMPT), STEPS)[len(PROMPT):].tolist()
     theirs = greedy_llama_cpp(path, PROMPT, STEPS)
     same = sum(a == b for a, b in zip(ours, theirs))
-    assert same == STEPS, f"{recipe}: {same}/{STEPS} greedy tokens equal; first differ at " \
+    assert same == STEPS, f"{arch} {recipe}: {same}/{STEPS} greedy tokens equal; first differ at " \
                           f"{next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)}"
 
 

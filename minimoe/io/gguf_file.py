@@ -6,16 +6,21 @@ Shape legend: V vocab, C model width, H heads, G kv heads, D head dim, F expert 
     model.save_gguf("m.gguf", recipe="q4_0")     # f32 | q8_0 | q4_0 | mxfp4
     model = minimoe.load("m.gguf")              # packed tensors stay packed (QTensor)
 
-Architecture written: llama.cpp's "llama" with experts (what convert_hf_to_gguf.py writes for a
-Mixtral): metadata keys llama.block_count, llama.expert_count, llama.expert_used_count, ...,
-tensors token_embd, blk.N.attn_{norm,q,k,v,output}, blk.N.ffn_norm, blk.N.ffn_gate_inp (router),
-blk.N.ffn_{gate,up,down}_exps (E stacked), output_norm, output.
+Architectures written (arch_for picks one from the config's q/k norm; docs/export.md):
+    llama      Mixtral: what convert_hf_to_gguf.py writes for one (llama with experts)
+    qwen3moe   Qwen3-MoE: q/k RMSNorm per head, top-k renormalised
+    olmoe      OLMoE: q/k RMSNorm over the whole projection, top-k not renormalised
+Metadata keys are {arch}.block_count, {arch}.expert_count, {arch}.expert_used_count, ... (and
+qwen3moe.expert_feed_forward_length); tensors token_embd, blk.N.attn_{norm,q,k,v,output},
+blk.N.attn_{q,k}_norm, blk.N.ffn_norm, blk.N.ffn_gate_inp (router), blk.N.ffn_{gate,up,down}_exps
+(E stacked), output_norm, output. gpt-oss ("gpt-oss") and DeepSeek ("deepseek2") are NOT written.
 
 Two conventions differ from minimoe's (and Hugging Face's):
   * RoPE: llama.cpp's "llama" architecture rotates neighbouring pairs (x0, x1), (x2, x3), ...;
     minimoe rotates halves (x_j, x_{j + D/2}). convert_hf_to_gguf.py permutes the rows of q and
     k to make one the other; rope_interleave_rows does the same, and load undoes it. A row
     permutation moves whole rows of packed blocks, so it is exact for packed tensors too.
+    qwen3moe and olmoe rotate halves in llama.cpp too ("NEOX" RoPE): nothing is permuted.
   * Which tensors are packed: the recipe packs the attention and expert matrices and the output
     head; norms, the router and the embedding table stay float32 (minimoe looks embedding rows
     up in float), as llama.cpp keeps norms and the router.
@@ -30,7 +35,6 @@ import numpy as np
 
 from minimoe.errors import MinimoeError
 
-ARCH = "llama"
 RECIPES = ("f32", "q8_0", "q4_0", "mxfp4")
 
 
@@ -46,19 +50,45 @@ def _gguf():
     return gguf
 
 
-def check_llama_moe(cfg) -> None:
-    """The llama/Mixtral GGUF export expresses a plain Mixtral; refuse, by name, a field it can't."""
-    plain = dict(router="softmax_topk", router_renorm=True, router_bias=False, router_scale=1.0,
-                 expert_bias=False, attention="gqa", qkv_bias=False, o_bias=False, attn_sinks=False,
-                 sliding_window=0, qk_norm="none", ffn_act="swiglu", n_shared_experts=0,
-                 dense_layers=[], rope_scaling=None, tie_embeddings=False, norm="rmsnorm")
-    for key, want in plain.items():
-        if getattr(cfg, key, want) != want:
-            raise GGUFError(f"config {cfg.name!r}: {key}={getattr(cfg, key)!r}; the GGUF '{ARCH}' export "
-                            f"handles a plain Mixtral ({key}={want!r}) (docs/export.md)")
+# llama.cpp architecture -> what its graph computes that a minimoe config must match.
+# (src/models/*.cpp in llama.cpp: the "llama" graph with experts is Mixtral's; qwen3moe always
+# renormalises the top-k weights and RMS-normalises q and k per head; olmoe never renormalises and
+# normalises q and k over the whole projection, which it sizes n_embd, so it has no GQA.)
+ARCHS = {
+    "llama": dict(qk_norm="none", router_renorm=True, dense_layers=[], tie_embeddings=False),
+    "qwen3moe": dict(qk_norm="head", router_renorm=True, dense_layers=[]),
+    "olmoe": dict(qk_norm="full", router_renorm=False, dense_layers=[], tie_embeddings=False),
+}
+PLAIN = dict(router="softmax_topk", router_bias=False, router_scale=1.0, expert_bias=False,
+             attention="gqa", qkv_bias=False, o_bias=False, attn_sinks=False, sliding_window=0,
+             ffn_act="swiglu", n_shared_experts=0, rope_scaling=None, norm="rmsnorm",
+             attn_output_gate=False)
+
+
+def arch_for(cfg) -> str:
+    """The llama.cpp architecture that computes exactly what `cfg` says, chosen by its q/k norm
+    (none -> llama, per head -> qwen3moe, whole projection -> olmoe); a GGUFError names the first
+    field that architecture cannot express."""
     if cfg.n_experts < 2:
         raise GGUFError(f"config {cfg.name!r} has no experts (n_experts={cfg.n_experts}); the GGUF export "
                         f"writes MoE models")
+    arch = {"none": "llama", "head": "qwen3moe", "full": "olmoe"}.get(cfg.qk_norm)
+    if arch is None:
+        raise GGUFError(f"config {cfg.name!r}: qk_norm={cfg.qk_norm!r} has no llama.cpp architecture")
+    for key, want in {**PLAIN, **ARCHS[arch]}.items():
+        if getattr(cfg, key, want) != want:
+            raise GGUFError(f"config {cfg.name!r}: {key}={getattr(cfg, key)!r}; the GGUF '{arch}' export "
+                            f"needs {key}={want!r} (docs/export.md)")
+    if arch == "olmoe" and (cfg.n_kv_heads != cfg.n_heads or cfg.head_dim * cfg.n_heads != cfg.d_model):
+        raise GGUFError(f"config {cfg.name!r}: llama.cpp's olmoe sizes q_norm and k_norm by d_model, so it "
+                        f"needs n_kv_heads == n_heads and head_dim * n_heads == d_model")
+    return arch
+
+
+def check_llama_moe(cfg) -> None:
+    """Refuse, by name, a config field that llama.cpp's "llama" (Mixtral) architecture can't express."""
+    if arch_for(cfg) != "llama":
+        raise GGUFError(f"config {cfg.name!r}: qk_norm={cfg.qk_norm!r}; the 'llama' export has no q/k norm")
 
 
 def rope_interleave_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -97,12 +127,17 @@ def tensor_names(cfg) -> list[tuple[str, str, bool]]:
                 (blk + "attn_k.weight", ours + "attn.k.weight", True),
                 (blk + "attn_v.weight", ours + "attn.v.weight", True),
                 (blk + "attn_output.weight", ours + "attn.o.weight", True),
+                *([(blk + "attn_q_norm.weight", ours + "attn.q_norm.weight", False),
+                   (blk + "attn_k_norm.weight", ours + "attn.k_norm.weight", False)]
+                  if cfg.qk_norm != "none" else []),
                 (blk + "ffn_norm.weight", ours + "ffn_norm.weight", False),
                 (blk + "ffn_gate_inp.weight", ours + "moe.router.weight", False),
                 (blk + "ffn_gate_exps.weight", ours + "moe.experts.gate", True),
                 (blk + "ffn_up_exps.weight", ours + "moe.experts.up", True),
                 (blk + "ffn_down_exps.weight", ours + "moe.experts.down", True)]
-    out += [("output_norm.weight", "norm.weight", False), ("output.weight", "head.weight", True)]
+    out += [("output_norm.weight", "norm.weight", False)]
+    if not cfg.tie_embeddings:                   # tied (qwen3moe may be): llama.cpp reuses token_embd
+        out += [("output.weight", "head.weight", True)]
     return out
 
 
@@ -123,17 +158,19 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
     if recipe not in RECIPES:
         raise GGUFError(f"--recipe must be one of {', '.join(RECIPES)}, found {recipe!r}")
     cfg, p = model.config, model.params
-    check_llama_moe(cfg)
+    arch = arch_for(cfg)
     path = os.fspath(path)
     with atomic_path(path) as tmp:
-        w = gguf.GGUFWriter(tmp, arch=ARCH)
+        w = gguf.GGUFWriter(tmp, arch=arch)
         w.add_name(f"minimoe {cfg.name}")
         w.add_file_type(_file_type(gguf, recipe))
         w.add_vocab_size(cfg.vocab_size)
         w.add_context_length(cfg.max_seq_len)
         w.add_embedding_length(cfg.d_model)
         w.add_block_count(cfg.n_layers)
-        w.add_feed_forward_length(cfg.d_expert)
+        w.add_feed_forward_length(cfg.d_ff if arch == "qwen3moe" else cfg.d_expert)
+        if arch == "qwen3moe":
+            w.add_expert_feed_forward_length(cfg.d_expert)
         w.add_head_count(cfg.n_heads)
         w.add_head_count_kv(cfg.n_kv_heads)
         w.add_key_length(cfg.head_dim)
@@ -146,7 +183,7 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
         add_vocabulary(w, model.tokenizer, cfg.vocab_size)
         for gname, ours, packable in tensor_names(cfg):
             t = p[ours]
-            if gname.endswith(("attn_q.weight", "attn_k.weight")):
+            if arch == "llama" and gname.endswith(("attn_q.weight", "attn_k.weight")):   # NEOX archs: as is
                 heads = cfg.n_heads if "attn_q" in gname else cfg.n_kv_heads
                 t = _permute(t, heads, rope_interleave_rows)
             if isinstance(t, np.ndarray) and (packable or pack_embedding and ours == "embed.weight") \
@@ -226,7 +263,8 @@ def add_vocabulary(w, tok, vocab_size: int) -> None:
 
 
 def load_gguf(path: str):
-    """A llama-architecture MoE GGUF -> Model. Tensors in a minimoe format stay packed."""
+    """A GGUF of a llama (Mixtral), qwen3moe or olmoe MoE -> Model. Tensors in a minimoe format
+    (q8_0, q4_0, q4_1, mxfp4, q4_k, q5_k, q6_k) stay packed; F32, F16 and BF16 become float32."""
     gguf = _gguf()
     from minimoe import quant
     from minimoe.config import Config
@@ -248,21 +286,23 @@ def load_gguf(path: str):
         return f.contents()
 
     arch = field("general.architecture")
-    if arch != ARCH:
-        raise GGUFError(f"{path}: general.architecture is {arch!r}; minimoe reads {ARCH!r} (with experts)")
+    if arch not in ARCHS:
+        raise GGUFError(f"{path}: general.architecture is {arch!r}; minimoe reads {sorted(ARCHS)} (with experts)")
     a = f"{arch}."
     n_heads, n_kv = int(field(a + "attention.head_count")), int(field(a + "attention.head_count_kv"))
     tensors = {t.name: t for t in reader.tensors}
+    d_model = int(field(a + "embedding_length"))
+    n_ff = int(field(a + "feed_forward_length"))
     vocab = field(a + "vocab_size", required=False) or int(tensors["token_embd.weight"].shape[-1])
     cfg = Config(name=os.path.basename(path).removesuffix(".gguf"), vocab_size=int(vocab),
-                 d_model=int(field(a + "embedding_length")), n_layers=int(field(a + "block_count")),
-                 n_heads=n_heads, n_kv_heads=n_kv,
-                 head_dim=int(field(a + "attention.key_length", required=False) or
-                              int(field(a + "embedding_length")) // n_heads),
-                 d_ff=int(field(a + "feed_forward_length")), d_expert=int(field(a + "feed_forward_length")),
+                 d_model=d_model, n_layers=int(field(a + "block_count")), n_heads=n_heads, n_kv_heads=n_kv,
+                 head_dim=int(field(a + "attention.key_length", required=False) or d_model // n_heads),
+                 d_ff=n_ff, d_expert=int(field(a + "expert_feed_forward_length", required=False) or n_ff),
                  n_experts=int(field(a + "expert_count")), top_k=int(field(a + "expert_used_count")),
                  max_seq_len=int(field(a + "context_length")), rope_theta=float(field(a + "rope.freq_base")),
-                 norm_eps=float(field(a + "attention.layer_norm_rms_epsilon")))
+                 norm_eps=float(field(a + "attention.layer_norm_rms_epsilon")),
+                 qk_norm=ARCHS[arch]["qk_norm"], router_renorm=ARCHS[arch]["router_renorm"],
+                 tie_embeddings="output.weight" not in tensors)
     params = {}
     for gname, ours, _ in tensor_names(cfg):
         if gname not in tensors:
@@ -270,8 +310,10 @@ def load_gguf(path: str):
         t = tensors[gname]
         fmt = t.tensor_type.name.lower()
         data = np.asarray(t.data)
-        if fmt in ("f32", "f16", "bf16"):
-            value = data.astype(np.float32) if fmt != "bf16" else quant.dequantize(data)  # pragma: no cover
+        if fmt in ("f32", "f16"):
+            value = data.astype(np.float32)
+        elif fmt == "bf16":                                           # the top 16 bits of a float32
+            value = (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         elif fmt in quant.FORMATS:
             shape = tuple(int(n) for n in reversed(t.shape))          # ggml ne is fastest-first
             value = quant.QTensor(fmt, shape, np.ascontiguousarray(data), gname)
@@ -279,7 +321,7 @@ def load_gguf(path: str):
                 value = value.dequantize()                            # minimoe keeps these in float
         else:
             raise GGUFError(f"{path}: tensor {gname!r} has type {fmt.upper()}, which minimoe does not read")
-        if gname.endswith(("attn_q.weight", "attn_k.weight")):
+        if arch == "llama" and gname.endswith(("attn_q.weight", "attn_k.weight")):
             value = _permute(value, n_heads if "attn_q" in gname else n_kv, rope_halves_rows)
         params[ours] = value
     tokenizer = None

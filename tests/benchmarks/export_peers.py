@@ -2,8 +2,9 @@
 
   transformers   for each family save_hf writes (mixtral, qwen3_moe, olmoe): the max |logit
                  difference| between minimoe and AutoModelForCausalLM on the exported folder (fp32)
-  llama.cpp      for each GGUF recipe (f32, q8_0, q4_0, mxfp4): how many of 64 greedy tokens
-                 llama-cpp-python decodes the same as minimoe running the same file
+  llama.cpp      for each GGUF architecture (llama, qwen3moe, olmoe) and recipe (f32, q8_0, q4_0,
+                 mxfp4): how many of 64 greedy tokens llama-cpp-python decodes the same as minimoe
+                 running the same file
 
 Run it with an interpreter that has torch + transformers (and llama_cpp for the second part):
 
@@ -50,17 +51,18 @@ def transformers_part(out: str) -> None:
 def llama_cpp_part(out: str, preset: str, steps: int = 64) -> None:
     try:
         import llama_cpp  # noqa: F401
-        from test_llama_cpp_export import PROMPT, greedy_llama_cpp
+        from test_llama_cpp_export import PROMPT, greedy_llama_cpp, model_for_arch
     except ImportError as e:
         print(f"llama.cpp: skipped ({e}); pip install llama-cpp-python")
         return
-    model = minimoe.Model(minimoe.Config.preset(preset), seed=0)
-    for recipe in ("f32", "q8_0", "q4_0", "mxfp4"):
-        path = model.save_gguf(os.path.join(out, f"{preset}-{recipe}.gguf"), recipe=recipe)
-        ours = minimoe.load(path).generate(np.array(PROMPT), steps)[len(PROMPT):].tolist()
-        theirs = greedy_llama_cpp(path, PROMPT, steps)
-        same = sum(a == b for a, b in zip(ours, theirs))
-        print(f"llama.cpp  {preset} {recipe:6s} greedy tokens equal: {same}/{steps}")
+    for arch in ("llama", "qwen3moe", "olmoe"):
+        model = model_for_arch(arch, preset)
+        for recipe in ("f32", "q8_0", "q4_0", "mxfp4"):
+            path = model.save_gguf(os.path.join(out, f"{model.config.name}-{recipe}.gguf"), recipe=recipe)
+            ours = minimoe.load(path).generate(np.array(PROMPT), steps)[len(PROMPT):].tolist()
+            theirs = greedy_llama_cpp(path, PROMPT, steps)
+            same = sum(a == b for a, b in zip(ours, theirs))
+            print(f"llama.cpp  {preset} {arch:8s} {recipe:6s} greedy tokens equal: {same}/{steps}")
 
 
 def main(argv=None) -> None:
