@@ -16,9 +16,12 @@ PROMPT = [1, 17, 42, 99, 7]
 
 
 def greedy_llama_cpp(path: str, prompt, steps: int) -> list[int]:
-    """Greedy decoding in llama.cpp from token ids, one eval per step, argmax of the last logits."""
+    """Greedy decoding in llama.cpp from token ids, one eval per step, argmax of the last logits.
+    The KV cache is F32 (llama.cpp's default F16 alone moves the logits by ~1e-3, enough to flip a
+    near-tie of a random model)."""
     llm = llama_cpp.Llama(model_path=path, n_ctx=len(prompt) + steps + 1, n_threads=2, n_gpu_layers=0,
-                          logits_all=False, verbose=False)
+                          logits_all=False, verbose=False,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     llm.eval(list(prompt))
     out = []
     for _ in range(steps):
