@@ -79,6 +79,18 @@ def test_qwen3moe_and_olmoe_round_trip(tmp_path, family, arch, recipe):
         np.testing.assert_array_equal(back(tokens), model(tokens))
 
 
+@pytest.mark.parametrize("recipe", ["q4_k", "q6_k"])
+def test_k_quant_recipes_stay_packed(tmp_path, recipe):
+    cfg = minimoe.Config(name="wide", vocab_size=64, d_model=256, n_layers=1, n_heads=4, n_experts=2,
+                         top_k=1, d_ff=256, max_seq_len=16)
+    model = minimoe.Model(cfg, seed=0)
+    back = minimoe.load(model.save_gguf(str(tmp_path / "k.gguf"), recipe=recipe))
+    w = back.params["layers.0.moe.experts.down"]
+    assert w.fmt == recipe
+    np.testing.assert_array_equal(w.blocks, quant.quantize(model.params["layers.0.moe.experts.down"], recipe).blocks)
+    back(np.array([[1, 2, 3]]))                                   # runs on the packed K-quant weights
+
+
 def test_refuses_what_the_llama_arch_cannot_say(tmp_path):
     cfg = minimoe.Config(name="biased", vocab_size=64, d_model=64, n_layers=1, n_heads=4, n_experts=4,
                          top_k=2, d_ff=64, qkv_bias=True)

@@ -35,7 +35,7 @@ import numpy as np
 
 from minimoe.errors import MinimoeError
 
-RECIPES = ("f32", "q8_0", "q4_0", "mxfp4")
+RECIPES = ("f32", "q8_0", "q4_0", "mxfp4", "q4_k", "q5_k", "q6_k")   # K-quants: rows a multiple of 256
 
 
 class GGUFError(MinimoeError, ValueError):
@@ -144,7 +144,9 @@ def tensor_names(cfg) -> list[tuple[str, str, bool]]:
 def _file_type(gguf, recipe):
     return {"f32": gguf.LlamaFileType.ALL_F32, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
             "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
-            "mxfp4": getattr(gguf.LlamaFileType, "MOSTLY_MXFP4_MOE", gguf.LlamaFileType.ALL_F32)}[recipe]
+            "mxfp4": getattr(gguf.LlamaFileType, "MOSTLY_MXFP4_MOE", gguf.LlamaFileType.ALL_F32),
+            "q4_k": gguf.LlamaFileType.MOSTLY_Q4_K_S, "q5_k": gguf.LlamaFileType.MOSTLY_Q5_K_S,
+            "q6_k": gguf.LlamaFileType.MOSTLY_Q6_K}[recipe]
 
 
 def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = False) -> str:
