@@ -13,7 +13,8 @@ import pytest
 import minimoe
 from minimoe.io import hf_export
 
-TOKENS = np.array([[3, 17, 42, 99, 7, 250, 1, 64, 128, 5]])
+TOKENS = np.array([[3, 17, 42, 99, 7, 250, 1, 64, 128, 5, 9, 11, 200, 31, 8, 77]])   # longer than gpt-oss's window
+FAMILIES = ["mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "gpt_oss"]
 
 
 def model_for(family: str, seed: int = 0):
@@ -24,15 +25,23 @@ def model_for(family: str, seed: int = 0):
                                   dense_layers=[0], d_ff=48)
     elif family == "olmoe":
         cfg = dataclasses.replace(cfg, name="tiny-olmoe", qk_norm="full", router_renorm=False)
+    elif family == "qwen2_moe":
+        cfg = dataclasses.replace(cfg, name="tiny-qwen2", n_shared_experts=1, d_shared_expert=40,
+                                  shared_expert_gate=True, qkv_bias=True, router_renorm=False,
+                                  dense_layers=[1], d_ff=48)
+    elif family == "gpt_oss":
+        cfg = minimoe.Config.preset("tiny-gpt-oss")
     model = minimoe.Model(cfg, seed=seed, tokenizer=minimoe.ByteTokenizer())
     rng = np.random.default_rng(seed + 1)
     for name, w in model.params.items():
         if name.endswith("norm.weight"):
             w[...] = 1 + 0.3 * rng.standard_normal(w.shape).astype(w.dtype)
+        elif name.endswith((".bias", "sinks")):                     # biases start at 0: make them count
+            w[...] = 0.1 * rng.standard_normal(w.shape).astype(w.dtype)
     return model
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "olmoe"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_round_trip_is_exact(tmp_path, family):
     model = model_for(family)
     assert model.save_hf(tmp_path) == family
@@ -64,7 +73,7 @@ def test_refuses_what_no_family_expresses(tmp_path):
         minimoe.Model(minimoe.Config.preset("tiny"), seed=0).save_hf(tmp_path)
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "olmoe"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_transformers_loads_the_same_logits(tmp_path, family):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

@@ -42,26 +42,58 @@ def _need(cfg, family: str, **want) -> None:
                               f"{family} (it needs {key}={value!r}); see docs/export.md")
 
 
+# Each family: the config values it can express (the options it does not have must be off).
+_OFF = dict(attention="gqa", router="softmax_topk", router_bias=False, router_scale=1.0, expert_bias=False,
+            attn_sinks=False, ffn_act="swiglu", n_shared_experts=0, norm="rmsnorm", rope_scaling=None,
+            attn_output_gate=False, qk_norm="none", qkv_bias=False, o_bias=False, sliding_window=0,
+            dense_layers=[], tie_embeddings=False, shared_expert_gate=False)
+_FAMILY_NEEDS = {
+    "mixtral": dict(router_renorm=True, sliding_window=None, sliding_layers=None),   # None: any value
+    "qwen3_moe": dict(qk_norm="head", router_renorm=None, qkv_bias=None, o_bias=None, dense_layers=None,
+                      tie_embeddings=None),
+    "olmoe": dict(qk_norm="full", router_renorm=None, qkv_bias=None, o_bias=None, tie_embeddings=None),
+    "qwen2_moe": dict(n_shared_experts=1, shared_expert_gate=True, router_renorm=None, qkv_bias=None,
+                      dense_layers=None, tie_embeddings=None),
+    "gpt_oss": dict(router="topk_softmax", router_bias=True, expert_bias=True, attn_sinks=True,
+                    ffn_act="swiglu_oai", swiglu_alpha=1.702, qkv_bias=None, o_bias=None, sliding_window=None,
+                    sliding_layers=None, rope_scaling=None, tie_embeddings=None),
+}
+
+
 def family_for(cfg) -> str:
     """The transformers model_type this config exports to (the table above)."""
     if cfg.n_experts < 2:
         raise ExportError(f"config {cfg.name!r} is dense (n_experts={cfg.n_experts}); save_hf writes MoE families")
-    common = dict(attention="gqa", router="softmax_topk", router_bias=False, router_scale=1.0,
-                  expert_bias=False, attn_sinks=False, ffn_act="swiglu", n_shared_experts=0,
-                  norm="rmsnorm", rope_scaling=None, attn_output_gate=False)
-    if cfg.qk_norm == "full":
-        family, extra = "olmoe", dict(sliding_window=0, dense_layers=[])
+    if cfg.attn_sinks:
+        family = "gpt_oss"
+    elif cfg.n_shared_experts:
+        family = "qwen2_moe"
+    elif cfg.qk_norm == "full":
+        family = "olmoe"
     elif cfg.qk_norm == "head" or not cfg.router_renorm:
-        family, extra = "qwen3_moe", dict(qk_norm="head", sliding_window=0)
+        family = "qwen3_moe"
     else:
-        family, extra = "mixtral", dict(qkv_bias=False, o_bias=False, dense_layers=[], tie_embeddings=False)
-    _need(cfg, family, **common, **extra)
-    if family != "mixtral" and cfg.qkv_bias != cfg.o_bias:
+        family = "mixtral"
+    for key, want in {**_OFF, **_FAMILY_NEEDS[family]}.items():
+        if want is not None and getattr(cfg, key) != want:
+            raise ExportError(f"config {cfg.name!r}: {key}={getattr(cfg, key)!r} cannot be written as {family} "
+                              f"(it needs {key}={want!r}); see docs/export.md")
+    if family in ("qwen3_moe", "olmoe", "gpt_oss") and cfg.qkv_bias != cfg.o_bias:
         raise ExportError(f"config {cfg.name!r}: qkv_bias={cfg.qkv_bias} but o_bias={cfg.o_bias}; {family}'s "
                           f"attention_bias puts a bias on all four projections or none")
     if family == "olmoe" and cfg.head_dim * cfg.n_heads != cfg.d_model:
         raise ExportError(f"config {cfg.name!r}: olmoe needs head_dim * n_heads == d_model")
+    if family == "mixtral" and cfg.sliding_layers is not None and cfg.sliding_window:
+        raise ExportError(f"config {cfg.name!r}: sliding_layers={cfg.sliding_layers}; Mixtral's window "
+                          f"applies to every layer")
     return family
+
+
+def _layer_types(cfg) -> list[str]:
+    """gpt-oss's layer_types: which layers use the sliding window."""
+    sliding = set(range(cfg.n_layers)) if cfg.sliding_layers is None else set(cfg.sliding_layers)
+    return ["sliding_attention" if cfg.sliding_window and i in sliding else "full_attention"
+            for i in range(cfg.n_layers)]
 
 
 def config_to_hf(cfg, family: str | None = None) -> dict:
@@ -74,23 +106,33 @@ def config_to_hf(cfg, family: str | None = None) -> dict:
          "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": bool(cfg.tie_embeddings),
          "hidden_act": "silu", "num_experts_per_tok": cfg.top_k, "torch_dtype": "float32",
          "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}   # not the family's defaults
+    qwen_layers = dict(decoder_sparse_step=1, mlp_only_layers=list(cfg.dense_layers),
+                       use_sliding_window=False, sliding_window=None)
     if family == "mixtral":
         d.update(architectures=["MixtralForCausalLM"], intermediate_size=cfg.d_expert,
                  num_local_experts=cfg.n_experts, sliding_window=cfg.sliding_window or None)
-        if cfg.sliding_layers is not None:
-            raise ExportError(f"config {cfg.name!r}: sliding_layers={cfg.sliding_layers}; Mixtral's window "
-                              f"applies to every layer")
     elif family == "qwen3_moe":
         d.update(architectures=["Qwen3MoeForCausalLM"], intermediate_size=cfg.d_ff,
                  moe_intermediate_size=cfg.d_expert, num_experts=cfg.n_experts,
-                 norm_topk_prob=bool(cfg.router_renorm), decoder_sparse_step=1,
-                 mlp_only_layers=list(cfg.dense_layers), attention_bias=bool(cfg.qkv_bias),
-                 use_sliding_window=False, sliding_window=None)
+                 norm_topk_prob=bool(cfg.router_renorm), attention_bias=bool(cfg.qkv_bias), **qwen_layers)
+    elif family == "qwen2_moe":
+        d.update(architectures=["Qwen2MoeForCausalLM"], intermediate_size=cfg.d_ff,
+                 moe_intermediate_size=cfg.d_expert, shared_expert_intermediate_size=cfg.d_shared_expert,
+                 num_experts=cfg.n_experts, norm_topk_prob=bool(cfg.router_renorm),
+                 qkv_bias=bool(cfg.qkv_bias), **qwen_layers)
     elif family == "olmoe":
         d.update(architectures=["OlmoeForCausalLM"], intermediate_size=cfg.d_expert,
                  num_experts=cfg.n_experts, norm_topk_prob=bool(cfg.router_renorm),
                  attention_bias=bool(cfg.qkv_bias), clip_qkv=None)
         d.pop("head_dim")
+    elif family == "gpt_oss":
+        d.update(architectures=["GptOssForCausalLM"], intermediate_size=cfg.d_expert,
+                 num_local_experts=cfg.n_experts, attention_bias=bool(cfg.qkv_bias),
+                 sliding_window=cfg.sliding_window or None, layer_types=_layer_types(cfg),
+                 swiglu_limit=cfg.swiglu_limit, rope_scaling=None)
+        if cfg.rope_scaling is not None:
+            scaling = dict(cfg.rope_scaling)
+            d["rope_scaling"] = {"rope_type": scaling.pop("type"), **scaling}
     else:
         raise ExportError(f"unknown export family {family!r}")
     return d
@@ -114,6 +156,8 @@ def hf_tensors(model, family: str) -> dict[str, np.ndarray]:
             out[hf + f"self_attn.{n}_proj.weight"] = p[ours + f"attn.{n}.weight"]
             if ours + f"attn.{n}.bias" in p:
                 out[hf + f"self_attn.{n}_proj.bias"] = p[ours + f"attn.{n}.bias"]
+        if cfg.attn_sinks:
+            out[hf + "self_attn.sinks"] = p[ours + "attn.sinks"]                 # (H,)
         if cfg.qk_norm != "none":
             out[hf + "self_attn.q_norm.weight"] = p[ours + "attn.q_norm.weight"]
             out[hf + "self_attn.k_norm.weight"] = p[ours + "attn.k_norm.weight"]
@@ -121,16 +165,41 @@ def hf_tensors(model, family: str) -> dict[str, np.ndarray]:
             for n in ("gate", "up", "down"):
                 out[hf + f"mlp.{n}_proj.weight"] = p[ours + f"ffn.{n}.weight"]
             continue
+        if family == "gpt_oss":
+            out.update(_gpt_oss_moe(p, ours, hf))
+            continue
         if family == "mixtral":
             base, names = hf + "block_sparse_moe.", ("w1", "w3", "w2")
         else:
             base, names = hf + "mlp.", ("gate_proj", "up_proj", "down_proj")
+        if family == "qwen2_moe":
+            for n in ("gate", "up", "down"):
+                out[hf + f"mlp.shared_expert.{n}_proj.weight"] = p[ours + f"moe.shared.{n}.weight"]
+            out[hf + "mlp.shared_expert_gate.weight"] = p[ours + "moe.shared_gate.weight"]   # (1, C)
         out[base + "gate.weight"] = p[ours + "moe.router.weight"]                 # (E, C)
         for mine, theirs in zip(("gate", "up", "down"), names):
             stack = _float(p[ours + f"moe.experts.{mine}"])                      # (E, F, C) or (E, C, F)
             for e in range(cfg.n_experts):
                 out[base + f"experts.{e}.{theirs}.weight"] = stack[e]
     return {k: _float(v) for k, v in out.items()}
+
+
+def _gpt_oss_moe(p, ours: str, hf: str) -> dict:
+    """gpt-oss's MoE tensors (the inverse of io/hf.py's _gpt_oss_params): input-major experts with
+    gate and up interleaved along the output axis, column 2j gate j, column 2j + 1 up j."""
+    gate, up = _float(p[ours + "moe.experts.gate"]), _float(p[ours + "moe.experts.up"])    # (E, F, C) each
+    E, F, C = gate.shape
+    gate_up = np.empty((E, C, 2 * F), np.float32)                                        # (E, C, 2F)
+    gate_up[:, :, 0::2] = gate.transpose(0, 2, 1)
+    gate_up[:, :, 1::2] = up.transpose(0, 2, 1)
+    gu_bias = np.empty((E, 2 * F), np.float32)                                           # (E, 2F)
+    gu_bias[:, 0::2] = p[ours + "moe.experts.gate_bias"]
+    gu_bias[:, 1::2] = p[ours + "moe.experts.up_bias"]
+    m = hf + "mlp."
+    return {m + "router.weight": p[ours + "moe.router.weight"], m + "router.bias": p[ours + "moe.router.bias"],
+            m + "experts.gate_up_proj": gate_up, m + "experts.gate_up_proj_bias": gu_bias,
+            m + "experts.down_proj": _float(p[ours + "moe.experts.down"]).transpose(0, 2, 1),   # (E, C, F) -> (E, F, C)
+            m + "experts.down_proj_bias": p[ours + "moe.experts.down_bias"]}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Every peer check of the exports in one run (docs/export.md):
 
-  transformers   for each family save_hf writes (mixtral, qwen3_moe, olmoe): the max |logit
+  transformers   for each family save_hf writes (mixtral, qwen3_moe, olmoe, qwen2_moe, gpt_oss): the max |logit
                  difference| between minimoe and AutoModelForCausalLM on the exported folder (fp32)
   llama.cpp      for each GGUF architecture (llama, qwen3moe, olmoe) and recipe (f32, q8_0, q4_0,
                  mxfp4): how many of 64 greedy tokens llama-cpp-python decodes the same as minimoe
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import minimoe                                        # noqa: E402
-from test_hf_export import TOKENS, model_for          # noqa: E402  (the same models the tests use)
+from test_hf_export import FAMILIES, TOKENS, model_for   # noqa: E402  (the same models the tests use)
 
 
 def transformers_part(out: str) -> None:
@@ -36,7 +36,7 @@ def transformers_part(out: str) -> None:
     except ImportError as e:
         print(f"transformers: skipped ({e})")
         return
-    for family in ("mixtral", "qwen3_moe", "olmoe"):
+    for family in FAMILIES:
         model = model_for(family)
         folder = os.path.join(out, f"hf-{family}")
         model.save_hf(folder)
