@@ -7,16 +7,19 @@ Shape legend: V vocab, C model width, H heads, G kv heads, D head dim, F expert 
 Which family (docs/export.md): the plainest family of transformers that computes exactly what
 the config says, found from the config's options (a Config does not remember where it came from):
 
+    attention sinks (gpt-oss's)                                         -> gpt_oss
+    a shared expert with a sigmoid gate                                 -> qwen2_moe
     qk_norm "full" (OLMoE's q/k RMSNorm over H*D)                       -> olmoe
     qk_norm "head" (RMSNorm over each head's D), or no renormalised top-k  -> qwen3_moe
     otherwise (softmax top-k renormalised, no biases, no q/k norm)      -> mixtral
 
 So minimoe's own presets export as mixtral (or qwen3_moe when they use its options), and a model
-loaded from a mixtral, olmoe or qwen3_moe folder goes back to its own family. gpt-oss, Qwen2-MoE
-and DeepSeek export is NOT written yet: those configs raise an error that names the option.
+loaded from one of those five families goes back to its own. DeepSeek (latent attention) export is
+NOT written yet: such configs raise an error that names the option.
 
 Weights are written as float32 under the Hub's names (one tensor per expert, Mixtral's
-block_sparse_moe.experts.{e}.w1/w3/w2 and the mlp.experts.{e}.{gate,up,down}_proj of the others),
+block_sparse_moe.experts.{e}.w1/w3/w2 and the mlp.experts.{e}.{gate,up,down}_proj of the others;
+gpt-oss's own fused, interleaved gate_up_proj),
 which transformers 4 and 5, vLLM and llama.cpp's convert_hf_to_gguf.py all read. A packed weight
 is written as its dequantized float32 values.
 """

@@ -65,12 +65,23 @@ def llama_cpp_part(out: str, preset: str, steps: int = 64) -> None:
             print(f"llama.cpp  {preset} {arch:8s} {recipe:6s} greedy tokens equal: {same}/{steps}")
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny-moe", help="model for the llama.cpp part (default tiny-moe)")
     ap.add_argument("--out", default=None, help="folder for the exported files (default: a temporary one)")
     args = ap.parse_args(argv)
-    print(f"CPU: {platform.processor() or platform.machine()}")
+    print(f"CPU: {cpu_model()}")
     out = args.out or tempfile.mkdtemp(prefix="minimoe-export-")
     os.makedirs(out, exist_ok=True)
     transformers_part(out)
