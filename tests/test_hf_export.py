@@ -14,7 +14,7 @@ import minimoe
 from minimoe.io import hf_export
 
 TOKENS = np.array([[3, 17, 42, 99, 7, 250, 1, 64, 128, 5, 9, 11, 200, 31, 8, 77]])   # longer than gpt-oss's window
-FAMILIES = ["mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "gpt_oss"]
+FAMILIES = ["mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "gpt_oss", "deepseek_v3", "deepseek_v2"]
 
 
 def model_for(family: str, seed: int = 0):
@@ -31,12 +31,18 @@ def model_for(family: str, seed: int = 0):
                                   dense_layers=[1], d_ff=48)
     elif family == "gpt_oss":
         cfg = minimoe.Config.preset("tiny-gpt-oss")
+    elif family == "deepseek_v3":
+        cfg = minimoe.Config.preset("tiny-deepseek")
+    elif family == "deepseek_v2":
+        cfg = dataclasses.replace(minimoe.Config.preset("tiny-deepseek"), name="tiny-deepseek-v2",
+                                  router="softmax_topk", router_renorm=False, router_correction_bias=False,
+                                  router_scale=1.5, q_lora_rank=0)
     model = minimoe.Model(cfg, seed=seed, tokenizer=minimoe.ByteTokenizer())
     rng = np.random.default_rng(seed + 1)
     for name, w in model.params.items():
         if name.endswith("norm.weight"):
             w[...] = 1 + 0.3 * rng.standard_normal(w.shape).astype(w.dtype)
-        elif name.endswith((".bias", "sinks")):                     # biases start at 0: make them count
+        elif name.endswith((".bias", "sinks", "correction_bias")):  # biases start at 0: make them count
             w[...] = 0.1 * rng.standard_normal(w.shape).astype(w.dtype)
     return model
 

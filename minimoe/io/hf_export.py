@@ -7,6 +7,7 @@ Shape legend: V vocab, C model width, H heads, G kv heads, D head dim, F expert 
 Which family (docs/export.md): the plainest family of transformers that computes exactly what
 the config says, found from the config's options (a Config does not remember where it came from):
 
+    latent attention: sigmoid router -> deepseek_v3, softmax router      -> deepseek_v2
     attention sinks (gpt-oss's)                                         -> gpt_oss
     a shared expert with a sigmoid gate                                 -> qwen2_moe
     qk_norm "full" (OLMoE's q/k RMSNorm over H*D)                       -> olmoe
@@ -14,8 +15,8 @@ the config says, found from the config's options (a Config does not remember whe
     otherwise (softmax top-k renormalised, no biases, no q/k norm)      -> mixtral
 
 So minimoe's own presets export as mixtral (or qwen3_moe when they use its options), and a model
-loaded from one of those five families goes back to its own. DeepSeek (latent attention) export is
-NOT written yet: such configs raise an error that names the option.
+loaded from one of those families goes back to its own. Latent attention exports as deepseek_v3
+(sigmoid router with its correction bias) or deepseek_v2 (softmax router).
 
 Weights are written as float32 under the Hub's names (one tensor per expert, Mixtral's
 block_sparse_moe.experts.{e}.w1/w3/w2 and the mlp.experts.{e}.{gate,up,down}_proj of the others;
@@ -46,7 +47,7 @@ def _need(cfg, family: str, **want) -> None:
 
 
 # Each family: the config values it can express (the options it does not have must be off).
-_OFF = dict(attention="gqa", router="softmax_topk", router_bias=False, router_scale=1.0, expert_bias=False,
+_OFF = dict(router_correction_bias=False, router_groups=1, router_topk_groups=1, attention="gqa", router="softmax_topk", router_bias=False, router_scale=1.0, expert_bias=False,
             attn_sinks=False, ffn_act="swiglu", n_shared_experts=0, norm="rmsnorm", rope_scaling=None,
             attn_output_gate=False, qk_norm="none", qkv_bias=False, o_bias=False, sliding_window=0,
             dense_layers=[], tie_embeddings=False, shared_expert_gate=False)
@@ -57,6 +58,12 @@ _FAMILY_NEEDS = {
     "olmoe": dict(qk_norm="full", router_renorm=None, qkv_bias=None, o_bias=None, tie_embeddings=None),
     "qwen2_moe": dict(n_shared_experts=1, shared_expert_gate=True, router_renorm=None, qkv_bias=None,
                       dense_layers=None, tie_embeddings=None),
+    "deepseek_v3": dict(attention="mla", router="sigmoid_topk", router_correction_bias=True, router_renorm=None,
+                        router_scale=None, router_groups=None, router_topk_groups=None, n_shared_experts=None,
+                        dense_layers=None, rope_interleave=True, tie_embeddings=None),
+    "deepseek_v2": dict(attention="mla", router_renorm=False, router_scale=None, router_groups=None,
+                        router_topk_groups=None, n_shared_experts=None, dense_layers=None, rope_interleave=True,
+                        tie_embeddings=None),
     "gpt_oss": dict(router="topk_softmax", router_bias=True, expert_bias=True, attn_sinks=True,
                     ffn_act="swiglu_oai", swiglu_alpha=1.702, qkv_bias=None, o_bias=None, sliding_window=None,
                     sliding_layers=None, rope_scaling=None, tie_embeddings=None),
@@ -67,7 +74,9 @@ def family_for(cfg) -> str:
     """The transformers model_type this config exports to (the table above)."""
     if cfg.n_experts < 2:
         raise ExportError(f"config {cfg.name!r} is dense (n_experts={cfg.n_experts}); save_hf writes MoE families")
-    if cfg.attn_sinks:
+    if cfg.attention == "mla":
+        family = "deepseek_v3" if cfg.router == "sigmoid_topk" else "deepseek_v2"
+    elif cfg.attn_sinks:
         family = "gpt_oss"
     elif cfg.n_shared_experts:
         family = "qwen2_moe"
@@ -86,6 +95,13 @@ def family_for(cfg) -> str:
                           f"attention_bias puts a bias on all four projections or none")
     if family == "olmoe" and cfg.head_dim * cfg.n_heads != cfg.d_model:
         raise ExportError(f"config {cfg.name!r}: olmoe needs head_dim * n_heads == d_model")
+    if family.startswith("deepseek"):
+        if cfg.dense_layers != list(range(len(cfg.dense_layers))):
+            raise ExportError(f"config {cfg.name!r}: dense_layers={cfg.dense_layers}; DeepSeek's dense layers "
+                              f"are the first first_k_dense_replace ones")
+        if cfg.n_shared_experts and cfg.d_shared_expert != cfg.d_expert:
+            raise ExportError(f"config {cfg.name!r}: d_shared_expert={cfg.d_shared_expert}; DeepSeek's shared "
+                              f"experts have moe_intermediate_size={cfg.d_expert} each")
     if family == "mixtral" and cfg.sliding_layers is not None and cfg.sliding_window:
         raise ExportError(f"config {cfg.name!r}: sliding_layers={cfg.sliding_layers}; Mixtral's window "
                           f"applies to every layer")
@@ -128,6 +144,22 @@ def config_to_hf(cfg, family: str | None = None) -> dict:
                  num_experts=cfg.n_experts, norm_topk_prob=bool(cfg.router_renorm),
                  attention_bias=bool(cfg.qkv_bias), clip_qkv=None)
         d.pop("head_dim")
+    elif family.startswith("deepseek"):
+        d.pop("head_dim")
+        d.update(architectures=["DeepseekV3ForCausalLM" if family == "deepseek_v3" else "DeepseekV2ForCausalLM"],
+                 intermediate_size=cfg.d_ff, moe_intermediate_size=cfg.d_expert, n_routed_experts=cfg.n_experts,
+                 n_shared_experts=cfg.n_shared_experts, first_k_dense_replace=len(cfg.dense_layers),
+                 moe_layer_freq=1, routed_scaling_factor=cfg.router_scale, n_group=cfg.router_groups,
+                 topk_group=cfg.router_topk_groups, norm_topk_prob=bool(cfg.router_renorm),
+                 q_lora_rank=cfg.q_lora_rank or None, kv_lora_rank=cfg.kv_lora_rank,
+                 qk_rope_head_dim=cfg.qk_rope_head_dim, qk_nope_head_dim=cfg.qk_nope_head_dim,
+                 v_head_dim=cfg.v_head_dim, attention_bias=False)
+        if family == "deepseek_v3":
+            d.update(topk_method="noaux_tc", scoring_func="sigmoid", rope_interleave=True,
+                     num_nextn_predict_layers=0)
+        else:
+            d.update(topk_method="greedy" if cfg.router_groups == 1 else "group_limited_greedy",
+                     scoring_func="softmax")
     elif family == "gpt_oss":
         d.update(architectures=["GptOssForCausalLM"], intermediate_size=cfg.d_expert,
                  num_local_experts=cfg.n_experts, attention_bias=bool(cfg.qkv_bias),
@@ -155,7 +187,9 @@ def hf_tensors(model, family: str) -> dict[str, np.ndarray]:
         ours, hf = f"layers.{i}.", f"model.layers.{i}."
         out[hf + "input_layernorm.weight"] = p[ours + "attn_norm.weight"]
         out[hf + "post_attention_layernorm.weight"] = p[ours + "ffn_norm.weight"]
-        for n in "qkvo":
+        if cfg.attention == "mla":
+            out.update(_mla_attention(p, ours + "attn.", hf + "self_attn."))
+        for n in ("qkvo" if cfg.attention != "mla" else ""):
             out[hf + f"self_attn.{n}_proj.weight"] = p[ours + f"attn.{n}.weight"]
             if ours + f"attn.{n}.bias" in p:
                 out[hf + f"self_attn.{n}_proj.bias"] = p[ours + f"attn.{n}.bias"]
@@ -175,6 +209,12 @@ def hf_tensors(model, family: str) -> dict[str, np.ndarray]:
             base, names = hf + "block_sparse_moe.", ("w1", "w3", "w2")
         else:
             base, names = hf + "mlp.", ("gate_proj", "up_proj", "down_proj")
+        if family.startswith("deepseek"):
+            if cfg.router_correction_bias:
+                out[base + "gate.e_score_correction_bias"] = p[ours + "moe.router.e_score_correction_bias"]
+            if cfg.n_shared_experts:
+                for n in ("gate", "up", "down"):
+                    out[hf + f"mlp.shared_experts.{n}_proj.weight"] = p[ours + f"moe.shared.{n}.weight"]
         if family == "qwen2_moe":
             for n in ("gate", "up", "down"):
                 out[hf + f"mlp.shared_expert.{n}_proj.weight"] = p[ours + f"moe.shared.{n}.weight"]
@@ -185,6 +225,14 @@ def hf_tensors(model, family: str) -> dict[str, np.ndarray]:
             for e in range(cfg.n_experts):
                 out[base + f"experts.{e}.{theirs}.weight"] = stack[e]
     return {k: _float(v) for k, v in out.items()}
+
+
+def _mla_attention(p, ours: str, hf: str) -> dict:
+    """DeepSeek's latent attention tensors (the inverse of io/hf.py's _deepseek_params)."""
+    names = {"q": "q_proj", "q_a": "q_a_proj", "q_a_norm": "q_a_layernorm", "q_b": "q_b_proj",
+             "kv_a": "kv_a_proj_with_mqa", "kv_a_norm": "kv_a_layernorm", "kv_b": "kv_b_proj", "o": "o_proj"}
+    return {hf + theirs + ".weight": p[ours + mine + ".weight"] for mine, theirs in names.items()
+            if ours + mine + ".weight" in p}
 
 
 def _gpt_oss_moe(p, ours: str, hf: str) -> dict:

@@ -1,6 +1,7 @@
 """Every peer check of the exports in one run (docs/export.md):
 
-  transformers   for each family save_hf writes (mixtral, qwen3_moe, olmoe, qwen2_moe, gpt_oss): the max |logit
+  transformers   for each family save_hf writes (mixtral, qwen3_moe, olmoe, qwen2_moe, gpt_oss,
+                 deepseek_v3, deepseek_v2): the max |logit
                  difference| between minimoe and AutoModelForCausalLM on the exported folder (fp32)
   llama.cpp      for each GGUF architecture (llama, qwen3moe, olmoe) and recipe (f32, q8_0, q4_0,
                  mxfp4): how many of 64 greedy tokens llama-cpp-python decodes the same as minimoe
@@ -44,7 +45,7 @@ def transformers_part(out: str) -> None:
         with torch.no_grad():
             theirs = hf(torch.from_numpy(TOKENS)).logits.numpy()
         delta = float(np.abs(theirs - model(TOKENS)).max())
-        print(f"transformers {transformers.__version__}  {family:10s} max |dlogit| = {delta:.3g}  "
+        print(f"transformers {transformers.__version__}  {family:11s} max |dlogit| = {delta:.3g}  "
               f"({model.config.n_layers} layers, {model.config.n_experts} experts, {TOKENS.shape[1]} tokens)")
 
 
