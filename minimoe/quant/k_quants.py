@@ -207,3 +207,33 @@ def requantize_asymmetric(x: np.ndarray, L: np.ndarray, d: np.ndarray, dmin: np.
     safe = np.where(ds == 0, F32(1), ds)
     l = np.clip(nearest_int((x + dm[:, :, None]) / safe[:, :, None]), 0, nmax)   # (N, 8, 32)
     return np.where((ds == 0)[:, :, None], L, l).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------
+# The whole two-level encode and decode of q4_k / q5_k (they differ in nmax and search only)
+# ----------------------------------------------------------------------------------------
+
+def quantize_asymmetric(x: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
+    """x (N, 256) float32 -> (header (N, 16) bytes: fp16 d, fp16 dmin, 12 scale bytes;
+    codes q (N, 8, 32) in 0..nmax), as ggml's quantize_row_q4_K_ref / q5_K_ref compute them."""
+    from .qtensor import fp16_to_bytes
+    n = x.shape[0]
+    sub = x.reshape(n * 8, 32)                                   # (N*8, 32) sub-blocks
+    scale, min_, L = make_qkx2_quants(sub, sub_block_weights(sub), nmax, rmin, rdelta, nstep)
+    d, dmin, sc, m = super_block_scales(scale.reshape(n, 8), min_.reshape(n, 8))
+    q = requantize_asymmetric(x.reshape(n, 8, 32), L.reshape(n, 8, 32), d, dmin, sc, m, nmax)
+    fmt = f"q{4 if nmax == 15 else 5}_k"
+    header = np.concatenate([fp16_to_bytes(d, fmt), fp16_to_bytes(dmin, fmt, "min"), pack_scale_min(sc, m)],
+                            axis=1)                              # (N, 2 + 2 + 12)
+    return header, q
+
+
+def dequantize_asymmetric(header: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """header (N, 16) bytes and codes q (N, 8, 32) -> float32 (N, 256):
+    x = (d * sc[j]) * q - (dmin * m[j]), in that float32 order (ggml, gguf)."""
+    from .qtensor import fp16_from_bytes
+    d, dmin = fp16_from_bytes(header[:, 0:2]), fp16_from_bytes(header[:, 2:4])   # (N,), (N,)
+    sc, m = unpack_scale_min(header[:, 4:16])                                     # (N, 8), (N, 8)
+    ds = (d[:, None] * sc.astype(F32))[:, :, None]                                # (N, 8, 1)
+    dm = (dmin[:, None] * m.astype(F32))[:, :, None]                              # (N, 8, 1)
+    return (ds * q.astype(F32) - dm).reshape(-1, QK_K)                            # (N, 256)

@@ -35,11 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .k_quants import (
-    QK_K, make_qkx2_quants, pack_scale_min, requantize_asymmetric, scale_min_loop,
-    sub_block_weights, super_block_scales, unpack_scale_min,
-)
-from .qtensor import as_byte_blocks, as_float_blocks, fp16_from_bytes, fp16_to_bytes
+from .k_quants import QK_K, dequantize_asymmetric, quantize_asymmetric, scale_min_loop
+from .qtensor import as_byte_blocks, as_float_blocks
 
 NAME = "q4_k"
 BLOCK_SIZE = QK_K                       # 256
@@ -62,24 +59,14 @@ def unpack_codes(qs: np.ndarray) -> np.ndarray:
 def quantize_blocks(x: np.ndarray) -> np.ndarray:
     """float32 (N, 256) -> uint8 (N, 144), following ggml quantize_row_q4_K_ref."""
     x = as_float_blocks(x, NAME, BLOCK_SIZE)
-    n = x.shape[0]
-    sub = x.reshape(n * 8, 32)                                   # (N*8, 32) sub-blocks
-    scale, min_, L = make_qkx2_quants(sub, sub_block_weights(sub), 15, -1.0, 0.1, 20)
-    d, dmin, sc, m = super_block_scales(scale.reshape(n, 8), min_.reshape(n, 8))
-    q = requantize_asymmetric(x.reshape(n, 8, 32), L.reshape(n, 8, 32), d, dmin, sc, m, 15)
-    return np.concatenate([fp16_to_bytes(d, NAME), fp16_to_bytes(dmin, NAME, "min"),
-                           pack_scale_min(sc, m), pack_codes(q.reshape(n, QK_K))], axis=1)   # (N, 144)
+    header, q = quantize_asymmetric(x, 15, -1.0, 0.1, 20)                 # (N, 16), (N, 8, 32)
+    return np.concatenate([header, pack_codes(q.reshape(-1, QK_K))], axis=1)   # (N, 144)
 
 
 def dequantize_blocks(b: np.ndarray) -> np.ndarray:
     """uint8 (N, 144) -> float32 (N, 256), the same float bits as gguf."""
     b = as_byte_blocks(b, NAME, BLOCK_BYTES)
-    d, dmin = fp16_from_bytes(b[:, 0:2]), fp16_from_bytes(b[:, 2:4])   # (N,), (N,)
-    sc, m = unpack_scale_min(b[:, 4:16])                               # (N, 8), (N, 8)
-    q = unpack_codes(b[:, 16:]).reshape(-1, 8, 32).astype(np.float32)  # (N, 8, 32)
-    ds = (d[:, None] * sc.astype(np.float32))[:, :, None]              # (N, 8, 1)
-    dm = (dmin[:, None] * m.astype(np.float32))[:, :, None]            # (N, 8, 1)
-    return (ds * q - dm).reshape(-1, QK_K)                             # (N, 256)
+    return dequantize_asymmetric(b[:, :16], unpack_codes(b[:, 16:]).reshape(-1, 8, 32))
 
 
 def dequantize_block_loop(block) -> np.ndarray:

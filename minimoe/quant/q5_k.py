@@ -28,12 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .k_quants import (
-    QK_K, make_qkx2_quants, pack_scale_min, requantize_asymmetric, scale_min_loop,
-    sub_block_weights, super_block_scales, unpack_scale_min,
-)
+from .k_quants import QK_K, dequantize_asymmetric, quantize_asymmetric, scale_min_loop
 from .q4_k import pack_codes, unpack_codes
-from .qtensor import as_byte_blocks, as_float_blocks, fp16_from_bytes, fp16_to_bytes
+from .qtensor import as_byte_blocks, as_float_blocks
 
 NAME = "q5_k"
 BLOCK_SIZE = QK_K                               # 256
@@ -45,27 +42,17 @@ _BIT = (1 << np.arange(8, dtype=np.uint8))[None, :, None]   # (1, 8, 1): bit k f
 def quantize_blocks(x: np.ndarray) -> np.ndarray:
     """float32 (N, 256) -> uint8 (N, 176), following ggml quantize_row_q5_K_ref."""
     x = as_float_blocks(x, NAME, BLOCK_SIZE)
-    n = x.shape[0]
-    sub = x.reshape(n * 8, 32)                                   # (N*8, 32) sub-blocks
-    scale, min_, L = make_qkx2_quants(sub, sub_block_weights(sub), 31, -0.5, 0.1, 15)
-    d, dmin, sc, m = super_block_scales(scale.reshape(n, 8), min_.reshape(n, 8))
-    q = requantize_asymmetric(x.reshape(n, 8, 32), L.reshape(n, 8, 32), d, dmin, sc, m, 31)   # (N, 8, 32)
+    header, q = quantize_asymmetric(x, 31, -0.5, 0.1, 15)                        # (N, 16), (N, 8, 32)
     qh = np.bitwise_or.reduce((q >> 4) * _BIT, axis=1).astype(np.uint8)          # (N, 8, 32) -> (N, 32)
-    return np.concatenate([fp16_to_bytes(d, NAME), fp16_to_bytes(dmin, NAME, "min"),
-                           pack_scale_min(sc, m), qh, pack_codes((q & 0x0F).reshape(n, QK_K))], axis=1)
+    return np.concatenate([header, qh, pack_codes((q & 0x0F).reshape(-1, QK_K))], axis=1)   # (N, 176)
 
 
 def dequantize_blocks(b: np.ndarray) -> np.ndarray:
     """uint8 (N, 176) -> float32 (N, 256), the same float bits as gguf."""
     b = as_byte_blocks(b, NAME, BLOCK_BYTES)
-    d, dmin = fp16_from_bytes(b[:, 0:2]), fp16_from_bytes(b[:, 2:4])   # (N,), (N,)
-    sc, m = unpack_scale_min(b[:, 4:16])                               # (N, 8), (N, 8)
     high = (b[:, None, 16:48] & _BIT) != 0                             # (N, 1, 32) & (1, 8, 1) -> (N, 8, 32)
     low = unpack_codes(b[:, 48:]).reshape(-1, 8, 32)                   # (N, 8, 32)
-    q = (low | (high.astype(np.uint8) << 4)).astype(np.float32)        # (N, 8, 32) codes 0..31
-    ds = (d[:, None] * sc.astype(np.float32))[:, :, None]              # (N, 8, 1)
-    dm = (dmin[:, None] * m.astype(np.float32))[:, :, None]            # (N, 8, 1)
-    return (ds * q - dm).reshape(-1, QK_K)                             # (N, 256)
+    return dequantize_asymmetric(b[:, :16], low | (high.astype(np.uint8) << 4))   # codes 0..31
 
 
 def dequantize_block_loop(block) -> np.ndarray:
