@@ -70,6 +70,16 @@ def _fp16(lo, hi):
     return sign * np.float32(1.0 + f / 1024.0) * np.float32(2.0 ** (int(e) - 15))
 
 
+@njit(inline="always")
+def _scale_min(row, s, j):
+    """ggml get_scale_min_k4: the 6-bit (sc, m) of sub-block j from the 12 bytes at row[s:]."""
+    if j < 4:
+        return np.uint32(row[s + j]) & np.uint32(63), np.uint32(row[s + j + 4]) & np.uint32(63)
+    sc = (np.uint32(row[s + j + 4]) & np.uint32(15)) | ((np.uint32(row[s + j - 4]) >> np.uint32(6)) << np.uint32(4))
+    m = (np.uint32(row[s + j + 4]) >> np.uint32(4)) | ((np.uint32(row[s + j]) >> np.uint32(6)) << np.uint32(4))
+    return sc, m
+
+
 @twin(gemv_q4_k_numpy)
 @njit(parallel=True, fastmath=_FAST, cache=True)
 def gemv_q4_k(x, blocks, experts, out):
@@ -84,24 +94,25 @@ def gemv_q4_k(x, blocks, experts, out):
                 base = b * 144
                 d = _fp16(row[base], row[base + 1])
                 dmin = _fp16(row[base + 2], row[base + 3])
-                s = base + 4                                        # the 12 scale bytes
-                for j in range(8):                                  # ggml get_scale_min_k4
-                    if j < 4:
-                        sc = row[s + j] & 63
-                        m = row[s + j + 4] & 63
-                    else:
-                        sc = (row[s + j + 4] & 0x0F) | ((row[s + j - 4] >> 6) << 4)
-                        m = (row[s + j + 4] >> 4) | ((row[s + j] >> 6) << 4)
-                    q0 = base + 16 + 32 * (j // 2)                 # this sub-block's 32 bytes
-                    shift = 4 * (j % 2)                             # low nibbles, then high
-                    x0 = b * 256 + 32 * j
-                    sum_qx = np.float32(0.0)
-                    sum_x = np.float32(0.0)
-                    for l in range(32):
-                        xv = x[r, x0 + l]
-                        sum_qx += np.float32((row[q0 + l] >> shift) & 0x0F) * xv
-                        sum_x += xv
-                    acc += d * np.float32(sc) * sum_qx - dmin * np.float32(m) * sum_x
+                for c in range(4):                                  # 32 bytes: sub-blocks 2c (low), 2c+1 (high)
+                    sc1, m1 = _scale_min(row, base + 4, 2 * c)
+                    sc2, m2 = _scale_min(row, base + 4, 2 * c + 1)
+                    q0 = base + 16 + 32 * c
+                    x0 = b * 256 + 64 * c
+                    s_lo = np.float32(0.0)
+                    s_hi = np.float32(0.0)
+                    x_lo = np.float32(0.0)
+                    x_hi = np.float32(0.0)
+                    for l in range(32):                             # SIMD: 32-bit lanes throughout
+                        byte = np.uint32(row[q0 + l])
+                        xa = x[r, x0 + l]
+                        xb = x[r, x0 + 32 + l]
+                        s_lo += np.float32(byte & np.uint32(15)) * xa
+                        s_hi += np.float32(byte >> np.uint32(4)) * xb
+                        x_lo += xa
+                        x_hi += xb
+                    acc += (d * np.float32(sc1) * s_lo - dmin * np.float32(m1) * x_lo
+                            + d * np.float32(sc2) * s_hi - dmin * np.float32(m2) * x_hi)
             out[r, o] = acc
 
 
@@ -119,19 +130,29 @@ def gemv_q6_k(x, blocks, experts, out):
                 base = b * 210
                 d = _fp16(row[base + 208], row[base + 209])
                 for h in range(2):                                  # two halves of 128 values
-                    for rr in range(4):                             # four rows of 32 in a half
-                        ql0 = base + 64 * h + 32 * (rr % 2)         # rows 0, 2: bytes 0..31; 1, 3: 32..63
-                        lshift = 4 * (rr // 2)                      # rows 0, 1 low nibble; 2, 3 high
-                        qh0 = base + 128 + 32 * h
-                        hshift = 2 * rr
-                        for half16 in range(2):                     # two sub-blocks of 16 per row
-                            v0 = 128 * h + 32 * rr + 16 * half16
-                            sc = np.float32(np.int8(row[base + 192 + v0 // 16]))
-                            s = np.float32(0.0)
-                            for l in range(16 * half16, 16 * half16 + 16):
-                                q = ((row[ql0 + l] >> lshift) & 0x0F) | (((row[qh0 + l] >> hshift) & 3) << 4)
-                                s += np.float32(np.int32(q) - 32) * x[r, b * 256 + v0 - 16 * half16 + l]
-                            acc += d * sc * s
+                    ql0 = base + 64 * h
+                    qh0 = base + 128 + 32 * h
+                    x0 = b * 256 + 128 * h
+                    for half in range(2):                           # l in 0..15, then 16..31: a new scale
+                        s0 = np.float32(0.0)                        # rows 0..3 of the half: values
+                        s1 = np.float32(0.0)                        # x0 + 32 row + l
+                        s2 = np.float32(0.0)
+                        s3 = np.float32(0.0)
+                        for l in range(16 * half, 16 * half + 16):  # SIMD: 32-bit lanes throughout
+                            a = np.uint32(row[ql0 + l])
+                            c = np.uint32(row[ql0 + 32 + l])
+                            hb = np.uint32(row[qh0 + l])
+                            q0 = (a & np.uint32(15)) | ((hb & np.uint32(3)) << np.uint32(4))
+                            q1 = (c & np.uint32(15)) | (((hb >> np.uint32(2)) & np.uint32(3)) << np.uint32(4))
+                            q2 = (a >> np.uint32(4)) | (((hb >> np.uint32(4)) & np.uint32(3)) << np.uint32(4))
+                            q3 = (c >> np.uint32(4)) | ((hb >> np.uint32(6)) << np.uint32(4))
+                            s0 += (np.float32(q0) - np.float32(32.0)) * x[r, x0 + l]
+                            s1 += (np.float32(q1) - np.float32(32.0)) * x[r, x0 + 32 + l]
+                            s2 += (np.float32(q2) - np.float32(32.0)) * x[r, x0 + 64 + l]
+                            s3 += (np.float32(q3) - np.float32(32.0)) * x[r, x0 + 96 + l]
+                        sc = base + 192 + 8 * h + half              # scale of row r's sub-block: + 2 r
+                        acc += d * (np.float32(np.int8(row[sc])) * s0 + np.float32(np.int8(row[sc + 2])) * s1
+                                    + np.float32(np.int8(row[sc + 4])) * s2 + np.float32(np.int8(row[sc + 6])) * s3)
             out[r, o] = acc
 
 
