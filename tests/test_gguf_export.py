@@ -98,6 +98,11 @@ def test_refuses_what_the_llama_arch_cannot_say(tmp_path):
         minimoe.Model(cfg, seed=0).save_gguf(str(tmp_path / "x.gguf"))
     with pytest.raises(gguf_file.GGUFError, match="recipe"):
         tiny_moe().save_gguf(str(tmp_path / "x.gguf"), recipe="q3_k")
+    nf4_model = tiny_moe()
+    nf4_model.params["layers.0.moe.experts.up"] = quant.quantize(nf4_model.params["layers.0.moe.experts.up"], "nf4")
+    with pytest.raises(gguf_file.GGUFError, match="layers.0.moe.experts.up: packed as nf4"):
+        nf4_model.save_gguf(str(tmp_path / "nf4.gguf"))
+    assert not (tmp_path / "nf4.gguf").exists()                 # atomic: nothing half-written
     with pytest.raises(gguf_file.GGUFError, match="no such"):
         minimoe.load(str(tmp_path / "missing.gguf"))
 

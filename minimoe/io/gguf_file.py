@@ -194,7 +194,11 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
             if isinstance(t, np.ndarray):
                 w.add_tensor(gname, np.ascontiguousarray(t, dtype=np.float32))
             else:
-                qtype = gguf.GGMLQuantizationType[t.fmt.upper()]
+                qtype = getattr(gguf.GGMLQuantizationType, t.fmt.upper(), None)
+                if qtype is None:
+                    raise GGUFError(f"{ours}: packed as {t.fmt}, which GGUF has no type for; "
+                                    f"quantize the model with a GGUF format (q8_0, q4_0, q4_1, mxfp4, "
+                                    f"q4_k, q5_k, q6_k) or keep it float")
                 w.add_tensor(gname, t.blocks, raw_dtype=qtype)       # (..., bytes per row) uint8
         w.write_header_to_file()
         w.write_kv_data_to_file()
