@@ -97,7 +97,7 @@ def test_refuses_what_the_llama_arch_cannot_say(tmp_path):
     with pytest.raises(gguf_file.GGUFError, match="qkv_bias"):
         minimoe.Model(cfg, seed=0).save_gguf(str(tmp_path / "x.gguf"))
     with pytest.raises(gguf_file.GGUFError, match="recipe"):
-        tiny_moe().save_gguf(str(tmp_path / "x.gguf"), recipe="q2_k")
+        tiny_moe().save_gguf(str(tmp_path / "x.gguf"), recipe="q8_k")
     nf4_model = tiny_moe()
     nf4_model.params["layers.0.moe.experts.up"] = quant.quantize(nf4_model.params["layers.0.moe.experts.up"], "nf4")
     with pytest.raises(gguf_file.GGUFError, match="layers.0.moe.experts.up: packed as nf4"):

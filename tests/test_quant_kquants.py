@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from minimoe import quant
-from minimoe.quant import k_quants, q3_k, q4_k, q5_k, q6_k
+from minimoe.quant import k_quants, q2_k, q3_k, q4_k, q5_k, q6_k
 
-K_FORMATS = ["q3_k", "q4_k", "q5_k", "q6_k"]
-MODULES = {"q3_k": q3_k, "q4_k": q4_k, "q5_k": q5_k, "q6_k": q6_k}
+K_FORMATS = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
+MODULES = {"q2_k": q2_k, "q3_k": q3_k, "q4_k": q4_k, "q5_k": q5_k, "q6_k": q6_k}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_loop_oracle_matches_vectorised_decoder(fmt):
     b = np.random.default_rng(9).integers(0, 256, size=(6, quant.block_bytes(fmt)), dtype=np.uint8)
     b[:, :] = b                                          # finite scales below: set the fp16 fields
     module = MODULES[fmt]
-    fields = {"q3_k": [108], "q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208]}[fmt]
+    fields = {"q2_k": [80, 82], "q3_k": [108], "q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208]}[fmt]
     for at in fields:
         b[:, at:at + 2] = np.array([0.01], np.float16).view(np.uint8)
     vec = module.dequantize_blocks(b)
@@ -114,7 +114,7 @@ def test_q6_k_hand_built_block():
     np.testing.assert_array_equal(q6_k.unpack_codes(ql, qh), q)
 
 
-@pytest.mark.parametrize("fmt, bound", [("q3_k", 0.18), ("q4_k", 0.09), ("q5_k", 0.045), ("q6_k", 0.025)])
+@pytest.mark.parametrize("fmt, bound", [("q2_k", 0.36), ("q3_k", 0.18), ("q4_k", 0.09), ("q5_k", 0.045), ("q6_k", 0.025)])
 def test_encode_error_within_the_bit_budget(fmt, bound):
     """RMS error relative to the RMS of a Gaussian tensor: each extra bit roughly halves it."""
     x = np.random.default_rng(11).standard_normal((64, 512)).astype(np.float32)
@@ -123,9 +123,9 @@ def test_encode_error_within_the_bit_budget(fmt, bound):
     assert rel < bound, rel
 
 
-@pytest.mark.parametrize("fmt, bound", [("q3_k", 0.25), ("q4_k", 0), ("q5_k", 0), ("q6_k", 0)])
+@pytest.mark.parametrize("fmt, bound", [("q2_k", 0), ("q3_k", 0.25), ("q4_k", 0), ("q5_k", 0), ("q6_k", 0)])
 def test_encode_is_stable_on_its_own_grid(fmt, bound):
-    """Encoding values a block already represents gives them back: exactly for q4_k..q6_k on
+    """Encoding values a block already represents gives them back: exactly for q2_k, q4_k..q6_k on
     these blocks; q3_k's one-code-at-a-time search may move a value by one step (max/4)."""
     x = np.random.default_rng(12).standard_normal((8, 256)).astype(np.float32)
     once = quant.quantize(x, fmt).dequantize()
@@ -165,7 +165,7 @@ def ggml_fixture():
 
 @pytest.mark.parametrize("fmt", K_FORMATS)
 def test_encode_matches_ggml_reference_bytes(fmt):
-    """quantize_row_q{3,4,5,6}_K_ref's bytes for 94 super-blocks of eight kinds (see the generator)."""
+    """quantize_row_q{2,3,4,5,6}_K_ref's bytes for 94 super-blocks of eight kinds (see the generator)."""
     ref = ggml_fixture()
     ours = MODULES[fmt].quantize_blocks(ref["x"])
     bad = np.flatnonzero((ours != ref[fmt]).any(axis=1))

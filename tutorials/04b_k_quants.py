@@ -122,7 +122,7 @@ rms = lambda e: float(np.sqrt(np.mean(e ** 2)))
 print(f"RMS error: plain fit {rms(by_hand - x):.4f}, ggml's search {rms(ggml_like - x):.4f}")
 
 # %% [markdown]
-# ## Q3_K, Q4_0, Q4_K, Q5_K and Q6_K on many weights
+# ## Q2_K to Q6_K, and Q4_0, on many weights
 #
 # Bits per weight include every scale. Q4_K spends 4.5 bits like Q4_0, but its sub-block mins
 # follow asymmetric ranges and its 6-bit scales cost little, so its error is lower.
@@ -131,7 +131,7 @@ print(f"RMS error: plain fit {rms(by_hand - x):.4f}, ggml's search {rms(ggml_lik
 n_rows = 64 if FAST else 512
 w = rng.standard_normal((n_rows, 1024)).astype(np.float32) * rng.uniform(0.5, 2, (n_rows, 1)).astype(np.float32)
 rows = []
-for fmt in ("q3_k", "q4_0", "q4_k", "q5_k", "q6_k", "q8_0"):
+for fmt in ("q2_k", "q3_k", "q4_0", "q4_k", "q5_k", "q6_k", "q8_0"):
     err = quant.quantize(w, fmt).dequantize() - w
     rows.append((fmt, quant.bits_per_weight(fmt), rms(err) / rms(w)))
     print(f"{fmt:5s} {quant.bits_per_weight(fmt):6.4g} bits/weight   relative RMS error {rows[-1][2]:.4f}")

@@ -15,7 +15,7 @@ def add_parser(sub):
     p.add_argument("--to", choices=["hf", "gguf"], required=True, help="target format")
     p.add_argument("--model", metavar="DIR", required=True, help="the checkpoint folder (or .gguf) to read")
     p.add_argument("--out", metavar="PATH", required=True, help="the file to write")
-    p.add_argument("--recipe", default="f32", choices=["f32", "q8_0", "q4_0", "mxfp4", "q3_k", "q4_k", "q5_k", "q6_k"],
+    p.add_argument("--recipe", default="f32", choices=["f32", "q8_0", "q4_0", "mxfp4", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"],
                    help="--to gguf: how the matrices are packed (default f32)")
     p.set_defaults(func=run)
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from minimoe.errors import MinimoeError
 
-RECIPES = ("f32", "q8_0", "q4_0", "mxfp4", "q3_k", "q4_k", "q5_k", "q6_k")   # K-quants: rows a multiple of 256
+RECIPES = ("f32", "q8_0", "q4_0", "mxfp4", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")   # K-quants: rows a multiple of 256
 
 
 class GGUFError(MinimoeError, ValueError):
@@ -145,7 +145,7 @@ def _file_type(gguf, recipe):
     return {"f32": gguf.LlamaFileType.ALL_F32, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
             "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
             "mxfp4": getattr(gguf.LlamaFileType, "MOSTLY_MXFP4_MOE", gguf.LlamaFileType.ALL_F32),
-            "q3_k": gguf.LlamaFileType.MOSTLY_Q3_K_S, "q4_k": gguf.LlamaFileType.MOSTLY_Q4_K_S, "q5_k": gguf.LlamaFileType.MOSTLY_Q5_K_S,
+            "q2_k": gguf.LlamaFileType.MOSTLY_Q2_K, "q3_k": gguf.LlamaFileType.MOSTLY_Q3_K_S, "q4_k": gguf.LlamaFileType.MOSTLY_Q4_K_S, "q5_k": gguf.LlamaFileType.MOSTLY_Q5_K_S,
             "q6_k": gguf.LlamaFileType.MOSTLY_Q6_K}[recipe]
 
 
@@ -198,7 +198,7 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
                 if qtype is None:
                     raise GGUFError(f"{ours}: packed as {t.fmt}, which GGUF has no type for; "
                                     f"quantize the model with a GGUF format (q8_0, q4_0, q4_1, mxfp4, "
-                                    f"q3_k, q4_k, q5_k, q6_k) or keep it float")
+                                    f"q2_k, q3_k, q4_k, q5_k, q6_k) or keep it float")
                 w.add_tensor(gname, t.blocks, raw_dtype=qtype)       # (..., bytes per row) uint8
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -270,7 +270,7 @@ def add_vocabulary(w, tok, vocab_size: int) -> None:
 
 def load_gguf(path: str):
     """A GGUF of a llama (Mixtral), qwen3moe or olmoe MoE -> Model. Tensors in a minimoe format
-    (q8_0, q4_0, q4_1, mxfp4, q3_k, q4_k, q5_k, q6_k) stay packed; F32, F16 and BF16 become float32."""
+    (q8_0, q4_0, q4_1, mxfp4, q2_k ... q6_k) stay packed; F32, F16 and BF16 become float32."""
     gguf = _gguf()
     from minimoe import quant
     from minimoe.config import Config

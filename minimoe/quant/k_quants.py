@@ -82,13 +82,14 @@ def scale_min_loop(scales: bytes, j: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------
 
 def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float,
-                     nstep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Asymmetric fit x ~ scale * L - min_ with L in 0..nmax (ggml make_qkx2_quants, use_mad false).
+                     nstep: int, use_mad: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric fit x ~ scale * L - min_ with L in 0..nmax (ggml make_qkx2_quants).
 
     x, weights (M, n) float32 -> (scale (M,), min_ (M,) >= 0, L (M, n) uint8). It starts from
     the grid spanning [min(x, 0), max x], then tries nstep + 1 stretched grids
     (nmax + rmin + rdelta * is levels) and, for each, the weighted least-squares scale and min
-    for those codes; it keeps the fit with the smallest weighted squared error.
+    for those codes; it keeps the fit with the smallest weighted squared error (use_mad: the
+    smallest weighted absolute error, as Q2_K asks).
     """
     x, w = x.astype(F32), weights.astype(F32)
     lo = np.minimum(x.min(axis=1), F32(0))                       # (M,) min(x, 0)
@@ -101,9 +102,9 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
     def codes(iscale, shift):                                    # (M,), (M,) -> (M, n) ints 0..nmax
         return np.clip(nearest_int(iscale[:, None] * (x - shift[:, None])), 0, nmax)
 
-    def error(scale, min_, L):                                   # weighted squared error (M,)
+    def error(scale, min_, L):                                   # weighted squared (or absolute) error (M,)
         diff = scale[:, None] * L.astype(F32) + min_[:, None] - x
-        return running_sum(w * (diff * diff))
+        return running_sum(w * (np.abs(diff) if use_mad else diff * diff))
 
     iscale = F32(nmax) / span                                    # (M,)
     scale = F32(1) / iscale
