@@ -463,7 +463,7 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
 
 def _one_core(kernel):
     """Attach kernel.serial: the kernel's Python source compiled without threads."""
-    fn = kernel.numba.py_func
+    fn = getattr(kernel.numba, "py_func", kernel.numba)   # a plain function under NUMBA_DISABLE_JIT=1
     clone = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
                                fn.__closure__)
     clone.__qualname__ = fn.__qualname__ + "_serial"      # its own entry in Numba's on-disk cache
