@@ -200,6 +200,7 @@ def _gemv(x, d, m, qs, G, experts, out, dots, code, block):
     makes the block's share of y from t: y[o] = sum_b block(d[o, b], m[o, b], t[b], xs[b])."""
     R, O = out.shape
     xr, xs = _operands(x, G)                                # serial, before the parallel loop
+    mins = m if m.size else d               # q4_1's minimums; the others have none (m is empty) and read none
     OG, W = qs.shape[1], qs.shape[3]
     nb = W // G
     per_item = max(1, CHUNK // G)                           # groups per parallel work item
@@ -210,12 +211,10 @@ def _gemv(x, d, m, qs, G, experts, out, dots, code, block):
         t = np.empty(W, np.float32)                         # one partial sum per block of the group
         for og in range(c * per_item, min(OG, c * per_item + per_item)):
             dots(t, xr[r], qs[e, og], code)                 # t[b] = sum_j v_j x_j
-            dg = d[e, og]                                   # (W,) the group's scales
-            mg = m[e, og] if m.size else dg                 # and minimums (q4_1; the others never read them)
             for g in range(min(G, O - og * G)):
                 acc = np.float32(0.0)
                 for b in range(g * nb, g * nb + nb):
-                    acc += block(dg[b], mg[b], t[b], xs[r, b])
+                    acc += block(d[e, og, b], mins[e, og, b], t[b], xs[r, b])
                 out[r, og * G + g] = acc
 
 
@@ -334,10 +333,10 @@ def _dequant_tile(d, m, qs, G, e, og0, out, row, code, weight):
     scales s and minimums mn (nb,), from which `row` makes out[t] with `code` and `weight`."""
     T, W = out.shape[0], qs.shape[3]
     nb = W // G
+    mins = m if m.size else d               # q4_1's minimums; the others have none (m is empty) and read none
     for t in range(T):
         og, g = og0 + t // G, t % G
-        s = d[e, og, g * nb:g * nb + nb]                             # (nb,)
-        mn = m[e, og, g * nb:g * nb + nb] if m.size else s           # (q4_1; the others never read it)
+        s, mn = d[e, og, g * nb:g * nb + nb], mins[e, og, g * nb:g * nb + nb]   # (nb,), (nb,)
         row(out[t], s, mn, qs[e, og], g * nb, code, weight)
 
 
