@@ -549,10 +549,13 @@ os.register_at_fork(after_in_child=_pools.clear)   # a forked child has none of 
 
 def _tile_buffer(n: int) -> np.ndarray:
     """A float32 scratch buffer of at least n values, one per thread, reused across calls (a new
-    megabyte each time would cost a page fault per 4 KiB)."""
+    megabyte each time would cost a page fault per 4 KiB), starting on a 64-byte boundary (a cache
+    line: dequantizing into a misaligned tile measured up to 2x slower)."""
     buf = getattr(_buffers, "tile", None)
     if buf is None or buf.size < n:
-        buf = _buffers.tile = np.empty(n, np.float32)
+        raw = np.empty(n + 16, np.float32)
+        skip = (-raw.__array_interface__["data"][0] % 64) // 4   # floats to the next 64-byte boundary
+        buf = _buffers.tile = raw[skip:skip + n]
     return buf
 
 
