@@ -55,8 +55,11 @@ def save(model, folder: str) -> None:
 
 
 def load(folder: str, dtype=np.float32):
-    """Load a minimoe checkpoint or a Hugging Face model folder as a Model."""
+    """Load a minimoe checkpoint, a Hugging Face model folder or a .gguf file as a Model."""
     folder = os.fspath(folder)
+    if folder.endswith(".gguf") and not os.path.isdir(folder):
+        from minimoe.io.gguf_file import load_gguf
+        return load_gguf(folder)
     config_path = os.path.join(folder, "config.json")
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: no such model folder")
