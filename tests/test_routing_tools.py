@@ -211,3 +211,18 @@ def test_cli_inspect_routing_refuses_a_dense_model(folders, capsys):
     assert main(["inspect", "--model", str(folders / "dense"), "--routing", "--data",
                  str(folders / "data.txt")]) == 1
     assert "needs an MoE model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [dict(router_correction_bias=True), dict(eval_capacity_factor=1.25),
+                                    dict(router="expert_choice"), dict(router="noisy_topk")])
+def test_exports_refuse_what_their_formats_cannot_express(option):
+    """A softmax router with a selection bias, or a capacity limit at inference, would be dropped
+    silently by a Mixtral config.json or a llama GGUF: both exports refuse them by name."""
+    from minimoe.io.gguf_file import GGUFError, arch_for
+    from minimoe.io.hf_export import ExportError, family_for
+    cfg = minimoe.Config(d_model=32, n_heads=4, n_experts=4, top_k=2, d_ff=64, **option)
+    field = next(iter(option))
+    with pytest.raises(GGUFError, match=field):
+        arch_for(cfg)
+    with pytest.raises(ExportError, match=field):
+        family_for(cfg)

@@ -62,7 +62,8 @@ ARCHS = {
 PLAIN = dict(router="softmax_topk", router_bias=False, router_scale=1.0, expert_bias=False,
              attention="gqa", qkv_bias=False, o_bias=False, attn_sinks=False, sliding_window=0,
              ffn_act="swiglu", n_shared_experts=0, rope_scaling=None, norm="rmsnorm",
-             attn_output_gate=False)
+             attn_output_gate=False, router_correction_bias=False, router_groups=1,
+             eval_capacity_factor=0.0)
 
 
 def arch_for(cfg) -> str:

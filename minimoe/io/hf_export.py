@@ -50,7 +50,7 @@ def _need(cfg, family: str, **want) -> None:
 _OFF = dict(router_correction_bias=False, router_groups=1, router_topk_groups=1, attention="gqa", router="softmax_topk", router_bias=False, router_scale=1.0, expert_bias=False,
             attn_sinks=False, ffn_act="swiglu", n_shared_experts=0, norm="rmsnorm", rope_scaling=None,
             attn_output_gate=False, qk_norm="none", qkv_bias=False, o_bias=False, sliding_window=0,
-            dense_layers=[], tie_embeddings=False, shared_expert_gate=False)
+            dense_layers=[], tie_embeddings=False, shared_expert_gate=False, eval_capacity_factor=0.0)
 _FAMILY_NEEDS = {
     "mixtral": dict(router_renorm=True, sliding_window=None, sliding_layers=None),   # None: any value
     "qwen3_moe": dict(qk_norm="head", router_renorm=None, qkv_bias=None, o_bias=None, dense_layers=None,
