@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,13 @@ QK_NORMS = ("none", "head", "full")
 FFN_ACTS = ("swiglu", "swiglu_oai")
 ATTENTIONS = ("gqa", "mla")
 ROPE_SCALINGS = ("linear", "llama3", "yarn")
+MAX_SIZE = 2**24                 # bound on every size field, max_seq_len included: a sanity check
+                                 # (real models stay far below: 10M context, 262k vocabularies) that
+                                 # refuses a corrupt config before anything is allocated from it
+BOOL_FIELDS = ("shared_expert_gate", "router_renorm", "router_bias", "expert_bias", "qkv_bias", "o_bias",
+               "attn_sinks", "tie_embeddings")
+ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow",
+                "attention_factor", "mscale", "mscale_all_dim")
 
 
 @dataclass
@@ -108,8 +116,10 @@ class Config:
             self.d_expert = self.d_ff
         if self.d_shared_expert is None:
             self.d_shared_expert = self.d_expert
+        _check_layer_list("dense_layers", self.dense_layers)          # types first, then convert
         self.dense_layers = sorted(int(i) for i in self.dense_layers)
         if self.sliding_layers is not None:
+            _check_layer_list("sliding_layers", self.sliding_layers)
             self.sliding_layers = sorted(int(i) for i in self.sliding_layers)
         self.validate()
 
@@ -121,6 +131,11 @@ class Config:
         for f in ("n_experts", "top_k", "n_shared_experts", "sliding_window", "q_lora_rank",
                   "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
             _check_nonneg_int(f, getattr(self, f))
+        for f in BOOL_FIELDS:
+            if not isinstance(getattr(self, f), bool):
+                raise ConfigError(f"{f} must be true or false, found {getattr(self, f)!r}")
+        if not isinstance(self.name, str):
+            raise ConfigError(f"name must be a string, found {self.name!r}")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; "
                               f"each kv head must serve a whole group of query heads")
@@ -152,18 +167,32 @@ class Config:
                 _check_pos_int(f, getattr(self, f))
         for f in ("rope_theta", "norm_eps", "router_scale", "swiglu_limit", "swiglu_alpha"):
             v = getattr(self, f)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                raise ConfigError(f"{f} must be a positive number, found {v!r}")
+            if not _is_number(v) or not 0 < v < math.inf:
+                raise ConfigError(f"{f} must be a positive finite number, found {v!r}")
         if self.rope_scaling is not None:
-            if not isinstance(self.rope_scaling, dict):
-                raise ConfigError(f"rope_scaling must be a dict or None, found {self.rope_scaling!r}")
-            kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
-            _check_choice("rope_scaling.type", kind, ROPE_SCALINGS)
-            factor = self.rope_scaling.get("factor")
-            if not isinstance(factor, (int, float)) or not factor > 0:
-                raise ConfigError(f"rope_scaling.factor must be a positive number, found {factor!r}")
+            self._validate_rope_scaling()
         if self.sliding_layers is not None and self.sliding_window == 0 and self.sliding_layers:
             raise ConfigError("sliding_layers is set but sliding_window is 0")
+
+    def _validate_rope_scaling(self) -> None:
+        rs = self.rope_scaling
+        if not isinstance(rs, dict):
+            raise ConfigError(f"rope_scaling must be a dict or None, found {rs!r}")
+        kind = rs.get("type", rs.get("rope_type"))
+        _check_choice("rope_scaling.type", kind, ROPE_SCALINGS)
+        if "factor" not in rs:
+            raise ConfigError(f"rope_scaling.factor must be a positive number, found None")
+        for key in ROPE_NUMBERS:
+            v = rs.get(key)
+            if key in rs and v is not None and not (_is_number(v) and 0 <= v < math.inf):
+                raise ConfigError(f"rope_scaling.{key} must be a finite number >= 0, found {v!r}")
+        if not rs["factor"] > 0:
+            raise ConfigError(f"rope_scaling.factor must be a positive number, found {rs['factor']!r}")
+        if kind in ("llama3", "yarn"):
+            _check_pos_int("rope_scaling.original_max_position_embeddings",
+                           rs.get("original_max_position_embeddings"))
+        if not isinstance(rs.get("truncate", True), bool):
+            raise ConfigError(f"rope_scaling.truncate must be true or false, found {rs['truncate']!r}")
 
     # --- derived -------------------------------------------------------------------------------
     @property
@@ -193,7 +222,7 @@ class Config:
         d = {k: v for k, v in d.items() if k != "model_type"}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown config field(s) {unknown}; known fields are {sorted(known)}")
+            raise ConfigError(f"{source}: unknown config field(s) {unknown}{suggest_field(unknown[0])}")
         try:
             return cls(**d)
         except ConfigError as e:
@@ -204,11 +233,8 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str, source: str = "config") -> "Config":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{source}: not valid JSON ({e})") from None
-        return cls.from_dict(d, source)
+        from minimoe.io.json_file import parse_json
+        return cls.from_dict(parse_json(text, source, ConfigError), source)
 
     def save(self, path: str) -> None:
         from minimoe.io.atomic import atomic_write_text
@@ -216,11 +242,14 @@ class Config:
 
     @classmethod
     def load(cls, path: str) -> "Config":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_json(f.read(), source=os.fspath(path))
+        from minimoe.io.json_file import read_json
+        return cls.from_dict(read_json(path, ConfigError), source=os.fspath(path))
 
     def replace(self, **changes) -> "Config":
         """A copy with some fields changed, validated again."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}{suggest_field(unknown[0])}")
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -230,6 +259,10 @@ class Config:
         return get_preset(name, **overrides)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _is_pos_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
@@ -237,11 +270,30 @@ def _is_pos_int(v) -> bool:
 def _check_pos_int(name, v):
     if not _is_pos_int(v):
         raise ConfigError(f"{name} must be a positive integer, found {v!r}")
+    if v > MAX_SIZE:
+        raise ConfigError(f"{name}={v} is beyond minimoe's bound of {MAX_SIZE:,} (2**24) for any size; "
+                          f"a corrupt config?")
 
 
 def _check_nonneg_int(name, v):
     if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
         raise ConfigError(f"{name} must be a non-negative integer, found {v!r}")
+    if v > MAX_SIZE:
+        raise ConfigError(f"{name}={v} is beyond minimoe's bound of {MAX_SIZE:,} (2**24) for any size; "
+                          f"a corrupt config?")
+
+
+def _check_layer_list(name, v):
+    if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        raise ConfigError(f"{name} must be a list of layer indices (integers), found {v!r}")
+
+
+def suggest_field(name: str) -> str:
+    """'; did you mean n_experts?' (or the list of fields) for an unknown field name."""
+    import difflib
+    known = [f.name for f in dataclasses.fields(Config)]
+    close = difflib.get_close_matches(str(name), known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known fields are {sorted(known)}"
 
 
 def _check_choice(name, v, choices):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minimoe.checks import check_int, check_sampling, check_seed
 from minimoe.config import Config
 from minimoe.errors import MinimoeError
 from minimoe.inspect import tracing
@@ -231,10 +232,9 @@ class Model:
         prompt = self.check_tokens(prompt)
         squeeze = prompt.ndim == 1
         seq = prompt[None] if squeeze else prompt                     # (B, T)
-        if max_new_tokens < 0:
-            raise MinimoeError(f"max_new_tokens must be >= 0, found {max_new_tokens}")
-        if temperature < 0:
-            raise MinimoeError(f"temperature must be >= 0, found {temperature}")
+        check_int("max_new_tokens", max_new_tokens, lo=0)
+        check_sampling(temperature, top_k, top_p)
+        check_seed(seed)
         rng = np.random.default_rng(seed)
         L = self.config.max_seq_len
         kv = self.new_kv_cache(seq.shape[0], L)
@@ -270,9 +270,13 @@ class Model:
 def sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
            rng: np.random.Generator) -> np.ndarray:
     """logits (B, V) -> next tokens (B,)."""
-    if temperature == 0:
-        return logits.argmax(axis=-1)
-    z = logits.astype(np.float64) / temperature                      # (B, V)
+    check_sampling(temperature, top_k, top_p)
+    if not np.isfinite(logits).all():
+        raise MinimoeError("the model's logits hold NaN or inf, so no token can be chosen; its weights "
+                           "or its input are probably corrupt")
+    z = logits.astype(np.float64) / temperature if temperature else None  # (B, V)
+    if z is None or not np.isfinite(z).all():                        # 0, or so small that z overflows:
+        return logits.argmax(axis=-1)                                # the limit is greedy decoding
     if top_k is not None:
         kth = np.sort(z, axis=-1)[:, -min(top_k, z.shape[-1])][:, None]
         z = np.where(z < kth, -np.inf, z)

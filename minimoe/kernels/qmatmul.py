@@ -484,6 +484,10 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
 
     With a stack W (E, O, I), `experts` (R,) says which matrix each of the R rows of x uses
     (the decode path of an MoE layer): x (R, I) -> (R, O)."""
+    if not isinstance(w, PackedWeight):
+        raise KernelInputError(f"qmatmul: w must be a PackedWeight (minimoe.kernels.pack(qtensor)), "
+                               f"found {type(w).__name__}")
+    w.validate()                                                      # the kernels trust its arrays
     I = w.shape[-1]
     what = f"matmul with a packed {w.fmt} weight of shape {w.shape}"
     _check_x(x, I, what)
