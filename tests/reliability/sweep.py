@@ -219,7 +219,7 @@ def train_run(out="run", *extra):
     return out
 
 
-def packed_weight(fmt="q4_0", O=8, I=64):
+def packed_weight(fmt="q4_0", O=64, I=64):
     import numpy as np
 
     import minimoe
@@ -448,11 +448,10 @@ def _(work):
     return False
 
 
-@case(CAT, "shard index names a system file (/etc/hostname)")
+@case(CAT, "shard index names a system file (/etc/passwd)")
 def _(work):
-    import minimoe
     from minimoe.errors import MinimoeError
-    target = "/etc/hostname" if os.path.exists("/etc/hostname") else "/etc/passwd"
+    target = "/etc/passwd"
     leaked = open(target, "rb").read(8)
 
     def fn(index, folder):
@@ -463,8 +462,10 @@ def _(work):
     except MinimoeError as e:
         msg = str(e)
         n = struct.unpack("<Q", leaked.ljust(8, b"\0"))[0]
-        if str(n) in msg or leaked.decode("latin-1") in msg or target in msg and "header claims" in msg:
+        if str(n) in msg or leaked.decode("latin-1") in msg:
             raise Outcome("silent wrong", f"opens {target}; the error leaks its first bytes: {msg[:160]}")
+        if msg.startswith(target):
+            raise Outcome("silent wrong", f"opens {target}, outside the model folder: {msg[:160]}")
         raise
     return False
 
