@@ -20,7 +20,7 @@ from minimoe.checks import check_int, check_sampling, check_seed
 from minimoe.config import Config
 from minimoe.errors import MinimoeError
 from minimoe.inspect import tracing
-from minimoe.kernels import decode
+from minimoe.kernels.dispatch import inference as _inference
 from minimoe.nn import attention, embedding, ffn, linear, moe, norm, rope
 from minimoe.nn.kv_cache import KVCache
 from minimoe.params import count_params, param_shapes
@@ -63,21 +63,30 @@ class Model:
         self.params = init_params(config, seed, dtype) if params is None else params
         self.tokenizer = tokenizer
         self._rope_cache: tuple[int, np.ndarray, np.ndarray] | None = None
-        self._layers = [self._layer_params(i) for i in range(config.n_layers)]
+        # each layer's parameter names, by the short names the nn/ layers use; the arrays
+        # themselves are looked up in self.params at every call, so replacing one takes effect
+        self._names = [self._layer_names(i) for i in range(config.n_layers)]
 
     # --- parameters ------------------------------------------------------------------------------
-    def _layer_params(self, i: int) -> dict:
+    def _layer_names(self, i: int) -> dict:
         p = f"layers.{i}."
-        return {"attn": sub_params(self.params, p + "attn."),
-                "moe": sub_params(self.params, p + "moe."),
-                "ffn": sub_params(self.params, p + "ffn."),
-                "attn_norm": self.params[p + "attn_norm.weight"],
-                "ffn_norm": self.params[p + "ffn_norm.weight"]}
+        groups = {"attn": {}, "moe": {}, "ffn": {}}
+        for name in self.params:
+            if name.startswith(p):
+                group, _, short = name[len(p):].partition(".")
+                if group in groups:
+                    groups[group][short] = name
+        groups.update(attn_norm=p + "attn_norm.weight", ffn_norm=p + "ffn_norm.weight")
+        return groups
 
-    def refresh(self) -> None:
-        """Call after replacing arrays in `self.params` (an optimiser step updates them in place,
-        which needs no refresh)."""
-        self._layers = [self._layer_params(i) for i in range(self.config.n_layers)]
+    def layer_params(self, i: int) -> dict:
+        """Layer i's arrays as the nn/ layers take them: {"attn": {"q.weight": ..., ...}, "moe":
+        {...}, "ffn": {...}, "attn_norm": (C,), "ffn_norm": (C,)}, read from self.params now."""
+        if not 0 <= i < self.config.n_layers:
+            raise MinimoeError(f"layer must be in 0..{self.config.n_layers - 1}, found {i}")
+        P = self.params
+        return {group: (P[names] if isinstance(names, str) else {k: P[v] for k, v in names.items()})
+                for group, names in self._names[i].items()}
 
     @property
     def dtype(self):
@@ -93,8 +102,8 @@ class Model:
         return count_params(self.config)
 
     # --- forward -----------------------------------------------------------------------------------
-    def _rope(self, start: int, T: int):
-        """cos, sin (T, D) for positions start .. start+T-1, from a table grown on demand."""
+    def rotations(self, start: int, T: int):
+        """RoPE's cos, sin (T, D) for positions start .. start+T-1, from a table grown on demand."""
         end = start + T
         if self._rope_cache is None or self._rope_cache[0] < end:
             n = max(end, self.config.max_seq_len)
@@ -119,34 +128,42 @@ class Model:
 
     def __call__(self, tokens) -> np.ndarray:
         """Logits (B, T, V) for tokens (B, T), or (T, V) for tokens (T,)."""
-        return self.forward(tokens)[0]
+        return self.forward(tokens, inference=True)[0]
 
-    def forward(self, tokens, kv: KVCache | None = None):
+    def forward(self, tokens, kv: KVCache | None = None, inference: bool = False):
         """tokens (B, T) or (T,) -> (logits (B, T, V) or (T, V), cache).
 
-        With `kv`, the tokens continue the cached sequence (positions kv.length ...), and the
-        cache is extended. `cache` holds every layer's cache for `backward`, and
-        cache["routing"][i] holds layer i's routing statistics (None for dense layers).
+        The one forward pass: training, a prefill and a one-token decode step all run it. With
+        `kv`, the tokens continue the cached sequence (positions kv.length ...), and the cache is
+        extended. `cache` holds every layer's cache for `backward`, and cache["routing"][i] holds
+        layer i's routing statistics (None for dense layers). With inference=True (implied by
+        `kv`: there is no backward through a KV cache) no backward caches are kept, and the
+        kernels may skip what only a backward needs.
         """
-        cfg = self.config
         tokens = self.check_tokens(tokens)
+        if kv is not None or inference:
+            with _inference():
+                return self._forward(tokens, kv, keep=False)
+        return self._forward(tokens, kv, keep=True)
+
+    def _forward(self, tokens, kv: KVCache | None, keep: bool):
+        cfg = self.config
         squeeze = tokens.ndim == 1
         if squeeze:
             tokens = tokens[None]                                  # (T,) -> (1, T)
         B, T = tokens.shape
-        if kv is not None and T == 1 and not tracing.ACTIVE and decode.available(self):
-            logits, routing = decode.forward_token(self, tokens[:, 0], kv)  # fused one-token step
-            logits = logits[:, None]                                        # (B, V) -> (B, 1, V)
-            return (logits[0] if squeeze else logits), dict(routing=routing, squeeze=squeeze)
         start = kv.length if kv is not None else 0
-        cos, sin = self._rope(start, T)                           # (T, D)
+        cos, sin = self.rotations(start, T)                       # (T, D)
+        tr = tracing.ACTIVE                                        # None unless inside `with minimoe.trace()`
+        if tr:
+            tr.begin_forward(tokens, start, cached=kv is not None)  # ops below report as layers.{i}.*
 
         x, emb_cache = embedding.forward(tokens, self.params["embed.weight"])  # (B, T, C)
         layer_caches, routing = [], []
-        tr = tracing.ACTIVE                                        # None unless inside `with minimoe.trace()`
-        for i, lp in enumerate(self._layers):
+        for i in range(cfg.n_layers):
+            lp = self.layer_params(i)
             if tr:
-                tr.layer = i                                       # ops below report as layers.{i}.*
+                tr.layer = i
             h, n1 = norm.forward(x, lp["attn_norm"], cfg.norm_eps, name="attn_norm")  # (B, T, C)
             a, ac = attention.forward(h, lp["attn"], cfg, i, cos, sin, kv)     # (B, T, C)
             x = x + a
@@ -159,7 +176,8 @@ class Model:
                                     act=cfg.ffn_act, limit=cfg.swiglu_limit, alpha=cfg.swiglu_alpha)
                 stats = None
             x = x + f
-            layer_caches.append((n1, ac, n2, fc))
+            if keep:
+                layer_caches.append((n1, ac, n2, fc))
             routing.append(stats)
         if kv is not None:
             kv.advance(T)
@@ -167,8 +185,9 @@ class Model:
             tr.layer = None
         h, nf = norm.forward(x, self.params["norm.weight"], cfg.norm_eps)     # (B, T, C)
         logits, head_cache = linear.forward(h, self.head, name="head")         # (B, T, C) -> (B, T, V)
-        cache = dict(embedding=emb_cache, layers=layer_caches, norm=nf, head=head_cache,
-                     routing=routing, squeeze=squeeze)
+        cache = dict(routing=routing, squeeze=squeeze)
+        if keep:
+            cache.update(embedding=emb_cache, layers=layer_caches, norm=nf, head=head_cache)
         return (logits[0] if squeeze else logits), cache
 
     # --- backward ----------------------------------------------------------------------------------

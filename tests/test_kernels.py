@@ -18,6 +18,8 @@ from minimoe.kernels import moe as mk
 from minimoe.kernels import qmatmul as qm
 from minimoe.kernels.backend import BackendError
 from minimoe.kernels.packed import PackedWeight, to_kernel_order
+from minimoe.nn import attention, linear, norm, router
+from minimoe.nn import moe as nn_moe
 
 FORMATS = ["q4_0", "q4_1", "q8_0", "mxfp4"]
 # (R rows of x, O output rows, I input width): one row, odd rows, the prefill path (R > 4),
@@ -152,62 +154,51 @@ def test_rmsnorm(R, C):
     x, w = rand(R, C, seed=9), rand(C, seed=10)
     x64 = x.astype(np.float64)
     ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * w
-    a, b = np.empty_like(x), np.empty_like(x)
-    ops.rmsnorm.numba(x, w, 1e-5, a)
-    ops.rmsnorm.numpy(x, w, 1e-5, b)
-    np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(b, ref, rtol=1e-5, atol=1e-6)
+    for fn in (norm.RMSNORM.numba, norm.RMSNORM.numpy):          # the kernel and its twin in nn/norm.py
+        np.testing.assert_allclose(fn(x, w, 1e-5)[0], ref, rtol=1e-5, atol=1e-6)
 
 
-def _attention_reference(q, k, v, cos, sin, kc, vc, pos, window, sinks):
-    """float64, written from the formula: rotate, append, softmax(q k / sqrt(D)) v."""
-    from minimoe.nn.rope import rotate_half
+def _attention_reference(q, k, v, window, sinks):
+    """float64, written from the formula, one query at a time: softmax(q k / sqrt(D) [, sink]) v
+    over the keys at positions <= the query's (and within the window)."""
     q, k, v = (a.astype(np.float64) for a in (q, k, v))
-    kc, vc = kc.astype(np.float64).copy(), vc.astype(np.float64).copy()
-    kc[:, :, pos] = k * cos + rotate_half(k) * sin
-    vc[:, :, pos] = v
-    q = q * cos + rotate_half(q) * sin
-    B, H, D = q.shape
-    G = k.shape[1]
-    out = np.zeros((B, H, D))
+    B, H, T, D = q.shape
+    G, S = k.shape[1], k.shape[2]
+    out = np.zeros((B, H, T, D))
     for b in range(B):
         for h in range(H):
             g = h // (H // G)
-            s0 = max(0, pos + 1 - window) if window else 0
-            s = kc[b, g, s0:pos + 1] @ q[b, h] / np.sqrt(D)
-            logits = np.concatenate([s, sinks[h:h + 1]]) if len(sinks) else s
-            p = np.exp(logits - logits.max())
-            p = p[:len(s)] / p.sum()
-            out[b, h] = p @ vc[b, g, s0:pos + 1]
-    return out, kc
+            for t in range(T):
+                pos = S - T + t
+                s0 = max(0, pos + 1 - window) if window else 0
+                s = k[b, g, s0:pos + 1] @ q[b, h, t] / np.sqrt(D)
+                logits = np.concatenate([s, sinks[h:h + 1]]) if sinks is not None else s
+                p = np.exp(logits - logits.max())
+                p = p[:len(s)] / p.sum()
+                out[b, h, t] = p @ v[b, g, s0:pos + 1]
+    return out
 
 
-@pytest.mark.parametrize("B,H,G,D,pos,window,with_sinks", [
-    (1, 4, 2, 8, 0, 0, False), (2, 6, 3, 16, 5, 0, True), (1, 8, 2, 64, 40, 7, False), (3, 2, 1, 4, 9, 3, True)])
-def test_attend_one(B, H, G, D, pos, window, with_sinks):
-    L = pos + 3
-    q, k, v = rand(B, H, D, seed=11), rand(B, G, D, seed=12), rand(B, G, D, seed=13)
-    ang = np.linspace(0, 3, D // 2)
-    cos = np.cos(np.concatenate([ang, ang])).astype(np.float32)
-    sin = np.sin(np.concatenate([ang, ang])).astype(np.float32)
-    kc0, vc0 = rand(B, G, L, D, seed=14), rand(B, G, L, D, seed=15)
-    sinks = rand(H, seed=16) if with_sinks else np.zeros(0, np.float32)
-    ref, kref = _attention_reference(q, k, v, cos, sin, kc0, vc0, pos, window, sinks)
-    for fn in (ops.attend_one.numba, ops.attend_one.numpy):
-        kc, vc, out = kc0.copy(), vc0.copy(), np.empty((B, H, D), np.float32)
-        fn(q, k, v, cos, sin, kc, vc, pos, window, sinks, out)
-        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(kc, kref, rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(kc[:, :, pos + 1:], kc0[:, :, pos + 1:])   # nothing past pos
+@pytest.mark.parametrize("B,H,G,D,T,S,window,with_sinks", [
+    (1, 4, 2, 8, 1, 1, 0, False), (2, 6, 3, 16, 1, 6, 0, True), (1, 8, 2, 64, 1, 41, 7, False),
+    (3, 2, 1, 4, 3, 10, 3, True), (2, 4, 4, 6, 5, 5, 0, False)])
+def test_attend(B, H, G, D, T, S, window, with_sinks):
+    q = rand(B, T, H, D, seed=11).transpose(0, 2, 1, 3)             # (B, H, T, D), a view, as the model has it
+    kc, vc = rand(B, G, S + 3, D, seed=14), rand(B, G, S + 3, D, seed=15)
+    k, v = kc[:, :, :S], vc[:, :, :S]                                # the filled part of a KV cache
+    sinks = rand(H, seed=16) if with_sinks else None
+    ref = _attention_reference(q, k, v, window, sinks)
+    for fn in (ops.attend, attention.attend):                       # the kernel and its twin in nn/attention.py
+        np.testing.assert_allclose(fn(q, k, v, window, sinks)[0], ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("rule,renorm", [("softmax_topk", True), ("softmax_topk", False), ("topk_softmax", False)])
 @pytest.mark.parametrize("R,E,K", [(1, 4, 2), (5, 8, 2), (3, 7, 1), (2, 64, 4)])
-def test_route(rule, renorm, R, E, K):
+def test_select(rule, renorm, R, E, K):
     logits = rand(R, E, seed=17)
     logits[0, 1] = logits[0, 2] = logits[0].max() + 1                # a tie: the lower index wins
-    # reference: the rules of minimoe/nn/router.py, in float64
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    # reference: the rules as the papers state them, in float64
+    probs = np.exp(logits - logits.max(-1, keepdims=True).astype(np.float64))
     probs /= probs.sum(-1, keepdims=True)
     scores = probs if rule == "softmax_topk" else logits
     want_e = np.argsort(-scores, axis=-1, kind="stable")[:, :K]
@@ -217,11 +208,11 @@ def test_route(rule, renorm, R, E, K):
         g /= g.sum(-1, keepdims=True)
     elif renorm:
         g = g / g.sum(-1, keepdims=True)
-    for fn in (ops.route.numba, ops.route.numpy):
-        w, e = np.empty((R, K), np.float32), np.empty((R, K), np.int64)
-        fn(logits, K, ops.ROUTERS[rule], renorm, np.float32(1.0), w, e)
+    for fn in (ops.select, router.select):                          # the kernel and its twin in nn/router.py
+        w, e, p, _ = fn(logits, K, rule, renorm, 1.0)
         np.testing.assert_array_equal(e, want_e)
         np.testing.assert_allclose(w, g, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(p, probs, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("N,K,E", [(1, 1, 1), (1, 2, 4), (7, 2, 8), (13, 3, 5)])
@@ -238,16 +229,31 @@ def test_moe_dispatch_gather_combine(N, K, E):
     want_y = np.einsum("nk,nkc->nc", weights.astype(np.float64), y_assign.reshape(N, K, 6))
     want_dw = np.einsum("nkc,nc->nk", y_assign.reshape(N, K, 6), dy)
     want_dys = (weights[:, :, None].astype(np.float64) * dy[:, None, :]).reshape(N * K, 6)[want_order]
-    for be in ("numba", "numpy"):
-        with backend(be):
-            order, offsets = mk.dispatch(experts, E)
-            np.testing.assert_array_equal(order, want_order)
-            np.testing.assert_array_equal(offsets, want_offsets)
-            np.testing.assert_array_equal(mk.gather(x, order, K), x[order // K])
-            np.testing.assert_allclose(mk.combine(ys, order, weights), want_y, rtol=1e-5, atol=1e-6)
-            dw, dys = mk.combine_backward(dy, ys, order, weights)
-            np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(dys, want_dys, rtol=1e-5, atol=1e-6)
+    for impl in (mk, nn_moe):                                       # the kernels and their twins in nn/moe.py
+        order, offsets = impl.dispatch(experts, E)
+        np.testing.assert_array_equal(order, want_order)
+        np.testing.assert_array_equal(offsets, want_offsets)
+        np.testing.assert_array_equal(impl.gather(x, order, K), x[order // K])
+        np.testing.assert_allclose(impl.combine(ys, order, weights), want_y, rtol=1e-5, atol=1e-6)
+        dw, dys = impl.combine_backward(dy, ys, order, weights)
+        np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dys, want_dys, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "q4_0", "q8_0"])
+@pytest.mark.parametrize("N", [1, 3, 9])
+def test_matmul_over_a_stack_of_experts(fmt, N):
+    """The grouped matmul of an MoE layer (row n times matrix experts[n]): kernel == twin == float64."""
+    w = rand(5, 7, 64, seed=30)
+    wq = w if fmt == "fp32" else quant.quantize(w, fmt)
+    w64 = w.astype(np.float64) if fmt == "fp32" else wq.dequantize().astype(np.float64)
+    x, b = rand(N, 64, seed=31), rand(5, 7, seed=32)
+    experts = np.random.default_rng(N).integers(0, 5, N)
+    want = np.einsum("ni,noi->no", x.astype(np.float64), w64[experts]) + b[experts]
+    for fn in (linear.MATMUL.numba, linear.MATMUL.numpy):
+        if fn is linear.MATMUL.numba and not linear.MATMUL.when(x, wq, b, experts):
+            continue
+        np.testing.assert_allclose(fn(x, wq, b, experts), want, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,32 +284,63 @@ def test_backend_from_environment():
     assert out.returncode != 0 and "$MINIMOE_BACKEND: backend must be one of numba, numpy, found 'fortran'" in out.stderr
 
 
-_HAS_AVX512 = __import__("llvmlite.binding", fromlist=["x"]).get_host_cpu_features().get("avx512bw", False)
+_HAS_AVX512 = all(__import__("llvmlite.binding", fromlist=["x"]).get_host_cpu_features().get(f, False)
+                  for f in ("avx512f", "avx512bw"))
 
 
-@pytest.mark.skipif(not _HAS_AVX512, reason="the 512-bit switch only acts on CPUs with AVX-512")
-def test_simd_width_switch_gives_512_bit_loops(tmp_path):
-    """With AVX-512 the kernels are compiled for 512-bit vectors (zmm registers) unless
-    MINIMOE_SIMD_WIDTH=256 or the user chose Numba's target; a bad value is a clear error."""
+def _run(code: str, tmp_path, **env):
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "MINIMOE_SIMD"))}
+    e.update(env, NUMBA_CACHE_DIR=str(tmp_path))
+    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True)
+
+
+def test_import_has_no_side_effects(tmp_path):
+    """`import minimoe` sets no environment variable, starts no thread and loads no Numba; the
+    first kernel then sets Numba's own config, still without touching the environment."""
     code = """if True:
-        import numpy as np, numba, minimoe
+        import os, sys, threading
+        before = dict(os.environ)
+        import minimoe
+        print(dict(os.environ) == before, threading.active_count(), "numba" in sys.modules)
+        import numpy as np
+        minimoe.Model(minimoe.Config.preset("tiny-moe"))(np.array([1, 2]))
+        import numba
+        print(dict(os.environ) == before, numba.config.THREADING_LAYER)"""
+    out = _run(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "1", "False", "True", "workqueue"]
+
+
+@pytest.mark.skipif(not _HAS_AVX512, reason="the SIMD-width switch acts only on CPUs with AVX-512F and BW")
+def test_simd_width_switch(tmp_path):
+    """On AVX-512 CPUs, MINIMOE_SIMD_WIDTH states the vector width for Intel and AMD alike: 512
+    (the default) gives 512-bit FMAs (zmm registers), 256 none. A target the user chose is left
+    alone, and a bad value is a clear error."""
+    code = """if True:
+        import re, numpy as np, numba
         from minimoe.kernels import qmatmul
         fn = numba.njit(fastmath={"reassoc", "contract", "nsz"})(qmatmul.gemv_f32.serial.numba.py_func)
         x = np.ones((1, 256), np.float32); w = np.ones((1, 8, 256), np.float32); out = np.empty((1, 8), np.float32)
         fn(x, w, np.zeros(1, np.int64), out)
         asm = fn.inspect_asm(fn.signatures[0])
-        import re
         print(numba.config.CPU_FEATURES is not None, bool(re.search(r"vfmadd\\w*ps\\s[^\\n]*zmm", asm)))"""
-
-    def run(**env):
-        e = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "MINIMOE_SIMD"))}
-        e.update(env, NUMBA_CACHE_DIR=str(tmp_path))
-        return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True)
-    assert run().stdout.split() == ["True", "True"]            # the dot product's FMAs are 512 bits wide
-    assert run(MINIMOE_SIMD_WIDTH="256").stdout.split() == ["False", "False"]
-    assert run(NUMBA_CPU_NAME="skylake-avx512").stdout.split() == ["False", "False"]   # the user's choice
-    bad = run(MINIMOE_SIMD_WIDTH="1024")
+    assert _run(code, tmp_path).stdout.split() == ["True", "True"]
+    assert _run(code, tmp_path, MINIMOE_SIMD_WIDTH="256").stdout.split() == ["True", "False"]
+    user = _run(code, tmp_path, NUMBA_CPU_NAME="skylake-avx512")
+    assert user.stdout.split()[0] == "False"                        # the user's choice is kept
+    bad = _run(code, tmp_path, MINIMOE_SIMD_WIDTH="1024")
     assert bad.returncode != 0 and "$MINIMOE_SIMD_WIDTH must be 256 or 512, found '1024'" in bad.stderr
+
+
+def test_simd_features_state_the_width():
+    """What the switch asks LLVM for, checked on any CPU: the preference is stated both ways."""
+    from minimoe.kernels.backend import simd_features
+    wide, narrow = simd_features("512"), simd_features("256")
+    if not _HAS_AVX512:
+        assert wide is None and narrow is None                     # no 512-bit vectors to choose
+    else:
+        assert wide.endswith(",-prefer-256-bit") and narrow.endswith(",+prefer-256-bit")
+        assert "prefer-256-bit" not in wide[:-len(",-prefer-256-bit")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,19 +363,17 @@ def test_model_same_logits_and_tokens_on_both_backends(recipe):
 
 
 @pytest.mark.parametrize("recipe", ["fp32", "q4_0"])
-def test_fused_decode_step_equals_full_forward(recipe):
-    from minimoe.kernels import decode
+def test_decode_steps_equal_the_full_forward(recipe):
     cfg = minimoe.Config.preset("tiny-moe", d_model=64, d_expert=64, d_ff=64)
     model = minimoe.Model(cfg, seed=4)
     if recipe != "fp32":
         model = minimoe.quantize(model, recipe)
-    assert decode.available(model)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 9))
-    full = model(tokens)                                           # (2, 9, V), general path
+    full = model(tokens)                                           # (2, 9, V), all positions at once
     kv = model.new_kv_cache(2)
     model.forward(tokens[:, :5], kv)
     for t in range(5, 9):
-        step, cache = model.forward(tokens[:, t:t + 1], kv)        # fused path
+        step, cache = model.forward(tokens[:, t:t + 1], kv)        # one position, the compiled kernels
         np.testing.assert_allclose(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
         assert cache["routing"][0]["experts"].shape == (2, cfg.top_k)
 
@@ -380,16 +415,15 @@ def test_malformed_inputs_raise_clear_errors():
         mk.gather(rand(2, 3), np.arange(3), 2)
     with pytest.raises(KernelInputError, match=r"ys must be \(A=4, C\)"):
         mk.combine(rand(3, 5), np.arange(4), rand(2, 2))
-    kc = np.zeros((1, 1, 4, 8), np.float32)
-    cos = np.ones(8, np.float32)
-    with pytest.raises(KernelInputError, match="position 4 outside the cache of 4 positions"):
-        ops.attend(rand(1, 2, 8), rand(1, 1, 8), rand(1, 1, 8), cos, cos, kc, kc.copy(), 4)
-    with pytest.raises(KernelInputError, match=r"caches must be \(B=1, G=1, L, D=8\)"):
-        ops.attend(rand(1, 2, 8), rand(1, 1, 8), rand(1, 1, 8), cos, cos, kc[..., :4], kc[..., :4], 0)
+    k = np.zeros((1, 1, 4, 8), np.float32)
+    with pytest.raises(KernelInputError, match="5 new positions need 1..4 keys"):
+        ops.attend(rand(1, 2, 5, 8), k, k, 0, None)
+    with pytest.raises(KernelInputError, match=r"k and v must be \(B=1, G, S, D=8\)"):
+        ops.attend(rand(1, 2, 1, 8), k[..., :4], k[..., :4], 0, None)
     with pytest.raises(KernelInputError, match="0 < K <= E"):
-        ops.route_topk(rand(2, 4), 5, "softmax_topk", True, 1.0)
+        ops.select(rand(2, 4), 5, "softmax_topk", True, 1.0)
     with pytest.raises(KernelInputError, match="weight must have shape"):
-        ops.rms_norm(rand(2, 8), rand(7), 1e-5)
+        norm.RMSNORM.numba(rand(2, 8), rand(7), 1e-5)
 
 
 def test_float_gemv_rejects_bad_inputs():

@@ -63,7 +63,7 @@ def test_kv_cache_decoding_equals_full_forward(name, prompt_len):
 def test_topk_equal_to_e_is_the_probability_weighted_sum_of_all_experts():
     cfg = Config(**dict(BASE, n_experts=4, top_k=4, d_expert=24))
     m = noisy_model(cfg)
-    p = m._layers[0]["moe"]
+    p = m.layer_params(0)["moe"]
     x = np.random.default_rng(0).normal(size=(2, 5, 32)).astype(np.float32)
     y, _, stats = moe.forward(x, p, cfg)
     xf = x.reshape(10, 32)
@@ -79,7 +79,7 @@ def test_expert_loop_equals_dispatch_form(name):
     cfg = Config(**VARIANTS[name])
     m = noisy_model(cfg)
     layer = 1
-    p = m._layers[layer]["moe"]
+    p = m.layer_params(layer)["moe"]
     x = np.random.default_rng(3).normal(size=(3, 7, 32)).astype(np.float32)
     y_loop, s_loop = moe.forward_loop(x, p, cfg)
     y_fast, _, s_fast = moe.forward(x, p, cfg)

@@ -80,7 +80,7 @@ def test_indexing_errors(index, error, match):
 
 def test_moe_expert_loop_equals_dispatch_with_packed_experts(model):
     qmodel = minimoe.quantize(model, "q4_0")
-    p = qmodel._layers[1]["moe"]
+    p = qmodel.layer_params(1)["moe"]
     assert isinstance(p["experts.gate"], QTensor)
     x = np.random.default_rng(3).standard_normal((2, 5, 64)).astype(np.float32)
     y_loop, _ = moe.forward_loop(x, p, qmodel.config)

@@ -57,9 +57,9 @@ print("tokens", tokens.shape, tokens, "-> x", x.shape)      # (1, 4) -> (1, 4, C
 
 # %%
 layer = 0
-p = model._layers[layer]                                     # this layer's arrays, short names
+p = model.layer_params(layer)                                     # this layer's arrays, short names
 h, _ = norm.forward(x, p["attn_norm"], cfg.norm_eps)         # (1, 4, C)
-cos, sin = model._rope(0, tokens.shape[1])                   # (T, D) rotations of positions 0..3
+cos, sin = model.rotations(0, tokens.shape[1])                   # (T, D) rotations of positions 0..3
 print("q proj", p["attn"]["q.weight"].shape, " k proj", p["attn"]["k.weight"].shape,
       f" H={cfg.n_heads} G={cfg.n_kv_heads} D={cfg.head_dim}")
 a, acache = attention.forward(h, p["attn"], cfg, layer, cos, sin)
@@ -98,7 +98,7 @@ x = x + y_loop
 
 # %%
 for layer in range(1, cfg.n_layers):
-    p = model._layers[layer]
+    p = model.layer_params(layer)
     h, _ = norm.forward(x, p["attn_norm"], cfg.norm_eps)
     x = x + attention.forward(h, p["attn"], cfg, layer, cos, sin)[0]
     h, _ = norm.forward(x, p["ffn_norm"], cfg.norm_eps)

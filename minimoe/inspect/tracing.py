@@ -169,7 +169,7 @@ class Trace:
         return self.steps[-1]
 
     def _new_step(self, tokens) -> dict:
-        step = {"tokens": None if tokens is None else np.array(tokens), "start": None,
+        step = {"tokens": None if tokens is None else np.array(tokens), "start": None, "cached": False,
                 "n_tokens": 0 if tokens is None else int(np.size(tokens)), "routing": {}}
         step.update({c: 0 for c in COUNTERS})
         self.steps.append(step)
@@ -202,93 +202,130 @@ class Trace:
             step[key] += value
         return time.perf_counter()
 
-    # --- recording methods, one per kind of op (each reads the op's own arrays) --------------------
-    def embedding(self, tokens: np.ndarray, weight, x: np.ndarray, t0: float) -> float:
-        """tokens (B, T) looked up in weight (V, C) -> x (B, T, C). Starts a new forward pass."""
-        t1 = time.perf_counter()
+    # --- what the model and the leaves report ------------------------------------------------------
+    def begin_forward(self, tokens: np.ndarray, start: int, cached: bool) -> None:
+        """Model.forward starts a forward pass over tokens (B, T) at position `start`; `cached`:
+        its keys and values go through a KV cache (reading them is KV-cache traffic)."""
         self.layer = None
-        self._new_step(tokens)
-        return self._add("embed", "embedding", t0, tokens.size, weight, t1, params=x.shape[-1],
-                         weight_bytes=x.nbytes,                          # the N rows read
-                         activation_bytes=tokens.nbytes + x.nbytes)
+        step = self._new_step(tokens)
+        step["start"], step["cached"] = int(start), bool(cached)
 
-    def matmul(self, name: str, x: np.ndarray, w, b, y: np.ndarray, t0: float) -> float:
-        """x (..., I) @ w (O, I).T (+ b (O,)) -> y (..., O)."""
+    def record(self, kind: str, name: str, args: tuple, out, t0: float) -> None:
+        """One call of a leaf (minimoe/kernels/dispatch.py): its kind, its name within the layer,
+        its arguments and its outputs, timed from t0."""
+        getattr(self, "_" + kind)(name, *args, out=out, t0=t0)
+
+    # --- one recorder per kind of leaf; each reads the op's own arrays ------------------------------
+    def _embedding(self, name, tokens, weight, out, t0):
+        """tokens (B, T) looked up in weight (V, C) -> out (B, T, C)."""
+        self._add(name, "embedding", t0, tokens.size, weight, params=out.shape[-1],
+                  weight_bytes=out.nbytes,                                   # the N rows read
+                  activation_bytes=tokens.nbytes + out.nbytes)
+
+    def _matmul(self, name, x, w, b, experts, out, t0):
+        """x (N, I) @ w (O, I).T (+ b (O,)) -> out (N, O). With a stack w (E, O, I) and experts (N,),
+        one record per expert that ran: "moe.experts.gate" -> "moe.experts.3.gate"."""
+        if experts is None:
+            self._matmul_one(name, x, w, b, out.size, t0, time.perf_counter())
+            return
+        t1 = time.perf_counter()
+        ids, counts = np.unique(experts, return_counts=True)
+        prefix, _, suffix = name.rpartition(".")
+        for e, n in zip(ids, counts):                    # the call's time, shared out by rows
+            t_e = t0 + (t1 - t0) * n / len(experts)
+            self._matmul_one(f"{prefix}.{e}.{suffix}", x[:n], w[e], None if b is None else b[e],
+                             n * w.shape[-2], t0, t_e)
+            t0 = t_e
+
+    def _matmul_one(self, name, x, w, b, out_size, t0, t1):
         O, I = w.shape[-2], w.shape[-1]
-        N = x.size // I
+        N = x.shape[0]
         params, wbytes = O * I, nbytes(w)
         if b is not None:
             params, wbytes = params + b.size, wbytes + b.nbytes
-        return self._add(name, "matmul", t0, N, w, params=params, flops=2 * N * I * O,
-                         elementwise_flops=0 if b is None else y.size, weight_bytes=wbytes,
-                         activation_bytes=x.nbytes + y.nbytes)
+        self._add(name, "matmul", t0, N, w, t1, params=params, flops=2 * N * I * O,
+                  elementwise_flops=0 if b is None else out_size, weight_bytes=wbytes,
+                  activation_bytes=x.nbytes + out_size * x.itemsize)
 
-    def norm(self, name: str, x: np.ndarray, weight, y: np.ndarray, t0: float) -> float:
-        """RMSNorm of x (..., C) with weight (C,) -> y (..., C)."""
-        return self._add(name, "norm", t0, x.size // x.shape[-1], weight, params=weight.size,
-                         elementwise_flops=4 * x.size, weight_bytes=nbytes(weight),
-                         activation_bytes=x.nbytes + y.nbytes)
+    def _norm(self, name, x, weight, eps, out, t0):
+        """RMSNorm of x (..., C) with weight (C,) -> out (y, xhat, rstd)."""
+        self._add(name, "norm", t0, x.size // x.shape[-1], weight, params=weight.size,
+                  elementwise_flops=4 * x.size, weight_bytes=nbytes(weight),
+                  activation_bytes=x.nbytes + out[0].nbytes)
 
-    def rope(self, name: str, inputs: tuple, outputs: tuple, cos: np.ndarray, rows: int,
-             t0: float) -> float:
-        """Rotations of q (B, H, T, D) and k (B, G, T, D) by cos/sin (T, D), for `rows` tokens."""
-        n = sum(a.size for a in inputs)
-        return self._add(name, "rope", t0, rows, elementwise_flops=3 * n,
-                         activation_bytes=sum(a.nbytes for a in inputs + outputs) + 2 * cos.nbytes)
+    def _rope(self, name, x, cos, sin, out, t0):
+        """Rotation of x (B, H, T, D) by cos/sin (T, D)."""
+        self._add(name, "rope", t0, x.size // (x.shape[-1] * (x.shape[1] if x.ndim == 4 else 1)),
+                  elementwise_flops=3 * x.size, activation_bytes=x.nbytes + out.nbytes + 2 * cos.nbytes)
 
-    def attention_scores(self, q: np.ndarray, k: np.ndarray, scores: np.ndarray, mask: np.ndarray,
-                         cached: bool, t0: float) -> float:
-        """scores (B, G, R, T, S) = q (B, G, R, T, D) / sqrt(D) . k (B, G, S, D), plus the mask;
-        mask (T, S) True where a pair is kept. k comes from the KV cache if `cached`."""
-        B, G, R, T, D = q.shape
+    def _attention(self, name, q, k, v, window, sinks, out, t0):
+        """q (B, H, T, D) against k, v (B, G, S, D): three records, the scores q.k (with the 1/sqrt(D)
+        scale and the mask), the softmax (with the sinks), and P.v; one kernel computes all three, so
+        the call's time is shared out by their FLOPs. k and v come from the KV cache if the forward
+        pass has one."""
+        t1 = time.perf_counter()
+        B, H, T, D = q.shape
         S = k.shape[-2]
         step = self._step()
         if step["start"] is None:
             step["start"] = S - T
-        kv = k.nbytes if cached else 0
-        return self._add("attn.scores", "attention", t0, B * T, flops=2 * B * G * R * T * S * D,
-                         flops_causal=2 * B * G * R * D * int(mask.sum()),
-                         elementwise_flops=q.size + scores.size, kv_cache_bytes=kv,
-                         activation_bytes=q.nbytes + scores.nbytes + (0 if cached else k.nbytes))
+        cached = step.get("cached", False)
+        from minimoe.nn.attention import causal_mask
+        kept = int(causal_mask(T, S, window).sum())      # (query, key) pairs the mask keeps
+        n_scores = B * H * T * S
+        dot = 2 * B * H * T * S * D
+        parts = (("scores", dot, q.size + n_scores), ("softmax", 0, 5 * n_scores), ("pv", dot, 0))
+        total = sum(f + ef for _, f, ef in parts)
+        score_bytes = n_scores * q.itemsize
+        for part, flops, eflops in parts:
+            t_p = t0 + (t1 - t0) * (flops + eflops) / total
+            if part == "softmax":
+                self._add(f"{name}.softmax", "softmax", t0, B * T, sinks, t_p,
+                          params=0 if sinks is None else sinks.size,
+                          weight_bytes=0 if sinks is None else nbytes(sinks),
+                          elementwise_flops=eflops, activation_bytes=2 * score_bytes)
+            else:
+                kv_arr = k if part == "scores" else v
+                act = (q.nbytes + score_bytes) if part == "scores" else (score_bytes + out[0].nbytes)
+                self._add(f"{name}.{part}", "attention", t0, B * T, t1=t_p, flops=flops,
+                          flops_causal=2 * B * H * D * kept, elementwise_flops=eflops,
+                          kv_cache_bytes=kv_arr.nbytes if cached else 0,
+                          activation_bytes=act + (0 if cached else kv_arr.nbytes))
+            t0 = t_p
 
-    def softmax(self, name: str, x: np.ndarray, y: np.ndarray, t0: float, rows: int | None = None,
-                weight=None) -> float:
-        """softmax over the last axis of x -> y; `weight`: attention sinks (H,) joining it, if any."""
-        return self._add(name, "softmax", t0, x.size // x.shape[-1] if rows is None else rows, weight,
-                         params=0 if weight is None else weight.size,
-                         weight_bytes=0 if weight is None else nbytes(weight),
-                         elementwise_flops=5 * x.size, activation_bytes=x.nbytes + y.nbytes)
+    def _activation(self, name, a, u, act, limit, alpha, out, t0):
+        """The gated activation h (..., F) = glu(a, u): 6 FLOPs per element (swiglu), 8 (swiglu_oai)."""
+        h = out[0]
+        self._add(name, "activation", t0, h.size // h.shape[-1],
+                  elementwise_flops=(6 if act == "swiglu" else 8) * h.size,
+                  activation_bytes=a.nbytes + u.nbytes + h.nbytes)
 
-    def attention_values(self, probs: np.ndarray, v: np.ndarray, y: np.ndarray, mask: np.ndarray,
-                         cached: bool, t0: float) -> float:
-        """y (B, G, R, T, D) = probs (B, G, R, T, S) . v (B, G, S, D)."""
-        B, G, R, T, S = probs.shape
-        D = v.shape[-1]
-        kv = v.nbytes if cached else 0
-        return self._add("attn.pv", "attention", t0, B * T, flops=2 * B * G * R * T * S * D,
-                         flops_causal=2 * B * G * R * D * int(mask.sum()), kv_cache_bytes=kv,
-                         activation_bytes=probs.nbytes + y.nbytes + (0 if cached else v.nbytes))
-
-    def elementwise(self, name: str, kind: str, flops_per_element: int, inputs: tuple, outputs: tuple,
-                    rows: int, t0: float) -> float:
-        """An elementwise op (an activation, MoE dispatch or combine): FLOPs per output element."""
-        return self._add(name, kind, t0, rows,
-                         elementwise_flops=flops_per_element * sum(a.size for a in outputs),
-                         activation_bytes=sum(a.nbytes for a in inputs + outputs))
-
-    def route(self, name: str, logits: np.ndarray, probs: np.ndarray, experts: np.ndarray,
-              weights: np.ndarray, stats: dict, t0: float) -> float:
-        """The router's choice: logits (N, E) -> experts (N, K), weights (N, K), and its own
-        statistics (tokens_per_expert (E,), prob_mass (E,)), kept per layer for the routing views."""
+    def _route(self, name, logits, K, rule, renorm, scale, out, t0):
+        """The router's choice: logits (N, E) -> weights (N, K), experts (N, K), probs (N, E); its
+        statistics are kept per layer for the routing views."""
         t1 = time.perf_counter()
+        weights, experts, probs, _ = out
         step = self._step()
         step["routing"][self.layer] = {
             "experts": experts.copy(), "weights": weights.copy(), "probs": probs.copy(),
-            "tokens_per_expert": stats["tokens_per_expert"].copy(),
-            "prob_mass": stats["prob_mass"].copy()}
-        return self._add(name, "route", t0, logits.shape[0], t1=t1,
-                         elementwise_flops=5 * logits.size + 2 * weights.size,
-                         activation_bytes=logits.nbytes + probs.nbytes + experts.nbytes + weights.nbytes)
+            "tokens_per_expert": np.bincount(experts.ravel(), minlength=logits.shape[-1]),
+            "prob_mass": probs.sum(axis=0)}
+        self._add(name, "route", t0, logits.shape[0], t1=t1,
+                  elementwise_flops=5 * logits.size + 2 * weights.size,
+                  activation_bytes=logits.nbytes + probs.nbytes + experts.nbytes + weights.nbytes)
+
+    def _dispatch(self, name, experts, E, out, t0):
+        """Sorting the assignments by expert: index work, no FLOPs."""
+        self._add(name, "dispatch", t0, experts.shape[0], activation_bytes=experts.nbytes + out[0].nbytes)
+
+    def _gather(self, name, x, order, K, out, t0):
+        """xs (A, C) = x (N, C) gathered in expert order."""
+        self._add(name, "dispatch", t0, x.shape[0], activation_bytes=x.nbytes + out.nbytes)
+
+    def _combine(self, name, ys, order, weights, out, t0):
+        """y (N, C) = the K weighted outputs of each token, summed: 2 FLOPs per (token, slot, channel)."""
+        self._add(name, "combine", t0, out.shape[0], elementwise_flops=2 * ys.size,
+                  activation_bytes=ys.nbytes + weights.nbytes + out.nbytes)
 
     # --- reading it back ---------------------------------------------------------------------------
     @property

@@ -1,32 +1,38 @@
-"""The hot loops: matmul over float or packed 8/4-bit weights, MoE dispatch/combine, decode ops.
+"""The hot loops: matmul over float or packed 8/4-bit weights, MoE dispatch/combine, attention,
+RMSNorm, RoPE and the router's top-k, each a Numba kernel beside its NumPy twin.
 
 Shape legend: N rows of activations, I input width, O output width, E experts.
 
-`matmul(x, w)` is the one matmul the model calls. `w` is an (O, I) float array, or a packed
+`matmul(x, w)` multiplies by a weight in any form: `w` is an (O, I) float array, or a packed
 `minimoe.quant.QTensor` of logical shape (O, I). For a float weight it is BLAS (`x @ w.T`). For a
 packed q4_0 / q4_1 / q8_0 / mxfp4 weight it runs the fused dequantize-and-multiply kernels of
 qmatmul.py, on a copy of the bytes repacked once for them (packed.py). Any other format (nf4), or
 activations that are not float32, take the plainest reference path: dequantize, then multiply.
 
-Every kernel is a Numba function beside a NumPy twin with the same signature (backend.py):
+The model reaches every kernel through one place, dispatch.py: each hot operation is a `Leaf`
+pairing the readable NumPy function in minimoe/nn/ with the compiled kernel here, and the trace
+records there. The backend switch (backend.py):
 
     minimoe.set_backend("numpy")          # or MINIMOE_BACKEND=numpy, or `with minimoe.backend("numpy"):`
 
-runs the twins everywhere, so a debugger can step into any line. See docs/kernels.md.
+runs the NumPy twins everywhere, so a debugger can step into any line. See docs/kernels.md.
 
-Files:
-    backend.py   the switch, and `Kernel` (a Numba function paired with its twin)
+Files (the Numba modules are imported on a kernel's first use, not by `import minimoe`):
+    backend.py   the switch, `Kernel` (a Numba function paired with its twin), Numba's settings
+    dispatch.py  `Leaf`: the one place that picks a kernel or its twin, and that traces
     packed.py    the kernels' layout of a QTensor (float32 scales, value bytes block-index-last)
     qmatmul.py   fused GEMV (decode) and tile-dequantize + BLAS (prefill), per format
     moe.py       MoE dispatch (group assignments by expert), gather, combine (weighted scatter-add)
-    ops.py       RMSNorm, rotary + attention over the KV cache for one new token, router top-k, SwiGLU
-    decode.py    a fused one-token forward pass that strings the kernels together
+    ops.py       attention over the KV cache for a few new positions, router top-k
+    train.py     row-wise RMSNorm, RoPE and softmax backward, forward and backward
 """
 from __future__ import annotations
 
 import numpy as np
 
-from minimoe.kernels.backend import backend, get_backend, set_backend
+import contextlib
+
+from minimoe.kernels.backend import backend, blas_threads, get_backend, set_backend
 from minimoe.kernels.packed import PACKED_FORMATS, KernelInputError, PackedWeight, pack
 
 
@@ -59,6 +65,37 @@ def _check_operands(x, w_shape: tuple, w_ok: bool) -> None:
                                f"weight of shape {tuple(w_shape)}, found "
                                + (f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__))
 
+
+def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
+    """The compiled side of minimoe/nn/linear.py's `matmul`, with its signature: x (N, I) float32
+    @ w (O, I).T (+ b), or row n times w[experts[n]] of a stack (E, O, I) (+ b[experts[n]]).
+    Small products run with one BLAS thread (see `blas_threads`)."""
+    from minimoe.kernels.qmatmul import fmatmul, qmatmul
+    small = x.shape[0] * w.shape[-1] * w.shape[-2] < BLAS_THREADS_MIN_MACS
+    with blas_threads(1) if small else contextlib.nullcontext():
+        if experts is None:
+            y = x @ w.T if isinstance(w, np.ndarray) else matmul(x, w)     # (N, O)
+            return y if b is None else y + b
+        y = fmatmul(x, w, experts) if isinstance(w, np.ndarray) else qmatmul(x, pack(w), experts)
+        return y if b is None else y + b[experts]
+
+
+def takes_matmul(x, w, b=None, experts=None) -> bool:
+    """Whether matmul_leaf takes this call: float32 activations, a float weight or a packed one
+    with a fused kernel, and for a stack of float experts only a few rows (more rows are BLAS
+    products, which nn/linear.py's matmul already makes)."""
+    if x.dtype != np.float32:
+        return False
+    if not isinstance(w, np.ndarray):
+        return isinstance(w, PackedWeight) or getattr(w, "fmt", None) in PACKED_FORMATS
+    return experts is None or x.shape[0] <= GEMV_ROWS
+
+
+# A product of fewer multiply-adds than this runs on one BLAS thread: waking OpenBLAS's threads
+# costs more than they save, and when another program holds a core, a call that waits for them
+# can take 100x its time (docs/kernels.md).
+BLAS_THREADS_MIN_MACS = 2**24
+GEMV_ROWS = 4            # rows up to which a stack of float experts is multiplied row by row
 
 __all__ = ["matmul", "backend", "get_backend", "set_backend", "pack", "PackedWeight",
            "KernelInputError", "PACKED_FORMATS"]

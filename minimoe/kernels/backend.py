@@ -16,46 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-import numba
-
 from minimoe.errors import MinimoeError
-
-# Numba's parallel loops run on its "workqueue" thread pool unless the user chose another
-# (NUMBA_THREADING_LAYER). The OpenMP pool's idle threads spin, waiting for work; when another
-# program (or OpenBLAS's own spinning threads) holds a core, every parallel call then waits a
-# whole scheduler time slice: decoding mixtral-mini under load measured 132 ms a token with
-# OpenMP against 17 ms with workqueue. On an idle machine the two are as fast.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
-
-# How wide LLVM makes the SIMD loops of every kernel. On Intel CPUs with AVX-512 it prefers 256-bit
-# vectors ("prefer-256-bit", from when 512-bit instructions lowered the clock), which halves the
-# width of the GEMVs' inner loops over bytes. Asking for the full 512 bits made mixtral-mini's q4_0
-# decode about 1.2x faster here (docs/kernels.md). MINIMOE_SIMD_WIDTH=256 keeps LLVM's choice, and
-# so does setting NUMBA_CPU_NAME or NUMBA_CPU_FEATURES yourself. It must happen before Numba
-# compiles (or loads from its cache) its first function, so it sits here, at import. The choice is
-# Numba's, so it holds for every Numba function in the process, and compiled code is cached per
-# choice.
-SIMD_WIDTH = os.environ.get("MINIMOE_SIMD_WIDTH", "512")
-
-
-def _prefer_512_bit_vectors() -> None:
-    """Tell Numba to compile for this CPU with 512-bit vectors, when it has AVX-512 and nobody
-    chose a target (numba.config.CPU_FEATURES then says so)."""
-    if SIMD_WIDTH != "512" or os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
-        return
-    import llvmlite.binding as llvm
-    features = llvm.get_host_cpu_features()
-    if not features.get("avx512f") or not features.get("avx512bw"):
-        return
-    name, flat = llvm.get_host_cpu_name(), features.flatten() + ",-prefer-256-bit"
-    os.environ["NUMBA_CPU_NAME"], os.environ["NUMBA_CPU_FEATURES"] = name, flat   # Numba re-reads its
-    numba.config.CPU_NAME, numba.config.CPU_FEATURES = name, flat                  # config from these
-
-
-if SIMD_WIDTH not in ("256", "512"):
-    raise MinimoeError(f"$MINIMOE_SIMD_WIDTH must be 256 or 512, found {SIMD_WIDTH!r}")
-_prefer_512_bit_vectors()
 
 BACKENDS = ("numba", "numpy")
 
@@ -122,6 +83,63 @@ def twin(numpy_fn):
 
 
 # ----------------------------------------------------------------------------------------------
+# Numba's settings, made once, when the first kernel module is imported (not at `import minimoe`)
+# ----------------------------------------------------------------------------------------------
+
+_CONFIGURED = []
+
+
+def configure_numba() -> None:
+    """Choose Numba's thread pool and SIMD width for minimoe's kernels, once per process.
+
+    Called at the top of every kernel module, which minimoe/kernels/dispatch.py imports on a
+    kernel's first use, so that `import minimoe` changes nothing and loads no Numba. It writes
+    Numba's own config (numba.config), never os.environ, and leaves alone whatever the user set:
+
+    threading layer  "workqueue", unless NUMBA_THREADING_LAYER is set. OpenMP's idle threads spin
+                     waiting for work; when another program holds a core, every parallel call then
+                     waits for a scheduler time slice (docs/kernels.md has the measurement).
+    SIMD width       $MINIMOE_SIMD_WIDTH = 512 (default) or 256, on x86 CPUs with AVX-512: LLVM's
+                     own preference differs by CPU (256 on Intel, 512 on AMD Zen 4/5), so minimoe
+                     states it either way: "-prefer-256-bit" or "+prefer-256-bit". Unless
+                     NUMBA_CPU_NAME or NUMBA_CPU_FEATURES is set. It takes effect only if no Numba
+                     function was compiled in this process before the first minimoe kernel.
+    """
+    if _CONFIGURED:
+        return
+    _CONFIGURED.append(True)
+    import numba
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
+    width = simd_width()
+    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+        return
+    features = simd_features(width)
+    if features is not None:
+        import llvmlite.binding as llvm
+        numba.config.CPU_NAME, numba.config.CPU_FEATURES = llvm.get_host_cpu_name(), features
+
+
+def simd_width() -> str:
+    """$MINIMOE_SIMD_WIDTH, checked: "512" (the default) or "256"."""
+    width = os.environ.get("MINIMOE_SIMD_WIDTH", "512") or "512"
+    if width not in ("256", "512"):
+        raise MinimoeError(f"$MINIMOE_SIMD_WIDTH must be 256 or 512, found {width!r}")
+    return width
+
+
+def simd_features(width: str) -> str | None:
+    """The host's LLVM feature string with the vector-width preference stated, or None where the
+    CPU has no 512-bit vectors (AVX-512F and BW), so the width is the CPU's own."""
+    import llvmlite.binding as llvm
+    features = llvm.get_host_cpu_features()
+    if not features.get("avx512f") or not features.get("avx512bw"):
+        return None
+    features.pop("prefer-256-bit", None)
+    return features.flatten() + (",-prefer-256-bit" if width == "512" else ",+prefer-256-bit")
+
+
+# ----------------------------------------------------------------------------------------------
 # OpenBLAS's thread count, for a stretch of many small BLAS calls
 # ----------------------------------------------------------------------------------------------
 
@@ -136,6 +154,7 @@ def openblas_threads():
 def _find_openblas():
     import ctypes
     import glob
+
     import numpy as np
     here = os.path.dirname(np.__file__)
     libs = (glob.glob(os.path.join(here, "..", "numpy.libs", "*openblas*"))

@@ -15,26 +15,21 @@ and for the backward pass (minimoe/nn/moe.py):
 like np.argsort(kind="stable")). `combine` is written as a gather over the inverse permutation,
 so every output row is written by one loop iteration and nothing races.
 
-Each kernel sits beside its NumPy twin (the form minimoe/nn/moe.py used to spell out inline).
-Float32 arrays run the compiled kernels; other dtypes (float64 gradient checks) run the twins.
+The NumPy twins are the readable functions of the same names in minimoe/nn/moe.py; the checked
+entry points at the bottom have their signatures, and minimoe/kernels/dispatch.py picks one of the
+two (float32 on the numba backend runs these). tests/test_kernels.py checks they agree.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from minimoe.kernels.backend import get_backend, twin
+from minimoe.kernels.backend import configure_numba
 from minimoe.kernels.packed import KernelInputError
 
-
-def dispatch_sort_numpy(flat, E, order, offsets):
-    """flat (A,) expert of each assignment -> order (A,), offsets (E+1,), written in place."""
-    order[:] = np.argsort(flat, kind="stable")                          # (A,) sorted by expert
-    offsets[0] = 0
-    offsets[1:] = np.cumsum(np.bincount(flat, minlength=E))           # (E,) running totals
+configure_numba()
 
 
-@twin(dispatch_sort_numpy)
 @njit(cache=True, nogil=True)
 def dispatch_sort(flat, E, order, offsets):
     offsets[:] = 0
@@ -49,12 +44,6 @@ def dispatch_sort(flat, E, order, offsets):
         fill[e] += 1
 
 
-def gather_rows_numpy(x, order, K, out):
-    """out[i] = x[order[i] // K]: x (N, C) -> out (A, C)."""
-    out[:] = x[order // K]
-
-
-@twin(gather_rows_numpy)
 @njit(cache=True, nogil=True)
 def gather_rows(x, order, K, out):
     for i in range(order.shape[0]):
@@ -62,15 +51,6 @@ def gather_rows(x, order, K, out):
         out[i, :] = x[n, :]
 
 
-def combine_rows_numpy(ys, order, weights, out):
-    """out[n] = sum_k weights[n, k] * ys[inv[n*K + k]]: ys (A, C) -> out (N, C)."""
-    N, K = weights.shape
-    y_assign = np.empty_like(ys)                         # (A, C) back in (token, slot) order
-    y_assign[order] = ys
-    out[:] = np.einsum("nk,nkc->nc", weights, y_assign.reshape(N, K, -1))  # (N, K).(N, K, C) -> (N, C)
-
-
-@twin(combine_rows_numpy)
 @njit(cache=True, nogil=True)
 def combine_rows(ys, order, weights, out):
     N, K = weights.shape
@@ -87,17 +67,6 @@ def combine_rows(ys, order, weights, out):
                 out[n, c] += w * ys[i, c]
 
 
-def combine_backward_numpy(dy, ys, order, weights, dweights, dys):
-    """dy (N, C) -> dweights (N, K) = ys . dy per assignment, dys (A, C) = weight * dy, sorted."""
-    N, K = weights.shape
-    y_assign = np.empty_like(ys)
-    y_assign[order] = ys
-    dweights[:] = np.einsum("nkc,nc->nk", y_assign.reshape(N, K, -1), dy)   # (N, K)
-    dy_assign = (weights[:, :, None] * dy[:, None, :]).reshape(N * K, -1)   # (A, C)
-    dys[:] = dy_assign[order]                                               # sorted by expert again
-
-
-@twin(combine_backward_numpy)
 @njit(cache=True, nogil=True)
 def combine_backward_rows(dy, ys, order, weights, dweights, dys):
     N, K = weights.shape
@@ -114,14 +83,8 @@ def combine_backward_rows(dy, ys, order, weights, dweights, dys):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checked entry points
+# Checked entry points: the same signatures as the twins in minimoe/nn/moe.py
 # ----------------------------------------------------------------------------------------------
-
-def _pick(kernel, *arrays):
-    if get_backend() == "numba" and all(a.dtype == np.float32 for a in arrays):
-        return kernel.numba
-    return kernel.numpy
-
 
 def dispatch(experts: np.ndarray, E: int):
     """experts (N, K) ints in 0..E-1 -> (order (A,), offsets (E+1,)), both int64."""
@@ -130,13 +93,15 @@ def dispatch(experts: np.ndarray, E: int):
         raise KernelInputError(f"dispatch: expert ids must lie in 0..{E - 1}, found "
                                f"{flat.min()}..{flat.max()}")
     order, offsets = np.empty(flat.size, np.int64), np.empty(E + 1, np.int64)
-    (dispatch_sort.numba if get_backend() == "numba" else dispatch_sort.numpy)(flat, int(E), order, offsets)
+    dispatch_sort(flat, int(E), order, offsets)
     return order, offsets
 
 
 def _check_order(order: np.ndarray, A: int, what: str) -> None:
     if order.shape != (A,) or order.dtype != np.int64:
         raise KernelInputError(f"{what}: order must be int64 ({A},), found {order.dtype} {order.shape}")
+    if A and (order.min() < 0 or order.max() >= A):
+        raise KernelInputError(f"{what}: order must be a permutation of 0..{A - 1}")
 
 
 def gather(x: np.ndarray, order: np.ndarray, K: int) -> np.ndarray:
@@ -144,7 +109,7 @@ def gather(x: np.ndarray, order: np.ndarray, K: int) -> np.ndarray:
     N, C = x.shape
     _check_order(order, N * K, f"gather from x {x.shape} with K={K}")
     out = np.empty((N * K, C), x.dtype)
-    _pick(gather_rows, x)(np.ascontiguousarray(x), order, int(K), out)
+    gather_rows(np.ascontiguousarray(x), order, int(K), out)
     return out
 
 
@@ -156,7 +121,7 @@ def combine(ys: np.ndarray, order: np.ndarray, weights: np.ndarray) -> np.ndarra
     _check_order(order, N * K, "combine")
     weights = np.ascontiguousarray(weights, dtype=ys.dtype)
     out = np.empty((N, ys.shape[1]), ys.dtype)
-    _pick(combine_rows, ys)(np.ascontiguousarray(ys), order, weights, out)
+    combine_rows(np.ascontiguousarray(ys), order, weights, out)
     return out
 
 
@@ -170,6 +135,5 @@ def combine_backward(dy: np.ndarray, ys: np.ndarray, order: np.ndarray, weights:
     dtype = np.result_type(dy.dtype, ys.dtype)
     dweights, dys = np.empty((N, K), dtype), np.empty((N * K, ys.shape[1]), dtype)
     args = [np.ascontiguousarray(a, dtype=dtype) for a in (dy, ys)]
-    _pick(combine_backward_rows, *args)(*args, order, np.ascontiguousarray(weights, dtype=dtype),
-                                        dweights, dys)
+    combine_backward_rows(*args, order, np.ascontiguousarray(weights, dtype=dtype), dweights, dys)
     return dweights, dys

@@ -39,8 +39,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from minimoe.kernels.backend import Kernel, blas_threads, twin
+from minimoe.kernels.backend import Kernel, blas_threads, configure_numba, twin
 from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, to_kernel_order
+
+configure_numba()
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
 PARALLEL_MIN_WEIGHTS = 2**23   # a packed GEMV touching fewer weights runs on one core (see below)

@@ -1,52 +1,58 @@
-"""Fused elementwise passes of a training step: RMSNorm, RoPE and the softmax backward.
+"""Row-wise fused passes: RMSNorm, RoPE and the softmax backward, forward and backward.
 
 Shape legend: R rows (tokens), C width, B batch, H heads, T positions, D head dim, S keys.
 
-A training step of a small model spends as long in elementwise NumPy as in its matrix products.
-Three layers do many short passes over rows only C = 128 or D = 32 wide, where NumPy's per-call
-cost dominates. Each becomes one compiled loop here:
+A small model spends as long in elementwise NumPy as in its matrix products: many short passes
+over rows only C = 128 or D = 32 wide, where NumPy's per-call cost dominates, and a decode step is
+nothing but such rows. Each becomes one compiled loop here:
 
-    rmsnorm_forward    xhat = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps), y = xhat * w
+    rmsnorm            xhat = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps), y = xhat * w
     rmsnorm_backward   dw = sum_rows dy * xhat,  dx = rstd * (dy w - xhat * mean(dy w * xhat))
-    rope_forward       y = x * cos + rotate_half(x) * sin         (x: (B, H, T, D), any strides)
+    rope               y = x * cos + rotate_half(x) * sin         (x: (B, H, T, D), any strides)
     rope_backward      dx = dy * cos + rotate_half^T(dy * sin)
     softmax_backward   dS = P * (dP - sum_s dP * P), written over dP
 
-The reference for each is the NumPy code in minimoe/nn/ (norm.py, rope.py, attention.py), which
-runs for float64 (the gradient checks), for MINIMOE_BACKEND=numpy, and as each kernel's twin
-below; tests/test_kernels_train.py checks the two agree on odd shapes. Not compiled: anything
-with exp or tanh (softmax forward, SwiGLU). Numba calls the scalar libm for those, while NumPy
-runs them on SIMD units (see minimoe/kernels/ops.py).
+The NumPy twin of each is the function of the same name in minimoe/nn/ (norm.py, rope.py,
+attention.py), with the same signature: it runs for float64 (the gradient checks), for
+MINIMOE_BACKEND=numpy, and wherever minimoe/kernels/dispatch.py does not pick the kernel.
+tests/test_kernels_train.py checks the two agree on odd shapes. Not compiled: anything with exp
+or tanh in the forward pass (softmax, SwiGLU): Numba calls the scalar libm for those, while NumPy
+runs them on SIMD units.
 
 Every kernel releases the GIL (nogil=True), so the trainer's shard threads run them at once.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
-from minimoe.kernels.backend import get_backend, twin
-from minimoe.kernels.ops import row_rstd
+from minimoe.kernels.backend import configure_numba
+from minimoe.kernels.packed import KernelInputError
+
+configure_numba()
 
 
 # ----------------------------------------------------------------------------------------------
 # RMSNorm over rows: x (R, C), w (C,)
 # ----------------------------------------------------------------------------------------------
 
-def rmsnorm_forward_numpy(x, w, eps, y, xhat, rstd):
-    """-> writes y (R, C), xhat (R, C), rstd (R, 1)."""
+@njit(inline="always")
+def row_rstd(x, r, eps):
+    """1 / sqrt(mean(x[r]^2) + eps) of row r of x (R, C), summed in float64, as float32."""
     C = x.shape[1]
-    rstd[:] = 1.0 / np.sqrt(np.einsum("rc,rc->r", x, x)[:, None] / C + eps)   # (R, 1)
-    xhat[:] = x * rstd                                                          # (R, C)
-    y[:] = xhat * w                                                             # (R, C)
+    ms = 0.0                                             # float64 accumulator
+    for c in range(C):
+        ms += np.float64(x[r, c]) * x[r, c]
+    return np.float32(1.0 / math.sqrt(ms / C + eps))
 
 
-@twin(rmsnorm_forward_numpy)
 @njit(cache=True, nogil=True)
-def rmsnorm_forward(x, w, eps, y, xhat, rstd):
+def rmsnorm_rows(x, w, eps, y, xhat, rstd):
     R, C = x.shape
     for r in range(R):
-        s = row_rstd(x, r, eps)                          # the decode RMSNorm's, float64 sum
+        s = row_rstd(x, r, eps)
         rstd[r, 0] = s
         for c in range(C):
             xh = x[r, c] * s
@@ -54,18 +60,8 @@ def rmsnorm_forward(x, w, eps, y, xhat, rstd):
             y[r, c] = xh * w[c]
 
 
-def rmsnorm_backward_numpy(dy, xhat, rstd, w, dx, dw):
-    """-> writes dx (R, C) and dw (C,)."""
-    C = xhat.shape[1]
-    dw[:] = np.einsum("rc,rc->c", dy, xhat)                                     # (C,)
-    dxhat = dy * w                                                              # (R, C)
-    proj = np.einsum("rc,rc->r", dxhat, xhat)[:, None] / C                      # (R, 1)
-    dx[:] = (dxhat - xhat * proj) * rstd                                        # (R, C)
-
-
-@twin(rmsnorm_backward_numpy)
 @njit(cache=True, nogil=True)
-def rmsnorm_backward(dy, xhat, rstd, w, dx, dw):
+def rmsnorm_backward_rows(dy, xhat, rstd, w, dx, dw):
     R, C = dy.shape
     acc = np.zeros(C, np.float64)                        # dw, summed over rows in float64
     for r in range(R):
@@ -82,19 +78,34 @@ def rmsnorm_backward(dy, xhat, rstd, w, dx, dw):
         dw[c] = acc[c]
 
 
+def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float):
+    """x (..., C), weight (C,) -> (y (..., C), xhat (..., C), rstd (..., 1)); see nn/norm.py."""
+    C = x.shape[-1]
+    if weight.shape != (C,):
+        raise KernelInputError(f"rmsnorm: weight must have shape ({C},) to match x {x.shape}, found {weight.shape}")
+    x2 = np.ascontiguousarray(x.reshape(-1, C))          # (R, C)
+    y, xhat = np.empty_like(x2), np.empty_like(x2)
+    rstd = np.empty((x2.shape[0], 1), x2.dtype)          # (R, 1)
+    rmsnorm_rows(x2, weight, float(eps), y, xhat, rstd)
+    return y.reshape(x.shape), xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1)
+
+
+def rmsnorm_backward(dy: np.ndarray, xhat: np.ndarray, rstd: np.ndarray, weight: np.ndarray):
+    """dy (..., C) -> (dx (..., C), dweight (C,)); see nn/norm.py."""
+    C = xhat.shape[-1]
+    dy2 = np.ascontiguousarray(dy.reshape(-1, C))        # (R, C)
+    dx, dweight = np.empty_like(dy2), np.empty(C, dy2.dtype)
+    rmsnorm_backward_rows(dy2, np.ascontiguousarray(xhat.reshape(-1, C)), rstd.reshape(-1, 1), weight,
+                          dx, dweight)
+    return dx.reshape(dy.shape), dweight
+
+
 # ----------------------------------------------------------------------------------------------
 # RoPE, "rotate half" layout: x (B, H, T, D), cos/sin (T, D); x may be a transposed view
 # ----------------------------------------------------------------------------------------------
 
-def rope_forward_numpy(x, cos, sin, out):
-    h = x.shape[-1] // 2
-    rotated = np.concatenate([-x[..., h:], x[..., :h]], axis=-1)                 # rotate_half(x)
-    out[:] = x * cos + rotated * sin                                             # (B, H, T, D)
-
-
-@twin(rope_forward_numpy)
 @njit(cache=True, nogil=True)
-def rope_forward(x, cos, sin, out):
+def rope_rows(x, cos, sin, out):
     B, H, T, D = x.shape
     h = D // 2
     for b in range(B):
@@ -106,15 +117,8 @@ def rope_forward(x, cos, sin, out):
                     out[b, hh, t, i + h] = x2 * cos[t, i + h] + x1 * sin[t, i + h]
 
 
-def rope_backward_numpy(dy, cos, sin, out):
-    h = dy.shape[-1] // 2
-    g = dy * sin
-    out[:] = dy * cos + np.concatenate([g[..., h:], -g[..., :h]], axis=-1)       # rotate_half^T(dy sin)
-
-
-@twin(rope_backward_numpy)
 @njit(cache=True, nogil=True)
-def rope_backward(dy, cos, sin, out):
+def rope_backward_rows(dy, cos, sin, out):
     B, H, T, D = dy.shape
     h = D // 2
     for b in range(B):
@@ -126,20 +130,34 @@ def rope_backward(dy, cos, sin, out):
                     out[b, hh, t, i + h] = d2 * cos[t, i + h] - d1 * sin[t, i]
 
 
+def _check_rope(x, cos, sin, what):
+    T, D = x.shape[-2:]
+    if cos.shape != (T, D) or sin.shape != (T, D) or D % 2:
+        raise KernelInputError(f"{what}: cos/sin must be (T={T}, D={D}) with D even, found {cos.shape} and {sin.shape}")
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x (B, H, T, D), cos/sin (T, D) -> rotated (B, H, T, D); see nn/rope.py's rotate."""
+    _check_rope(x, cos, sin, "rope")
+    out = np.empty(x.shape, x.dtype)
+    rope_rows(x, cos, sin, out)
+    return out
+
+
+def rope_backward(dy: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """dy (B, H, T, D) -> dx (B, H, T, D); see nn/rope.py's rotate_back."""
+    _check_rope(dy, cos, sin, "rope_backward")
+    out = np.empty(dy.shape, dy.dtype)
+    rope_backward_rows(dy, cos, sin, out)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Softmax backward over rows: probs, dprobs (R, S) -> dscores, written over dprobs
 # ----------------------------------------------------------------------------------------------
 
-def softmax_backward_numpy(dprobs, probs, inner):
-    """dprobs <- probs * (dprobs - sum_s dprobs * probs); inner (R,) gets the row sums."""
-    inner[:] = np.einsum("rs,rs->r", dprobs, probs)                              # (R,)
-    dprobs -= inner[:, None]
-    dprobs *= probs
-
-
-@twin(softmax_backward_numpy)
 @njit(cache=True, nogil=True)
-def softmax_backward(dprobs, probs, inner):
+def softmax_backward_rows(dprobs, probs, inner):
     R, S = dprobs.shape
     for r in range(R):
         acc = np.float32(0.0)
@@ -150,10 +168,11 @@ def softmax_backward(dprobs, probs, inner):
             dprobs[r, s] = probs[r, s] * (dprobs[r, s] - acc)
 
 
-# ----------------------------------------------------------------------------------------------
-# Entry points: the compiled kernel for float32 on the numba backend, else the twin
-# ----------------------------------------------------------------------------------------------
-
-def compiled(*arrays) -> bool:
-    """True when the kernels should run compiled: numba backend and every array float32."""
-    return get_backend() == "numba" and all(a.dtype == np.float32 for a in arrays)
+def softmax_backward(dprobs: np.ndarray, probs: np.ndarray):
+    """dprobs, probs (N, S) -> (dscores (N, S) written over dprobs, inner (N,)); see nn/attention.py."""
+    if dprobs.shape != probs.shape or dprobs.ndim != 2:
+        raise KernelInputError(f"softmax_backward: need two (N, S) arrays, found {dprobs.shape} and {probs.shape}")
+    d = dprobs if dprobs.flags.c_contiguous else np.ascontiguousarray(dprobs)
+    inner = np.empty(d.shape[0], d.dtype)
+    softmax_backward_rows(d, np.ascontiguousarray(probs), inner)
+    return d, inner

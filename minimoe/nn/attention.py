@@ -21,11 +21,12 @@ so a head may attend to "nothing"; its column is dropped after the softmax.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minimoe.config import Config
-from minimoe.inspect import tracing
-from minimoe.kernels import train as train_kernels
+from minimoe.kernels.dispatch import Leaf, all_float32, in_inference
 from minimoe.nn import linear, norm, rope
 from minimoe.nn.kv_cache import KVCache
 
@@ -40,72 +41,12 @@ def causal_mask(T: int, S: int, window: int = 0) -> np.ndarray:
     return allowed
 
 
-def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, sin: np.ndarray,
-            kv: KVCache | None = None):
-    """x (B, T, C) -> out (B, T, C). cos/sin (T, D) are the rotations of these T positions.
-    With a KV cache, the new keys/values are appended and attention spans all cached positions."""
-    B, T, C = x.shape
-    H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    R = H // G
-
-    q, q_lin = linear.forward(x, p["q.weight"], p.get("q.bias"), name="attn.q")  # (B, T, C) -> (B, T, H*D)
-    k, k_lin = linear.forward(x, p["k.weight"], p.get("k.bias"), name="attn.k")  # (B, T, C) -> (B, T, G*D)
-    v, v_lin = linear.forward(x, p["v.weight"], p.get("v.bias"), name="attn.v")  # (B, T, C) -> (B, T, G*D)
-    q_norm = k_norm = None
-    if cfg.qk_norm == "full":                            # OLMoE: normalise the whole projection
-        q, q_norm = norm.forward(q, p["q_norm.weight"], cfg.norm_eps, name="attn.q_norm")
-        k, k_norm = norm.forward(k, p["k_norm.weight"], cfg.norm_eps, name="attn.k_norm")
-    q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)      # (B, T, H*D) -> (B, H, T, D)
-    k = k.reshape(B, T, G, D).transpose(0, 2, 1, 3)      # (B, T, G*D) -> (B, G, T, D)
-    v = v.reshape(B, T, G, D).transpose(0, 2, 1, 3)      # (B, T, G*D) -> (B, G, T, D)
-    if cfg.qk_norm == "head":                            # Qwen3: normalise each head
-        q, q_norm = norm.forward(q, p["q_norm.weight"], cfg.norm_eps, name="attn.q_norm")
-        k, k_norm = norm.forward(k, p["k_norm.weight"], cfg.norm_eps, name="attn.k_norm")
-    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
-    t0 = tr.clock() if tr else 0.0
-    q_in, k_in = q, k
-    q, q_rope = rope.forward(q, cos, sin)                # (B, H, T, D)
-    k, k_rope = rope.forward(k, cos, sin)                # (B, G, T, D)
-    if tr:
-        t0 = tr.rope("attn.rope", (q_in, k_in), (q, k), cos, B * T, t0)
-
-    if kv is not None:
-        k_all, v_all = kv.write(layer, k, v)             # (B, G, S, D), S = cached + T
-    else:
-        k_all, v_all = k, v                              # (B, G, T, D)
-    S = k_all.shape[2]
-
-    qg = q.reshape(B, G, R, T, D)                        # (B, H, T, D) -> (B, G, R, T, D)
-    scale = 1.0 / np.sqrt(D)
-    qs = qg * qg.dtype.type(scale)                       # (B, G, R, T, D) q / sqrt(D): scaling q is
-                                                         # cheaper than scaling the (T, S) scores
-    scores = qs @ k_all[:, :, None].swapaxes(-1, -2)     # (B,G,R,T,D) @ (B,G,1,D,S) -> (B,G,R,T,S)
-    mask = causal_mask(T, S, cfg.window(layer))          # (T, S)
-    scores += mask_bias(mask, scores.dtype)              # (B, G, R, T, S) + (T, S): -inf where masked
-    if tr:
-        t0 = tr.attention_scores(qg, k_all, scores, mask, kv is not None, t0)
-    probs, sink_probs = _softmax_with_sinks(scores, p.get("sinks"), G, R)  # overwrites scores
-    if tr:
-        t0 = tr.softmax("attn.softmax", scores, probs, t0, rows=B * T, weight=p.get("sinks"))
-    y = probs @ v_all[:, :, None]                        # (B,G,R,T,S) @ (B,G,1,S,D) -> (B,G,R,T,D)
-    if tr:
-        tr.attention_values(probs, v_all, y, mask, kv is not None, t0)
-    y = y.reshape(B, H, T, D).transpose(0, 2, 1, 3).reshape(B, T, H * D)  # -> (B, T, H*D)
-    out, o_lin = linear.forward(y, p["o.weight"], p.get("o.bias"), name="attn.o")  # (B, T, H*D) -> (B, T, C)
-
-    cache = dict(q_lin=q_lin, k_lin=k_lin, v_lin=v_lin, q_norm=q_norm, k_norm=k_norm,
-                 q_rope=q_rope, k_rope=k_rope, qs=qs, k=k_all, v=v_all, probs=probs,
-                 sink_probs=sink_probs, o_lin=o_lin, scale=scale, shape=(B, T, H, G, D),
-                 qk_norm=cfg.qk_norm, has_sinks="sinks" in p, biases=("q.bias" in p, "o.bias" in p))
-    return out, cache
-
-
 def mask_bias(mask: np.ndarray, dtype) -> np.ndarray:
     """(T, S) bool -> (T, S) of 0 where allowed and -inf where masked, to add to the scores."""
     return np.where(mask, dtype.type(0), dtype.type(-np.inf))
 
 
-def _softmax_with_sinks(scores, sinks, G, R):
+def softmax_with_sinks(scores, sinks, G, R):
     """softmax over the last axis of scores (B, G, R, T, S), with an extra per-head logit if
     `sinks` (H,) is given. Returns (probs (B, G, R, T, S), sink probs (B, G, R, T, 1) or None).
     Works in place: `scores` is overwritten and returned as the probabilities."""
@@ -126,6 +67,67 @@ def _softmax_with_sinks(scores, sinks, G, R):
     return e, e_sink / z
 
 
+def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int, sinks: np.ndarray | None):
+    """Softmax attention of the T newest positions over all S keys, causal (and windowed):
+    q (B, H, T, D) at positions S-T .. S-1, k, v (B, G, S, D)
+    -> (y (B, H, T, D), probs (B, G, R, T, S), sink probs (B, G, R, T, 1) or None)."""
+    B, H, T, D = q.shape
+    G, S = k.shape[1], k.shape[2]
+    R = H // G
+    qs = q.reshape(B, G, R, T, D) * q.dtype.type(1.0 / math.sqrt(D))  # (B, G, R, T, D) q / sqrt(D):
+                                                         # scaling q is cheaper than scaling the (T, S) scores
+    scores = qs @ k[:, :, None].swapaxes(-1, -2)         # (B,G,R,T,D) @ (B,G,1,D,S) -> (B,G,R,T,S)
+    scores += mask_bias(causal_mask(T, S, window), scores.dtype)  # + (T, S): -inf where masked
+    probs, sink_probs = softmax_with_sinks(scores, sinks, G, R)  # overwrites scores
+    y = probs @ v[:, :, None]                            # (B,G,R,T,S) @ (B,G,1,S,D) -> (B,G,R,T,D)
+    return y.reshape(B, H, T, D), probs, sink_probs
+
+
+# The compiled kernel keeps no probabilities, so it serves only calls with no backward to follow,
+# and only a few new positions (a prefill's (T, S) blocks are BLAS work).
+ATTEND = Leaf("attention", attend, "minimoe.kernels.ops:attend",
+              when=lambda q, k, v, window, sinks: in_inference() and q.shape[2] <= 8
+              and all_float32(q, k, v, sinks))
+
+
+def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, sin: np.ndarray,
+            kv: KVCache | None = None):
+    """x (B, T, C) -> out (B, T, C). cos/sin (T, D) are the rotations of these T positions.
+    With a KV cache, the new keys/values are appended and attention spans all cached positions."""
+    B, T, C = x.shape
+    H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+
+    q, q_lin = linear.forward(x, p["q.weight"], p.get("q.bias"), name="attn.q")  # (B, T, C) -> (B, T, H*D)
+    k, k_lin = linear.forward(x, p["k.weight"], p.get("k.bias"), name="attn.k")  # (B, T, C) -> (B, T, G*D)
+    v, v_lin = linear.forward(x, p["v.weight"], p.get("v.bias"), name="attn.v")  # (B, T, C) -> (B, T, G*D)
+    q_norm = k_norm = None
+    if cfg.qk_norm == "full":                            # OLMoE: normalise the whole projection
+        q, q_norm = norm.forward(q, p["q_norm.weight"], cfg.norm_eps, name="attn.q_norm")
+        k, k_norm = norm.forward(k, p["k_norm.weight"], cfg.norm_eps, name="attn.k_norm")
+    q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)      # (B, T, H*D) -> (B, H, T, D)
+    k = k.reshape(B, T, G, D).transpose(0, 2, 1, 3)      # (B, T, G*D) -> (B, G, T, D)
+    v = v.reshape(B, T, G, D).transpose(0, 2, 1, 3)      # (B, T, G*D) -> (B, G, T, D)
+    if cfg.qk_norm == "head":                            # Qwen3: normalise each head
+        q, q_norm = norm.forward(q, p["q_norm.weight"], cfg.norm_eps, name="attn.q_norm")
+        k, k_norm = norm.forward(k, p["k_norm.weight"], cfg.norm_eps, name="attn.k_norm")
+    q, q_rope = rope.forward(q, cos, sin)                # (B, H, T, D)
+    k, k_rope = rope.forward(k, cos, sin)                # (B, G, T, D)
+
+    if kv is not None:
+        k_all, v_all = kv.write(layer, k, v)             # (B, G, S, D), S = cached + T
+    else:
+        k_all, v_all = k, v                              # (B, G, T, D)
+    y, probs, sink_probs = ATTEND(q, k_all, v_all, cfg.window(layer), p.get("sinks"), name="attn")
+    y = y.transpose(0, 2, 1, 3).reshape(B, T, H * D)     # (B, H, T, D) -> (B, T, H*D)
+    out, o_lin = linear.forward(y, p["o.weight"], p.get("o.bias"), name="attn.o")  # (B, T, H*D) -> (B, T, C)
+
+    cache = dict(q_lin=q_lin, k_lin=k_lin, v_lin=v_lin, q_norm=q_norm, k_norm=k_norm,
+                 q_rope=q_rope, k_rope=k_rope, q=q, k=k_all, v=v_all, probs=probs,
+                 sink_probs=sink_probs, o_lin=o_lin, shape=(B, T, H, G, D),
+                 qk_norm=cfg.qk_norm, has_sinks="sinks" in p)
+    return out, cache
+
+
 def backward(dout: np.ndarray, cache):
     """dout (B, T, C) -> (dx (B, T, C), grads: dict of this layer's parameter gradients).
     Training only (no KV cache): S == T."""
@@ -144,23 +146,16 @@ def backward(dout: np.ndarray, cache):
     # P = softmax([scores, sink]); the sink column gets no gradient from y (it has no value):
     # dscores = P * (dP - sum_s dP * P), built in place on dprobs
     S = probs.shape[-1]
-    if train_kernels.compiled(dprobs, probs):            # the same, one compiled pass per row
-        d2 = dprobs.reshape(-1, S)
-        inner = np.empty(d2.shape[0], d2.dtype)
-        train_kernels.softmax_backward.numba(d2, np.ascontiguousarray(probs.reshape(-1, S)), inner)
-        dscores, inner = d2.reshape(probs.shape), inner.reshape(*probs.shape[:-1], 1)
-    else:
-        inner = np.einsum("...s,...s->...", dprobs, probs)[..., None]  # (B, G, R, T, 1)
-        dscores = dprobs
-        dscores -= inner
-        dscores *= probs                                 # (B, G, R, T, S); masked entries stay 0
+    dscores, inner = SOFTMAX_BACKWARD(dprobs.reshape(-1, S), probs.reshape(-1, S))  # one pass per row
+    dscores, inner = dscores.reshape(probs.shape), inner.reshape(*probs.shape[:-1], 1)  # (B, G, R, T, S), (B, G, R, T, 1)
     if cache["has_sinks"]:
         dsink = -(cache["sink_probs"] * inner)           # (B, G, R, T, 1)
         grads["sinks"] = dsink.sum(axis=(0, 3, 4)).reshape(H)  # (G, R) -> (H,)
-    # scores = (q / sqrt(D)) k^T, and the forward pass kept qs = q / sqrt(D)
-    qs, k = cache["qs"], cache["k"]
+    # scores = (q / sqrt(D)) k^T
+    scale = 1.0 / math.sqrt(D)
+    qs, k = cache["q"].reshape(B, G, R, T, D) * scale, cache["k"]  # (B, G, R, T, D)
     dq = dscores @ k[:, :, None]                         # (B,G,R,T,S) @ (B,G,1,S,D) -> (B,G,R,T,D)
-    dq *= dq.dtype.type(cache["scale"])                  # through the scaling of q
+    dq *= dq.dtype.type(scale)                           # through the scaling of q
     dk = (dscores.swapaxes(-1, -2) @ qs).sum(axis=2)     # (B,G,R,S,T) @ (B,G,R,T,D) -> (B,G,S,D)
     dq = dq.reshape(B, H, T, D)
     # rotary positions, then the per-head norms
@@ -186,3 +181,15 @@ def backward(dout: np.ndarray, cache):
         else:
             dx += dxi
     return dx, grads
+
+
+def softmax_backward(dprobs: np.ndarray, probs: np.ndarray):
+    """Rows of a softmax: dprobs, probs (N, S) -> (dscores (N, S), inner (N,)), where
+    dscores = probs * (dprobs - inner) and inner = sum_s dprobs * probs. Overwrites dprobs."""
+    inner = np.einsum("ns,ns->n", dprobs, probs)         # (N,)
+    dprobs -= inner[:, None]
+    dprobs *= probs                                      # (N, S); masked entries (probs 0) stay 0
+    return dprobs, inner
+
+
+SOFTMAX_BACKWARD = Leaf(None, softmax_backward, "minimoe.kernels.train:softmax_backward")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minimoe.inspect import tracing
+from minimoe.kernels.dispatch import Leaf
 from minimoe.nn import linear
 
 
@@ -63,19 +63,22 @@ def glu_backward(dh: np.ndarray, cache):
     return da, du
 
 
+# A leaf with no compiled kernel: NumPy's tanh runs on SIMD units, Numba's calls the scalar libm
+# (4x slower at F = 1408). It is a leaf so that the trace counts it.
+GLU = Leaf("activation", glu_forward)
+
+
 def forward(x: np.ndarray, w_gate, w_up, w_down, b_gate=None, b_up=None, b_down=None,
-            act: str = "swiglu", limit: float = 7.0, alpha: float = 1.702, name: str = "ffn"):
+            act: str = "swiglu", limit: float = 7.0, alpha: float = 1.702, experts=None, name: str = "ffn"):
     """x (..., C), w_gate/w_up (F, C), w_down (C, F) -> y (..., C). `name` labels it in a trace
-    ("ffn", "moe.experts.3", "moe.shared")."""
-    a, gate_lin = linear.forward(x, w_gate, b_gate, name=name + ".gate")  # (..., C) -> (..., F)
-    u, up_lin = linear.forward(x, w_up, b_up, name=name + ".up")          # (..., C) -> (..., F)
-    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
-    t0 = tr.clock() if tr else 0.0
-    h, glu = glu_forward(a, u, act, limit, alpha)        # (..., F)
-    if tr:
-        tr.elementwise(name + ".act", "activation", 6 if act == "swiglu" else 8, (a, u), (h,),
-                       h.size // h.shape[-1], t0)
-    y, down_lin = linear.forward(h, w_down, b_down, name=name + ".down")  # (..., F) -> (..., C)
+    ("ffn", "moe.experts", "moe.shared").
+
+    With stacks w_gate/w_up (E, F, C), w_down (E, C, F) (and biases (E, F), (E, C)) and experts
+    (N,), row n of x runs through expert experts[n]: every routed expert of an MoE layer at once."""
+    a, gate_lin = linear.forward(x, w_gate, b_gate, experts, name=name + ".gate")  # (..., C) -> (..., F)
+    u, up_lin = linear.forward(x, w_up, b_up, experts, name=name + ".up")          # (..., C) -> (..., F)
+    h, glu = GLU(a, u, act, limit, alpha, name=name + ".act")                    # (..., F)
+    y, down_lin = linear.forward(h, w_down, b_down, experts, name=name + ".down")  # (..., F) -> (..., C)
     return y, (gate_lin, up_lin, glu, down_lin)
 
 

@@ -1,39 +1,74 @@
 """The linear layer: y = x @ W.T + b, with W stored (out, in) as in PyTorch checkpoints.
 
-Shape legend: (..., I) any leading shape, I input width, O output width.
+Shape legend: (..., I) any leading shape, N rows (all leading axes), I input width, O output
+width, E stacked matrices (experts).
 
-`W` may be a packed QTensor (a quantized model); `minimoe.kernels.matmul` handles both.
-Backward needs a float W (quantized models are for inference).
+`W` may be packed (a QTensor of a quantized model): `matmul` below is the readable reference,
+which dequantizes and multiplies; on the numba backend the fused dequantize-and-multiply kernels of
+minimoe/kernels/qmatmul.py compute the same product from the packed bytes (minimoe/kernels/
+dispatch.py picks one). Backward needs a float W (quantized models are for inference).
+
+A stack of matrices W (E, O, I) with `experts` (N,) multiplies row n by W[experts[n]]: the
+experts of an MoE layer, all at once (minimoe/nn/moe.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from minimoe.inspect import tracing
-from minimoe.kernels import matmul
+from minimoe.kernels import takes_matmul
+from minimoe.kernels.dispatch import Leaf
 
 
-def forward(x: np.ndarray, w, b: np.ndarray | None = None, name: str = "linear"):
-    """x (..., I), w (O, I), b (O,) or None -> y (..., O). `name` labels it in a trace."""
-    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
-    t0 = tr.clock() if tr else 0.0
+def as_float(w, dtype) -> np.ndarray:
+    """A weight as a float array: itself, or a packed QTensor dequantized."""
+    return w if isinstance(w, np.ndarray) else w.dequantize().astype(dtype, copy=False)
+
+
+def matmul(x: np.ndarray, w, b: np.ndarray | None = None, experts: np.ndarray | None = None) -> np.ndarray:
+    """x (N, I) @ w (O, I).T (+ b (O,)) -> (N, O). With a stack w (E, O, I), b (E, O), row n
+    uses matrix experts[n]."""
+    if experts is None:
+        y = x @ as_float(w, x.dtype).T                   # (N, I) @ (I, O) -> (N, O)
+        return y if b is None else y + b                 # (N, O) + (O,)
+    y = np.empty((x.shape[0], w.shape[-2]), x.dtype)     # (N, O)
+    for e in np.unique(experts):                         # each matrix once, for its rows
+        rows = np.flatnonzero(experts == e)              # (n_e,)
+        y[rows] = x[rows] @ as_float(w[e], x.dtype).T    # (n_e, I) @ (I, O) -> (n_e, O)
+        if b is not None:
+            y[rows] += b[e]                              # (n_e, O) + (O,)
+    return y
+
+
+MATMUL = Leaf("matmul", matmul, "minimoe.kernels:matmul_leaf", when=takes_matmul)
+
+
+def forward(x: np.ndarray, w, b: np.ndarray | None = None, experts: np.ndarray | None = None,
+            name: str = "linear"):
+    """x (..., I), w (O, I) or (E, O, I) with experts (N,), b (O,) or (E, O) or None -> y (..., O).
+    `name` labels it in a trace ("attn.q", "moe.experts.gate")."""
     lead, I = x.shape[:-1], x.shape[-1]
     # one 2-D matmul over all rows: NumPy runs a stacked (B, T, I) @ (I, O) as B small ones
-    y = matmul(x.reshape(-1, I), w)                      # (N, I) @ (I, O) -> (N, O), N = prod(...)
-    y = y.reshape(*lead, y.shape[-1])                    # (..., O)
-    if b is not None:
-        y = y + b                                        # (..., O) + (O,)
-    if tr:
-        tr.matmul(name, x, w, b, y, t0)                  # FLOPs, weight bytes at stored precision
-    return y, (x, w, b is not None)
+    y = MATMUL(x.reshape(-1, I), w, b, experts, name=name)   # (N, I) @ (I, O) -> (N, O)
+    return y.reshape(*lead, y.shape[-1]), (x, w, b is not None, experts)
 
 
 def backward(dy: np.ndarray, cache):
-    """dy (..., O) -> (dx (..., I), dw (O, I), db (O,) or None)."""
-    x, w, has_bias = cache
-    O, I = w.shape
-    dy2 = dy.reshape(-1, O)                              # (N, O), all leading axes as rows
-    dx = (dy2 @ w).reshape(x.shape)                      # (N, O) @ (O, I) -> (N, I) -> (..., I)
-    dw = dy2.T @ x.reshape(-1, I)                        # (O, N) @ (N, I) -> (O, I)
-    db = dy2.sum(axis=0) if has_bias else None           # (O,)
-    return dx, dw, db
+    """dy (..., O) -> (dx (..., I), dw (O, I) or (E, O, I), db (O,) or (E, O) or None)."""
+    x, w, has_bias, experts = cache
+    O, I = w.shape[-2], w.shape[-1]
+    dy2, x2 = dy.reshape(-1, O), x.reshape(-1, I)        # (N, O), (N, I): all leading axes as rows
+    if experts is None:
+        dx = dy2 @ w                                     # (N, O) @ (O, I) -> (N, I)
+        dw = dy2.T @ x2                                  # (O, N) @ (N, I) -> (O, I)
+        db = dy2.sum(axis=0) if has_bias else None       # (O,)
+        return dx.reshape(x.shape), dw, db
+    dx = np.empty_like(x2)                               # (N, I)
+    dw = np.zeros(w.shape, dy.dtype)                     # (E, O, I): experts with no rows get 0
+    db = np.zeros(w.shape[:-1], dy.dtype) if has_bias else None   # (E, O)
+    for e in np.unique(experts):
+        rows = np.flatnonzero(experts == e)
+        dx[rows] = dy2[rows] @ w[e]                      # (n_e, O) @ (O, I) -> (n_e, I)
+        dw[e] = dy2[rows].T @ x2[rows]                   # (O, n_e) @ (n_e, I) -> (O, I)
+        if has_bias:
+            db[e] = dy2[rows].sum(axis=0)                # (O,)
+    return dx.reshape(x.shape), dw, db

@@ -15,9 +15,10 @@ Two forms compute the same thing:
     run the expert on them and add the weighted output back (as mistral-src's moe.py does).
     Read this one first.
   * `forward`: dispatch/combine. Sort the A assignments by expert so each expert's tokens are
-    contiguous, gather them, run each non-empty expert once on its slice, then undo the sort
-    and sum the K weighted outputs per token. It is the form the training backward and the
-    kernels use, and it is tested equal to the loop.
+    contiguous, gather them, run every chosen expert at once (each on its own rows, through the
+    stacked weights: minimoe/nn/linear.py's `experts`), then undo the sort and sum the K weighted
+    outputs per token. It is the form the model, the training backward and the kernels use, and
+    it is tested equal to the loop.
 
 `p` holds one layer's MoE parameters by short name: "router.weight" (+ "router.bias"),
 "experts.gate", "experts.up", "experts.down" (+ "experts.gate_bias", ...), and with shared
@@ -28,8 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from minimoe.config import Config
-from minimoe.inspect import tracing
-from minimoe.kernels import moe as moe_kernels
+from minimoe.kernels.dispatch import Leaf, all_float32
 from minimoe.nn import ffn, linear, router
 from minimoe.nn.ffn import sigmoid
 
@@ -40,6 +40,14 @@ def expert_weights(p: dict, e: int) -> dict:
     if "experts.gate_bias" in p:
         w.update(b_gate=p["experts.gate_bias"][e], b_up=p["experts.up_bias"][e],
                  b_down=p["experts.down_bias"][e])
+    return w
+
+
+def all_expert_weights(p: dict) -> dict:
+    """The stacks of every expert: gate (E, F, C), up (E, F, C), down (E, C, F), biases if any."""
+    w = {"w_gate": p["experts.gate"], "w_up": p["experts.up"], "w_down": p["experts.down"]}
+    if "experts.gate_bias" in p:
+        w.update(b_gate=p["experts.gate_bias"], b_up=p["experts.up_bias"], b_down=p["experts.down_bias"])
     return w
 
 
@@ -65,6 +73,52 @@ def forward_loop(x: np.ndarray, p: dict, cfg: Config):
     return y.reshape(B, T, C), stats
 
 
+# ----------------------------------------------------------------------------------------------
+# Dispatch and combine. Assignment a = n*K + k is "token n's k-th choice"; `order` lists the
+# A = N*K assignments sorted by expert. The compiled kernels of the same names and signatures are
+# in minimoe/kernels/moe.py.
+# ----------------------------------------------------------------------------------------------
+
+def dispatch(experts: np.ndarray, E: int):
+    """experts (N, K) -> (order (A,), offsets (E+1,)): expert e owns sorted positions
+    offsets[e] .. offsets[e+1]. Stable: within an expert, assignments keep token order."""
+    flat = experts.ravel()                               # (A,) the expert of each assignment
+    order = np.argsort(flat, kind="stable")              # (A,) sorted by expert
+    offsets = np.zeros(E + 1, np.int64)
+    offsets[1:] = np.cumsum(np.bincount(flat, minlength=E))  # (E,) running totals
+    return order, offsets
+
+
+def gather(x: np.ndarray, order: np.ndarray, K: int) -> np.ndarray:
+    """xs[i] = x[order[i] // K]: x (N, C) -> xs (A, C), each token's row once per choice."""
+    return x[order // K]
+
+
+def combine(ys: np.ndarray, order: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """y[n] = sum_k weights[n, k] * ys[where n*K + k was sorted to]: ys (A, C) -> y (N, C)."""
+    N, K = weights.shape
+    y_assign = np.empty_like(ys)                         # (A, C) back in (token, slot) order
+    y_assign[order] = ys
+    return np.einsum("nk,nkc->nc", weights, y_assign.reshape(N, K, -1))  # (N, K).(N, K, C) -> (N, C)
+
+
+def combine_backward(dy: np.ndarray, ys: np.ndarray, order: np.ndarray, weights: np.ndarray):
+    """dy (N, C) -> (dweights (N, K) = ys . dy per assignment, dys (A, C) = weight * dy, sorted)."""
+    N, K = weights.shape
+    y_assign = np.empty_like(ys)
+    y_assign[order] = ys
+    dweights = np.einsum("nkc,nc->nk", y_assign.reshape(N, K, -1), dy)     # (N, K)
+    dy_assign = (weights[:, :, None] * dy[:, None, :]).reshape(N * K, -1)   # (A, C)
+    return dweights, dy_assign[order]                                       # sorted by expert again
+
+
+DISPATCH = Leaf("dispatch", dispatch, "minimoe.kernels.moe:dispatch", when=lambda experts, E: True)
+GATHER = Leaf("gather", gather, "minimoe.kernels.moe:gather")
+COMBINE = Leaf("combine", combine, "minimoe.kernels.moe:combine")
+COMBINE_BACKWARD = Leaf(None, combine_backward, "minimoe.kernels.moe:combine_backward",
+                        when=lambda dy, ys, order, weights: all_float32(dy, ys, weights))
+
+
 def forward(x: np.ndarray, p: dict, cfg: Config):
     """The dispatch/combine form. x (B, T, C) -> (y (B, T, C), cache, routing stats)."""
     B, T, C = x.shape
@@ -72,37 +126,21 @@ def forward(x: np.ndarray, p: dict, cfg: Config):
     xf = x.reshape(N, C)                                 # (N, C)
     weights, experts, stats, router_cache = router.forward(
         xf, p["router.weight"], p.get("router.bias"), cfg)  # (N, K), (N, K)
-
-    # dispatch: group the A = N*K assignments by expert
-    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
-    t0 = tr.clock() if tr else 0.0
-    # order (A,): the assignments a = n*K + k sorted by expert (a stable counting sort);
-    # offsets (E+1,): expert e owns [offsets[e], offsets[e+1]). Kernels: minimoe/kernels/moe.py
-    order, offsets = moe_kernels.dispatch(experts, E)
-    token = order // K                                   # (A,) the token of each sorted assignment
+    # dispatch: group the A = N*K assignments by expert, so each expert's rows are contiguous
+    order, offsets = DISPATCH(experts, E)                # (A,), (E+1,)
     counts = stats["tokens_per_expert"]                  # (E,)
-    xs = moe_kernels.gather(xf, order, K)                # (N, C)[(A,)] -> (A, C) gathered inputs
-    ys = np.empty_like(xs)                               # (A, C)
-    if tr:
-        tr.elementwise("moe.experts.dispatch", "dispatch", 0, (xf,), (xs,), N, t0)
-    expert_caches = {}
-    for e in np.flatnonzero(counts):                     # only the experts that got tokens
-        seg = slice(offsets[e], offsets[e + 1])
-        ys[seg], expert_caches[e] = ffn.forward(xs[seg], **expert_weights(p, e), **_act(cfg),
-                                                name=f"moe.experts.{e}")
-
+    xs = GATHER(xf, order, K, name="moe.experts.dispatch")  # (N, C)[(A,)] -> (A, C) gathered inputs
+    ex = np.repeat(np.arange(E), counts)                 # (A,) the expert of each sorted row
+    # every chosen expert's SwiGLU at once: row a of xs runs through expert ex[a]
+    ys, expert_cache = ffn.forward(xs, **all_expert_weights(p), **_act(cfg), experts=ex,
+                                   name="moe.experts")   # (A, C) -> (A, C)
     # combine: undo the sort, then weight and sum each token's K outputs
-    t0 = tr.clock() if tr else 0.0
-    y = moe_kernels.combine(ys, order, weights)          # (A, C) -> (N, C): y[n] = sum_k weights[n, k] ys[(n, k)]
-    if tr:
-        tr.elementwise("moe.experts.combine", "combine", 2 * K, (ys, weights), (y,), N, t0)
-
+    y = COMBINE(ys, order, weights, name="moe.experts.combine")  # (A, C) -> (N, C)
     shared, shared_cache = _shared_forward(xf, p, cfg)
     y = y + shared
     stats.update(experts=experts, weights=weights)
-    cache = dict(router=router_cache, order=order, token=token, offsets=offsets,
-                 expert_caches=expert_caches, ys=ys, weights=weights,
-                 shared=shared_cache, shape=(B, T, C), K=K, E=E)
+    cache = dict(router=router_cache, order=order, offsets=offsets, expert_cache=expert_cache,
+                 ys=ys, weights=weights, shared=shared_cache, shape=(B, T, C), K=K, E=E)
     return y.reshape(B, T, C), cache, stats
 
 
@@ -134,18 +172,10 @@ def backward(dy: np.ndarray, cache, dprobs: np.ndarray | None = None,
     grads = {}
 
     # y[n] = sum_k w[n,k] ys[(n,k)]: dweights (N, K) = ys . dy, and dys (A, C) = w dy, sorted by expert
-    dweights, dys = moe_kernels.combine_backward(dyf, ys, order, weights)
-    dxs = np.zeros_like(dys)                             # (A, C)
-    for e, ecache in cache["expert_caches"].items():
-        seg = slice(offsets[e], offsets[e + 1])
-        dxs[seg], g = ffn.backward(dys[seg], ecache)
-        for name, arr in g.items():
-            key = "experts." + name
-            if key not in grads:
-                grads[key] = np.zeros((E,) + arr.shape, dtype=arr.dtype)
-            grads[key][e] = arr
-    dx = moe_kernels.combine(dxs, order, np.ones((N, K), dxs.dtype))  # (N, C) scatter back: sum each token's K
-
+    dweights, dys = COMBINE_BACKWARD(dyf, ys, order, weights)  # (N, K), (A, C)
+    dxs, g = ffn.backward(dys, cache["expert_cache"])   # (A, C); stacks (E, F, C), (E, C, F)
+    grads.update({"experts." + name: arr for name, arr in g.items()})
+    dx = COMBINE(dxs, order, np.ones((N, K), dxs.dtype))  # (N, C) scatter back: sum each token's K
     dxr, grads["router.weight"], db = router.backward(dweights, cache["router"], dprobs, dlogits_extra)
     if db is not None:
         grads["router.bias"] = db

@@ -8,8 +8,8 @@ Frequencies: inv_freq[i] = theta^(-2i/D) for i < D/2, optionally rescaled ("line
 
 Shape legend: T time, D head dim, (..., T, D) any leading (batch, heads) axes.
 
-The NumPy below is the reference; for float32 (B, H, T, D) arrays on the numba backend the same
-arithmetic runs as one compiled loop (minimoe/kernels/train.py).
+`rotate` and `rotate_back` below are the reference; for float32 (B, H, T, D) arrays on the numba
+backend the same arithmetic runs as one compiled loop (minimoe/kernels/train.py).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from minimoe.kernels import train as kernels
+from minimoe.kernels.dispatch import Leaf, all_float32
 
 
 def inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> tuple[np.ndarray, float]:
@@ -82,7 +82,7 @@ def rotate_half(x: np.ndarray) -> np.ndarray:
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray):
+def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """x (..., T, D), cos/sin (T, D) -> rotated x (..., T, D).
 
     y = x * cos + rotate_half(x) * sin. Split D into its two halves, x = [x1, x2] viewed as
@@ -90,28 +90,19 @@ def forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray):
     (-1, +1), so the sign goes into a "signed sin" and no half-size copy is made:
         y = x * cos + x[..., ::-1, :] * [-sin1, sin2]
     """
-    if x.ndim == 4 and kernels.compiled(x, cos, sin):    # (B, H, T, D): one compiled loop
-        y = np.empty(x.shape, x.dtype)
-        kernels.rope_forward.numba(x, cos, sin, y)
-        return y, (cos, sin)
     T, D = x.shape[-2], x.shape[-1]
     h = D // 2
     x2 = x.reshape(*x.shape[:-1], 2, h)                  # (..., T, 2, D/2), a view
     signed_sin = np.stack([-sin[:, :h], sin[:, h:]], axis=1)  # (T, 2, D/2)
     y = x2 * cos.reshape(T, 2, h)                        # (..., T, 2, D/2)
     y += x2[..., ::-1, :] * signed_sin                   # + rotate_half(x) * sin
-    return y.reshape(x.shape), (cos, sin)
+    return y.reshape(x.shape)
 
 
-def backward(dy: np.ndarray, cache):
-    """dy (..., T, D) -> dx. The rotation is orthogonal, so dx rotates dy back:
-    dx = dy * cos + rotate_half^T(dy * sin), with rotate_half^T([a, b]) = [b, -a], that is
+def rotate_back(dy: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """The backward of `rotate`: dy (..., T, D) -> dx. The rotation is orthogonal, so dx rotates
+    dy back: dx = dy * cos + rotate_half^T(dy * sin), with rotate_half^T([a, b]) = [b, -a], that is
         dx1 = dy1 cos + dy2 sin,   dx2 = dy2 cos - dy1 sin."""
-    cos, sin = cache
-    if dy.ndim == 4 and kernels.compiled(dy, cos, sin):  # (B, H, T, D): one compiled loop
-        dx = np.empty(dy.shape, dy.dtype)
-        kernels.rope_backward.numba(dy, cos, sin, dx)
-        return dx
     T, D = dy.shape[-2], dy.shape[-1]
     h = D // 2
     dy2 = dy.reshape(*dy.shape[:-1], 2, h)               # (..., T, 2, D/2)
@@ -119,3 +110,23 @@ def backward(dy: np.ndarray, cache):
     dx = dy2 * cos.reshape(T, 2, h)                      # (..., T, 2, D/2)
     dx += dy2[..., ::-1, :] * signed_sin
     return dx.reshape(dy.shape)
+
+
+def _heads(x, cos, sin) -> bool:
+    """The compiled loops take (B, H, T, D) float32 arrays."""
+    return x.ndim == 4 and all_float32(x, cos, sin)
+
+
+ROTATE = Leaf("rope", rotate, "minimoe.kernels.train:rope", when=_heads)
+ROTATE_BACK = Leaf(None, rotate_back, "minimoe.kernels.train:rope_backward", when=_heads)
+
+
+def forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, name: str = "attn.rope"):
+    """x (..., T, D), cos/sin (T, D) -> (rotated x (..., T, D), cache)."""
+    return ROTATE(x, cos, sin, name=name), (cos, sin)
+
+
+def backward(dy: np.ndarray, cache):
+    """dy (..., T, D) -> dx (..., T, D)."""
+    cos, sin = cache
+    return ROTATE_BACK(dy, cos, sin)

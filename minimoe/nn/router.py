@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from minimoe.config import Config
-from minimoe.inspect import tracing
+from minimoe.kernels.dispatch import Leaf, all_float32
 from minimoe.nn import linear
 from minimoe.nn.ffn import sigmoid
 
@@ -34,24 +34,16 @@ def top_k(scores: np.ndarray, K: int) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")[:, :K]
 
 
-def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config):
-    """x (N, C), w (E, C), b (E,) or None -> (weights (N, K), experts (N, K) int, stats, cache).
-
-    stats: "tokens_per_expert" (E,) assignments per expert, "prob_mass" (E,) router probability
-    summed over the N tokens, "probs" (N, E) the full router distribution, "logits" (N, E).
-    """
-    N = x.shape[0]
-    E, K = cfg.n_experts, cfg.top_k
-    logits, lin = linear.forward(x, w, b, name="moe.router")  # (N, C) -> (N, E)
-    tr = tracing.ACTIVE                                  # None unless inside `with minimoe.trace()`
-    t0 = tr.clock() if tr else 0.0
-    rows = np.arange(N)[:, None]                         # (N, 1)
-    if cfg.router == "softmax_topk":
+def select(logits: np.ndarray, K: int, rule: str, renorm: bool, scale: float):
+    """The routing rule: logits (N, E) -> (weights (N, K), experts (N, K) int, probs (N, E), g (N, K)),
+    where g are the chosen scores the weights are made from (kept for the backward pass)."""
+    rows = np.arange(logits.shape[0])[:, None]           # (N, 1)
+    if rule == "softmax_topk":
         probs = softmax(logits)                          # (N, E)
         experts = top_k(probs, K)                        # (N, K)
         g = probs[rows, experts]                         # (N, K) chosen probabilities
-        weights = g / g.sum(axis=-1, keepdims=True) if cfg.router_renorm else g
-    elif cfg.router == "topk_softmax":
+        weights = g / g.sum(axis=-1, keepdims=True) if renorm else g
+    elif rule == "topk_softmax":
         probs = softmax(logits)                          # (N, E), for statistics and the aux loss
         experts = top_k(logits, K)                       # (N, K)
         g = logits[rows, experts]                        # (N, K) chosen logits
@@ -61,15 +53,28 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config):
         probs = scores / scores.sum(axis=-1, keepdims=True)
         experts = top_k(scores, K)
         g = scores[rows, experts]                        # (N, K)
-        weights = g / g.sum(axis=-1, keepdims=True) if cfg.router_renorm else g
-    weights = weights * np.asarray(cfg.router_scale, dtype=weights.dtype)
+        weights = g / g.sum(axis=-1, keepdims=True) if renorm else g
+    return weights * np.asarray(scale, dtype=weights.dtype), experts, probs, g
+
+
+SELECT = Leaf("route", select, "minimoe.kernels.ops:select",
+              when=lambda logits, K, rule, *_: rule in ("softmax_topk", "topk_softmax") and all_float32(logits))
+
+
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config):
+    """x (N, C), w (E, C), b (E,) or None -> (weights (N, K), experts (N, K) int, stats, cache).
+
+    stats: "tokens_per_expert" (E,) assignments per expert, "prob_mass" (E,) router probability
+    summed over the N tokens, "probs" (N, E) the full router distribution, "logits" (N, E).
+    """
+    logits, lin = linear.forward(x, w, b, name="moe.router")  # (N, C) -> (N, E)
+    weights, experts, probs, g = SELECT(logits, cfg.top_k, cfg.router, cfg.router_renorm, cfg.router_scale,
+                                        name="moe.router.topk")
     stats = {
-        "tokens_per_expert": np.bincount(experts.ravel(), minlength=E),  # (E,)
-        "prob_mass": probs.sum(axis=0),                                  # (E,)
+        "tokens_per_expert": np.bincount(experts.ravel(), minlength=cfg.n_experts),  # (E,)
+        "prob_mass": probs.sum(axis=0),                                                # (E,)
         "probs": probs, "logits": logits,
     }
-    if tr:
-        tr.route("moe.router.topk", logits, probs, experts, weights, stats, t0)  # per-token routing
     cache = (lin, logits, probs, experts, g, weights, cfg.router, cfg.router_renorm, cfg.router_scale)
     return weights, experts, stats, cache
 

@@ -190,7 +190,7 @@ class Trainer:
         self.verbose = verbose
         self.bar: Progress | None = None
         self.last_checkpoint: str | None = None
-        model._rope(0, tc.block_size)                      # fill the RoPE table before the workers fork
+        model.rotations(0, tc.block_size)                  # fill the RoPE table before the workers fork
         self.shards = Shards(model, tc.threads, tc.batch_size, tc.block_size)
 
     # --- construction ---------------------------------------------------------------------------------

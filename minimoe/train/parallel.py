@@ -114,12 +114,11 @@ class Arena:
 
 def share_parameters(model) -> Arena:
     """Move every parameter into shared memory (same values, new arrays) and refresh the model's
-    per-layer views. The dict object is kept, so an optimiser holding it sees the new arrays."""
+    arrays. The dict object is kept, so an optimiser holding it sees the new arrays."""
     arena = Arena({name: (a.shape, a.dtype) for name, a in model.params.items()})
     for name, a in model.params.items():
         arena[name][...] = a
         model.params[name] = arena[name]
-    model.refresh()
     return arena
 
 
