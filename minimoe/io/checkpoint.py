@@ -79,8 +79,8 @@ def load(folder: str, dtype=np.float32, check_finite: bool = True):
     from minimoe.io import hf
     if isinstance(model_type, str) and model_type in hf.LOADERS:
         return hf.load(folder, raw, dtype, check_finite)
-    raise CheckpointError(f"{config_path}: unknown model_type {model_type!r}; minimoe loads "
-                          f"'minimoe' and {sorted(hf.LOADERS)}")
+    what = "no model_type field" if model_type is None else f"unknown model_type {str(model_type)[:40]!r}"
+    raise CheckpointError(f"{config_path}: {what}; minimoe loads 'minimoe' and {sorted(hf.LOADERS)}")
 
 
 def _load_minimoe(folder, raw, config_path, dtype, check_finite):
@@ -159,17 +159,19 @@ def check_params(params: dict, cfg: Config, source: str, dtype=np.float32) -> No
 
 def first_nonfinite(arr) -> int | None:
     """The flat index of the first NaN or inf in a float array or a packed tensor (as it decodes),
-    or None. Works through the values a chunk at a time."""
-    if _is_packed(arr):
+    or None. A float array is scanned a chunk at a time; a packed one by its blocks' scales."""
+    if _is_packed(arr):                           # the format says which blocks (from their scales)
         spec = arr.format
         rows = arr.blocks.reshape(-1, spec.BLOCK_BYTES)                    # (N, BB), one block a row
-        step = max(1, FINITE_CHUNK // spec.BLOCK_SIZE)
-        chunks = ((i * spec.BLOCK_SIZE, spec.dequantize_blocks(rows[i:i + step])) for i in range(0, len(rows), step))
-    else:
-        flat = arr.reshape(-1)
-        chunks = ((i, flat[i:i + FINITE_CHUNK]) for i in range(0, flat.size, FINITE_CHUNK))
-    for start, values in chunks:
-        bad = ~np.isfinite(values.reshape(-1))
+        bad = np.flatnonzero(spec.nonfinite_blocks(rows))
+        if not bad.size:
+            return None
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = spec.dequantize_blocks(rows[bad[:1]])[0]              # (BS,) the first such block
+        return int(bad[0]) * spec.BLOCK_SIZE + int(np.argmax(~np.isfinite(values)))
+    flat = arr.reshape(-1)
+    for start in range(0, flat.size, FINITE_CHUNK):
+        bad = ~np.isfinite(flat[start:start + FINITE_CHUNK])
         if bad.any():
             return start + int(np.argmax(bad))
     return None

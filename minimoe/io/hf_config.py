@@ -12,7 +12,8 @@ from minimoe.config import Config, ConfigError
 def _get(d: dict, key: str, source: str, default=...):
     """d[key], or `default` when it is absent or null (no default: the field is required).
     The value must have the JSON type of the default: a number for a number, true/false for a
-    bool, a list for a list (so "false" is not read as true, nor "64" as a width)."""
+    bool, a list for a list (so "false" is not read as true, nor "64" as a width); the fields
+    that are required or default to null are all sizes, so integers."""
     if key not in d or d[key] is None:
         if default is ...:
             raise ConfigError(f"{source}: missing field {key!r}")
@@ -26,8 +27,8 @@ def _get(d: dict, key: str, source: str, default=...):
         ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
     elif isinstance(default, (list, dict)):
         ok, kind = isinstance(value, type(default)), f"a JSON {'array' if isinstance(default, list) else 'object'}"
-    else:
-        ok, kind = True, ""
+    else:                                                   # required, or null by default: a size
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
     if not ok:
         raise ConfigError(f"{source}: {key} must be {kind}, found {value!r}")
     return value

@@ -128,7 +128,8 @@ class TrainConfig:
                      "sample_temperature"):
             check_number(name, getattr(self, name), lo=0)
         check_number("eps", self.eps, lo=0, lo_open=True)
-        check_number("val_fraction", self.val_fraction, lo=0, hi=1, lo_open=True)
+        if not 0 < check_number("val_fraction", self.val_fraction) < 1:
+            raise MinimoeError(f"val_fraction must be between 0 and 1 (exclusive), found {self.val_fraction}")
         for name in ("beta1", "beta2"):
             if not 0 <= check_number(name, getattr(self, name), lo=0) < 1:
                 raise MinimoeError(f"{name} must be in [0, 1), found {getattr(self, name)}")

@@ -291,7 +291,7 @@ for label, fn in [
         data_offsets=list(h[NORM_A]["data_offsets"]))),
     ("__metadata__ is a list", lambda h: h.update(__metadata__=["format", "minimoe"])),
     ("__metadata__ value is a number", lambda h: h.update(__metadata__={"format": 1})),
-    ("entry without data_offsets", lambda h: h[NORM_A].pop("data_offsets")),
+    ("entry without data_offsets", lambda h: h[NORM_A].pop("data_offsets") and None),
     ("entry is a string", lambda h: h.update({NORM_A: "F32"})),
     ("header is a JSON list", lambda h: [h]),
     ("header is not UTF-8", lambda h: b'{"\xff\xfe": 1}'),
