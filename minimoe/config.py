@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,7 @@ ROPE_SCALINGS = ("linear", "llama3", "yarn")
 MAX_SIZE = 2**24                 # bound on every size field, max_seq_len included: a sanity check
                                  # (real models stay far below: 10M context, 262k vocabularies) that
                                  # refuses a corrupt config before anything is allocated from it
+FLOAT32_MAX = 3.4028234663852886e38   # the largest float32: a bigger number would become inf
 BOOL_FIELDS = ("shared_expert_gate", "router_renorm", "router_bias", "expert_bias", "qkv_bias", "o_bias",
                "attn_sinks", "tie_embeddings")
 ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow",
@@ -167,7 +167,7 @@ class Config:
                 _check_pos_int(f, getattr(self, f))
         for f in ("rope_theta", "norm_eps", "router_scale", "swiglu_limit", "swiglu_alpha"):
             v = getattr(self, f)
-            if not _is_number(v) or not 0 < v < math.inf:
+            if not _is_number(v) or not 0 < v <= FLOAT32_MAX:      # the model computes in float32
                 raise ConfigError(f"{f} must be a positive finite number, found {v!r}")
         if self.rope_scaling is not None:
             self._validate_rope_scaling()
@@ -184,7 +184,7 @@ class Config:
             raise ConfigError(f"rope_scaling.factor must be a positive number, found None")
         for key in ROPE_NUMBERS:
             v = rs.get(key)
-            if key in rs and v is not None and not (_is_number(v) and 0 <= v < math.inf):
+            if key in rs and v is not None and not (_is_number(v) and 0 <= v <= FLOAT32_MAX):
                 raise ConfigError(f"rope_scaling.{key} must be a finite number >= 0, found {v!r}")
         if not rs["factor"] > 0:
             raise ConfigError(f"rope_scaling.factor must be a positive number, found {rs['factor']!r}")

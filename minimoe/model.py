@@ -293,7 +293,8 @@ def sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: flo
     if not np.isfinite(logits).all():
         raise MinimoeError("the model's logits hold NaN or inf, so no token can be chosen; its weights "
                            "or its input are probably corrupt")
-    z = logits.astype(np.float64) / temperature if temperature else None  # (B, V)
+    with np.errstate(over="ignore"):
+        z = logits.astype(np.float64) / temperature if temperature else None  # (B, V)
     if z is None or not np.isfinite(z).all():                        # 0, or so small that z overflows:
         return logits.argmax(axis=-1)                                # the limit is greedy decoding
     if top_k is not None:
