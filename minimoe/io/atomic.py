@@ -106,14 +106,18 @@ def atomic_path(path: str):
         os.makedirs(folder, exist_ok=True)
         tmp = os.path.join(folder, temp_name(os.path.basename(path)))
         _create(tmp)
+    replaced = False
     try:
         with writing(path):
             yield tmp
             _fsync(tmp)
             os.replace(tmp, path)
+            replaced = True
             _fsync(folder)
     finally:
-        _discard(tmp)
+        if not replaced:
+            _discard(tmp)
+    remove_stale_temps(folder, os.path.basename(path))      # what killed writes of it left
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -230,14 +234,15 @@ def recover(folder: str) -> None:
     remove_stale_temps(folder)
 
 
-def remove_stale_temps(folder: str) -> None:
-    """Delete the temporary files in `folder` left by processes that no longer run."""
+def remove_stale_temps(folder: str, of: str | None = None) -> None:
+    """Delete the temporary files in `folder` (only those of file `of`, if given) left by
+    processes that no longer run."""
     try:
         names = os.listdir(folder)
     except OSError:
         return
     for name in names:
-        if is_stale_temp(name):
+        if (of is None or name.startswith(f".{of}.")) and is_stale_temp(name):
             path = os.path.join(folder, name)
             if os.path.isdir(path) and not os.path.islink(path):
                 import shutil

@@ -176,28 +176,16 @@ class FirstCheckpoint:
         _check_training(run, ref, allow_no_checkpoint=True)
 
 
-class LaterCheckpoint:
-    """A run with a good checkpoint at step 2, resumed to step 4: killed while writing step 4."""
+class Resumed:
+    """A run with a good checkpoint at step `done`, resumed to step 4 and killed while it saves.
+    done=2: a later checkpoint; done=4: the same step checkpointed again (--max-iters 4 again)."""
+
+    def __init__(self, done: int):
+        self.done = done
 
     def setup(self, work: str) -> None:
         from minimoe.train.loop import Trainer
-        run = os.path.join(work, "state")
-        Trainer.new(train_config(run, 2), verbose=False).run()
-
-    def action(self, run: str) -> None:
-        _resume_to_end(run)
-
-    def check(self, run: str, ref: dict) -> None:
-        _check_training(run, ref, allow_no_checkpoint=False)
-
-
-class SameStepAgain:
-    """A finished run at step 4 resumed with --max-iters 4: the same step is checkpointed again."""
-
-    def setup(self, work: str) -> None:
-        from minimoe.train.loop import Trainer
-        run = os.path.join(work, "state")
-        Trainer.new(train_config(run, 4), verbose=False).run()
+        Trainer.new(train_config(os.path.join(work, "state"), self.done), verbose=False).run()
 
     def action(self, run: str) -> None:
         _resume_to_end(run)
@@ -241,8 +229,31 @@ class ModelOverModel:
         assert not left, f"temporary files left after the next load: {left}"
 
 
-SCENARIOS = {"first-checkpoint": FirstCheckpoint, "later-checkpoint": LaterCheckpoint,
-             "same-step-again": SameStepAgain, "model-over-model": ModelOverModel}
+class OneFile:
+    """One file (a config.json) written over an older one: afterwards it holds the old or the new
+    text, whole; the next write of it removes what the killed one left."""
+
+    def configs(self):
+        import minimoe
+        return minimoe.Config.preset("tiny-moe"), minimoe.Config.preset("tiny", vocab_size=24)
+
+    def setup(self, work: str) -> None:
+        self.configs()[0].save(os.path.join(work, "state", "config.json"))
+
+    def action(self, folder: str) -> None:
+        self.configs()[1].save(os.path.join(folder, "config.json"))
+
+    def check(self, folder: str, ref: dict) -> None:
+        import minimoe
+        got = minimoe.Config.load(os.path.join(folder, "config.json"))
+        assert got in self.configs(), "neither the old config nor the new one"
+        got.save(os.path.join(folder, "config.json"))
+        left = leftovers(folder)
+        assert not left, f"temporary files left after the next write: {left}"
+
+
+SCENARIOS = {"one-file": OneFile, "first-checkpoint": FirstCheckpoint, "later-checkpoint": lambda: Resumed(2),
+             "same-step-again": lambda: Resumed(4), "model-over-model": ModelOverModel}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,7 +281,7 @@ def run_scenario(name: str, work: str, mode: str = "kill", every: int = 1) -> di
     os.makedirs(work, exist_ok=True)
     with open(os.path.join(work, "text.txt"), "w", encoding="utf-8") as f:
         f.write(TEXT)
-    ref = _reference(work) if name != "model-over-model" else {}
+    ref = _reference(work) if name.endswith("checkpoint") or name == "same-step-again" else {}
     scenario.setup(work)
     state = os.path.join(work, "state")
 

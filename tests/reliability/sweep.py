@@ -1004,51 +1004,25 @@ def _(work):
     return len(out.strip().split(",")) == 5 if "," in out else len(out.strip()) > 0
 
 
-@case(CAT, "train --set nosuch=1")
-def _(work):
-    train_run("run", "--set", "nosuch=1")
-    return False
-
-
-@case(CAT, "train --set dense_layers=1")
-def _(work):
-    train_run("run", "--set", "dense_layers=1")
-    return False
-
-
-@case(CAT, "train --set n_experts=abc")
-def _(work):
-    train_run("run", "--set", "n_experts=abc")
-    return False
-
-
-@case(CAT, "train --max-iters 0")
-def _(work):
-    train_run("run", "--max-iters", "0")
-    return False
-
-
-@case(CAT, "train --lr nan")
-def _(work):
-    train_run("run", "--lr", "nan")
-    return False
-
-
-@case(CAT, "train --threads -1")
-def _(work):
-    train_run("run", "--threads", "-1")
-    return False
-
-
-@case(CAT, "train --val-fraction 2")
-def _(work):
-    train_run("run", "--val-fraction", "2")
-    return False
+for label, flags in [
+    ("--set nosuch=1", ["--set", "nosuch=1"]),
+    ("--set dense_layers=1", ["--set", "dense_layers=1"]),
+    ("--set n_experts=abc", ["--set", "n_experts=abc"]),
+    ("--max-iters 0", ["--max-iters", "0"]),
+    ("--lr nan", ["--lr", "nan"]),
+    ("--threads -1", ["--threads", "-1"]),
+    ("--val-fraction 2", ["--val-fraction", "2"]),
+]:
+    def make(flags=flags):
+        def run(work):
+            train_run("run", *flags)
+            return False
+        return run
+    case(CAT, "train " + label)(make())
 
 
 @case(CAT, "train --sample-temperature nan (refused before training?)")
 def _(work):
-    t0 = time.time()
     try:
         train_run("run", "--sample-temperature", "nan", "--sample-tokens", "5")
     except Clear:
