@@ -4,6 +4,7 @@
     model = minimoe.Model(minimoe.Config.preset("tiny-moe"), seed=0)
     logits = model(tokens)                      # (T, V) for tokens (T,)
     model.save("ckpt"); model = minimoe.load("ckpt")
+    tok = minimoe.load_tokenizer("hf_model_dir")  # a Hugging Face tokenizer.json: tok.encode(text)
 """
 from minimoe.config import Config, ConfigError
 from minimoe.errors import CheckpointError, DataError, MinimoeError
@@ -13,6 +14,6 @@ from minimoe.io.checkpoint import load
 from minimoe.kernels import backend, get_backend, matmul, set_backend
 from minimoe.model import Model
 from minimoe.quant.model import quantize_model as quantize
-from minimoe.tokenizer import ByteTokenizer, CharTokenizer
+from minimoe.tokenizer import ByteTokenizer, CharTokenizer, load_tokenizer
 
 __version__ = "0.1.0"

@@ -4,7 +4,8 @@ Shape legend: B batch, T time, C d_model, V vocab, N = B*T tokens.
 
     x = embed[tokens]                                   (B, T, C)
     for each layer i:
-        x = x + attention(rmsnorm(x))                   causal, grouped-query, RoPE, KV cache
+        x = x + attention(rmsnorm(x))                   causal, grouped-query (or DeepSeek's latent
+                                                        attention, nn/mla.py), RoPE, KV cache
         x = x + ffn_or_moe(rmsnorm(x))                  dense SwiGLU, or routed experts
     logits = rmsnorm(x) @ head.T                        (B, T, V)  (head = embed when tied)
 
@@ -14,15 +15,19 @@ functions of minimoe/nn/; this file only wires them together, forward and backwa
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minimoe.checks import check_int, check_sampling, check_seed
 from minimoe.config import Config
 from minimoe.errors import MinimoeError
 from minimoe.inspect import tracing
+from minimoe.kernels.dispatch import blas_threads_for
 from minimoe.kernels.dispatch import inference as _inference
-from minimoe.nn import attention, embedding, ffn, linear, moe, norm, rope
+from minimoe.nn import attention, embedding, ffn, linear, mla, moe, norm, rope
 from minimoe.nn.kv_cache import KVCache
+from minimoe.nn.latent_kv_cache import LatentKVCache
 from minimoe.params import count_params, param_shapes
 
 
@@ -34,7 +39,7 @@ def init_params(cfg: Config, seed: int = 0, dtype=np.float32) -> dict[str, np.nd
     for name, shape in param_shapes(cfg).items():
         if name.endswith("norm.weight"):
             arr = np.ones(shape)
-        elif name.endswith("bias") or name.endswith("sinks"):
+        elif name.endswith("bias") or name.endswith("sinks"):  # (and DeepSeek's selection bias)
             arr = np.zeros(shape)
         else:
             std = 0.02
@@ -56,9 +61,10 @@ class Model:
 
     def __init__(self, config: Config, seed: int = 0, dtype=np.float32, params: dict | None = None,
                  tokenizer=None):
-        if config.attention != "gqa":
-            raise MinimoeError(f"attention={config.attention!r} is not implemented by minimoe's model "
-                               f"(the estimator counts it); use attention='gqa'")
+        not_run = [s for s in config.estimator_only() if not s.startswith("n_mtp_layers")]  # (MTP: skipped)
+        if not_run:
+            raise MinimoeError(f"minimoe's model does not run {', '.join(not_run)} (the estimator counts "
+                               f"it: `minimoe estimate`)")
         self.config = config
         self.params = init_params(config, seed, dtype) if params is None else params
         self.tokenizer = tokenizer
@@ -66,6 +72,7 @@ class Model:
         # each layer's parameter names, by the short names the nn/ layers use; the arrays
         # themselves are looked up in self.params at every call, so replacing one takes effect
         self._names = [self._layer_names(i) for i in range(config.n_layers)]
+        self._largest_weight = max(math.prod(a.shape[-2:]) for a in self.params.values())  # O * I
 
     # --- parameters ------------------------------------------------------------------------------
     def _layer_names(self, i: int) -> dict:
@@ -103,11 +110,12 @@ class Model:
 
     # --- forward -----------------------------------------------------------------------------------
     def rotations(self, start: int, T: int):
-        """RoPE's cos, sin (T, D) for positions start .. start+T-1, from a table grown on demand."""
+        """RoPE's cos, sin (T, D) for positions start .. start+T-1, from a table grown on demand
+        (D is config.rope_dim: the head dim, or MLA's rotary part)."""
         end = start + T
         if self._rope_cache is None or self._rope_cache[0] < end:
             n = max(end, self.config.max_seq_len)
-            cos, sin = rope.cos_sin(np.arange(n), self.config.head_dim, self.config.rope_theta,
+            cos, sin = rope.cos_sin(np.arange(n), self.config.rope_dim, self.config.rope_theta,
                                     self.config.rope_scaling, dtype=self.dtype)
             self._rope_cache = (n, cos, sin)
         _, cos, sin = self._rope_cache
@@ -141,10 +149,11 @@ class Model:
         kernels may skip what only a backward needs.
         """
         tokens = self.check_tokens(tokens)
-        if kv is not None or inference:
-            with _inference():
-                return self._forward(tokens, kv, keep=False)
-        return self._forward(tokens, kv, keep=True)
+        with blas_threads_for(tokens.size * self._largest_weight):   # one BLAS thread if all are small
+            if kv is not None or inference:
+                with _inference():
+                    return self._forward(tokens, kv, keep=False)
+            return self._forward(tokens, kv, keep=True)
 
     def _forward(self, tokens, kv: KVCache | None, keep: bool):
         cfg = self.config
@@ -154,6 +163,7 @@ class Model:
         B, T = tokens.shape
         start = kv.length if kv is not None else 0
         cos, sin = self.rotations(start, T)                       # (T, D)
+        latent = cfg.attention == "mla"                            # DeepSeek's attention (nn/mla.py)
         tr = tracing.ACTIVE                                        # None unless inside `with minimoe.trace()`
         if tr:
             tr.begin_forward(tokens, start, cached=kv is not None)  # ops below report as layers.{i}.*
@@ -165,7 +175,10 @@ class Model:
             if tr:
                 tr.layer = i
             h, n1 = norm.forward(x, lp["attn_norm"], cfg.norm_eps, name="attn_norm")  # (B, T, C)
-            a, ac = attention.forward(h, lp["attn"], cfg, i, cos, sin, kv)     # (B, T, C)
+            if latent:                                             # decoding takes the absorbed form
+                a, ac = mla.forward(h, lp["attn"], cfg, i, cos, sin, kv, absorb=kv is not None)
+            else:
+                a, ac = attention.forward(h, lp["attn"], cfg, i, cos, sin, kv)  # (B, T, C)
             x = x + a
             h, n2 = norm.forward(x, lp["ffn_norm"], cfg.norm_eps, name="ffn_norm")    # (B, T, C)
             if cfg.is_moe_layer(i):
@@ -217,7 +230,7 @@ class Model:
             dn, grads[p + "ffn_norm.weight"] = norm.backward(dh, n2)
             dx = dx + dn
             # x = x + attention(norm(x))
-            dh, g = attention.backward(dx, ac)
+            dh, g = (mla if cfg.attention == "mla" else attention).backward(dx, ac)
             grads.update({p + "attn." + k: v for k, v in g.items()})
             dn, grads[p + "attn_norm.weight"] = norm.backward(dh, n1)
             dx = dx + dn
@@ -235,8 +248,11 @@ class Model:
         return grads
 
     # --- generation --------------------------------------------------------------------------------
-    def new_kv_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+    def new_kv_cache(self, batch: int, max_len: int | None = None) -> KVCache | LatentKVCache:
         cfg = self.config
+        if cfg.attention == "mla":                                 # latents, not keys and values
+            return LatentKVCache.empty(cfg.n_layers, batch, max_len or cfg.max_seq_len,
+                                       cfg.kv_lora_rank, cfg.qk_rope_head_dim, self.dtype)
         return KVCache.empty(cfg.n_layers, batch, cfg.n_kv_heads, max_len or cfg.max_seq_len,
                              cfg.head_dim, self.dtype)
 

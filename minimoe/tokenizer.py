@@ -1,5 +1,7 @@
 """Tokenizers: text <-> integer ids. Stored with a checkpoint as tokenizer.json.
 
+  * HFTokenizer (minimoe/hf_tokenizer/): a Hugging Face tokenizer.json (GPT-2, Llama, Mistral,
+    Qwen, gpt-oss, DeepSeek), read without the `tokenizers` package.
   * ByteTokenizer: the 256 byte values of the UTF-8 encoding, plus special tokens after them
     (id 256 is "<|endoftext|>"). Any text encodes; no training needed.
   * CharTokenizer: one id per distinct character of a corpus, sorted (nanoGPT's Shakespeare
@@ -8,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -113,6 +116,9 @@ class CharTokenizer:
 
 
 def tokenizer_from_dict(d: dict, source: str = "tokenizer"):
+    if isinstance(d, dict) and "kind" not in d and "model" in d:       # a Hugging Face tokenizer.json
+        from minimoe.hf_tokenizer import HFTokenizer
+        return HFTokenizer(d, source=source)
     kind = d.get("kind") if isinstance(d, dict) else None
     try:
         if kind == "byte":
@@ -123,9 +129,21 @@ def tokenizer_from_dict(d: dict, source: str = "tokenizer"):
             return CharTokenizer(d["chars"])
     except TokenizerError as e:
         raise TokenizerError(f"{source}: {e}") from None
-    raise TokenizerError(f"{source}: unknown tokenizer kind {str(kind)[:40]!r}; expected 'byte' or 'char'")
+    raise TokenizerError(f"{source}: unknown tokenizer kind {str(kind)[:40]!r}; expected 'byte' or 'char', "
+                         f"or a Hugging Face tokenizer.json (with a 'model')")
 
 
 def load_tokenizer(path: str):
+    """A tokenizer.json, or a folder holding one -> ByteTokenizer, CharTokenizer or HFTokenizer.
+    A Hugging Face folder's tokenizer_config.json / chat_template.jinja give the chat template."""
     from minimoe.io.json_file import read_json
-    return tokenizer_from_dict(read_json(path, TokenizerError, expect=dict), source=str(path))
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(path):
+        raise TokenizerError(f"{path}: no such tokenizer file")
+    tok = tokenizer_from_dict(read_json(path, TokenizerError, expect=dict), source=path)
+    if getattr(tok, "kind", None) == "hf":
+        from minimoe.hf_tokenizer.tokenizer import read_chat_config
+        tok.chat_template, tok.bos_token, tok.eos_token = read_chat_config(os.path.dirname(path))
+    return tok

@@ -78,6 +78,9 @@ def test_counts_equal_transformers_exactly(key):
     counts = count_params(cfg)
     assert counts["total"] == entry["total"]
     assert counts["by_component"] == entry["by_component"]
+    # the MTP layers, as transformers' MtpModel builds them beside the model (0 if none declared)
+    assert counts["mtp"] == entry.get("mtp", 0)
+    assert count_params(cfg, with_mtp=True)["total"] == entry["total"] + entry.get("mtp", 0)
     if entry["preset"]:
         preset = minimoe.Config.preset(entry["preset"]).to_dict()
         converted = cfg.to_dict()
@@ -315,3 +318,209 @@ def test_minimoe_quantize_recipe_names_work_in_the_estimator():
     for name in ("mxfp4-moe", "q4_0-moe"):
         packed = estimate(qmodel.quantize_model(minimoe.Model(cfg, seed=0), name))
         assert estimate(cfg, recipe=name)["weight_bytes"] == packed["measured_weight_bytes"], name
+
+
+# --- the architectures of issue 19: MTP, chunked attention, linear attention, new hardware ----------
+CACHE = json.loads((FIXTURES / "hf_cache_shapes.json").read_text())["models"]
+
+
+def test_mtp_layer_by_hand_and_with_mtp_adds_it_everywhere():
+    # GLM-4.5-Air's MTP layer: enorm, hnorm (C each), eh_proj (C, 2C), one MoE decoder layer, a norm
+    C, F, E, K = 4096, 1408, 128, 8
+    attn = 96 * 128 * C + 96 * 128 + 2 * (8 * 128 * C + 8 * 128) + C * 96 * 128     # q,k,v (+bias), o
+    moe = E * C + E * 3 * F * C + 3 * F * C                                          # router, experts, shared
+    layer = attn + moe + 2 * C                                                       # + its two norms
+    mtp = 3 * C + 2 * C * C + layer
+    plain, with_mtp = estimate("glm-4.5-air"), estimate("glm-4.5-air", with_mtp=True)
+    assert plain["mtp_params"] == with_mtp["mtp_params"] == mtp == HF["glm-4.5-air"]["mtp"]
+    assert plain["mtp_active_params"] == mtp - (E - K) * 3 * F * C
+    assert with_mtp["total_params"] == plain["total_params"] + mtp
+    assert with_mtp["active_params"] == plain["active_params"] + plain["mtp_active_params"]
+    assert with_mtp["params_by_component"]["mtp"]["total"] == mtp
+    # weights: bf16 is 2 bytes a parameter, with or without; the MTP layer's bytes are reported apart
+    assert with_mtp["weight_bytes"] == plain["weight_bytes"] + plain["mtp_weight_bytes"]
+    assert with_mtp["weight_bytes"] == 2 * with_mtp["total_params"]
+    # its attention keeps a KV cache like any full layer: 47 layers instead of 46
+    assert with_mtp["kv_cache_bytes"] == plain["kv_cache_bytes"] * 47 // 46
+    # a recipe prices the MTP layer's experts as experts
+    q = estimate("glm-4.5-air", recipe="experts-mxfp4")
+    assert q["mtp_weight_bytes"] == E * 3 * F * C // 32 * 17 + 2 * (mtp - E * 3 * F * C)
+    # models without MTP layers
+    assert estimate("mixtral-8x7b", with_mtp=True)["total_params"] == estimate("mixtral-8x7b")["total_params"]
+    assert estimate("kimi-k2")["mtp_params"] == 0                     # num_nextn_predict_layers: 0
+    with pytest.raises(EstimateError, match="with_mtp"):
+        estimate(minimoe.Model(minimoe.Config.preset("tiny"), seed=0), with_mtp=True)
+
+
+def test_mla_for_kimi_k2_and_deepseek_v2_lite_by_hand():
+    # the latent (kv_lora_rank 512 + rope dim 64) per token per layer, whatever the heads: Kimi K2's
+    # 64 heads cache what DeepSeek-V3's 128 do; its attention costs half the FLOPs per key
+    r = estimate("kimi-k2", context=1000)
+    assert r["kv_cache_bytes"] == 61 * (512 + 64) * 1000 * 2 == estimate("deepseek-v3", context=1000)["kv_cache_bytes"]
+    assert r["flops_per_token"]["decode_attention"] == (2 * 64 * 576 + 2 * 64 * 512) * 61 * 1000
+    assert estimate("deepseek-v2-lite", context=1000)["kv_cache_bytes"] == 27 * 576 * 1000 * 2
+
+
+def test_chunked_attention_kv_cache_and_flops_by_hand():
+    # Llama 4 Scout: 36 RoPE layers attend within 8192-token chunks, 12 NoPE layers to everything;
+    # each caches K and V for 8 kv heads of 128 values, 2 bytes each
+    cfg = minimoe.Config.preset("llama-4-scout")
+    assert [i for i in range(48) if not cfg.chunk(i)] == list(range(3, 48, 4))
+    r = estimate("llama-4-scout", context=20000)
+    assert r["kv_cache_bytes"] == (36 * 8192 + 12 * 20000) * 2 * 8 * 128 * 2
+    # the token at position 20000 is the 3,616th of its chunk (20000 = 2*8192 + 3616)
+    assert est.keys_attended(cfg, 0, 20000) == 3616 and est.keys_kept(cfg, 0, 20000) == 8192
+    assert r["kv_bytes_per_token_read"] == (36 * 3616 + 12 * 20000) * 2 * 8 * 128 * 2
+    assert r["flops_per_token"]["decode_attention"] == 4 * 40 * 128 * (36 * 3616 + 12 * 20000)
+    for n in range(1, 40):
+        for c in (1, 3, 8):
+            assert est._sum_keys(n, 0, c) == sum((t - 1) % c + 1 for t in range(1, n + 1))
+    # below one chunk, chunked and full attention are the same
+    assert estimate("llama-4-scout", context=4096)["kv_cache_bytes"] == 48 * 4096 * 2 * 8 * 128 * 2
+
+
+def test_linear_attention_state_by_hand_and_flat_in_the_context():
+    # Qwen3-Next: 36 Gated DeltaNet layers keep a convolution window and a state S per sequence;
+    # 12 gated-attention layers keep K and V for 2 kv heads of 256
+    conv = (2 * 16 * 128 + 32 * 128) * 4          # (q, k, v channels) x 4 taps, bf16
+    S = 32 * 128 * 128                            # one 128 x 128 matrix per value head, float32
+    per_layer = conv * 2 + S * 4
+    short, long = estimate("qwen3-next-80b-a3b", context=1024), estimate("qwen3-next-80b-a3b", context=262144)
+    assert short["recurrent_state_bytes"] == long["recurrent_state_bytes"] == 36 * per_layer == 77_856_768
+    assert long["kv_cache_bytes"] == 12 * 262144 * 2 * 2 * 256 * 2
+    assert estimate("qwen3-next-80b-a3b", batch=3)["recurrent_state_bytes"] == 3 * 36 * per_layer
+    assert long["memory_bytes"] == (long["weight_bytes"] + long["kv_cache_bytes"] + long["recurrent_state_bytes"]
+                                    + long["overhead_bytes"])
+    # per token: the state is read and written once; the recurrence costs 7*Hv*Dk*Dv + 2*conv FLOPs
+    assert short["recurrent_state_bytes_per_token"] == 2 * 36 * per_layer
+    attn = 4 * 16 * 256 * 12 * 1024
+    assert short["flops_per_token"]["decode_attention"] == attn + 36 * (7 * S + 2 * conv)
+    # the same model with full attention on every layer would cache 4x the KV and no state
+    full = minimoe.Config.preset("qwen3-next-80b-a3b").replace(linear_layers=[])
+    assert estimate(full, context=262144)["kv_cache_bytes"] == 4 * long["kv_cache_bytes"]
+
+
+def _check_cache_shapes(entry: dict, cache: dict):
+    """minimoe's formulas against what a transformers cache held after each prompt (see
+    tests/fixtures/make_hf_cache_shapes.py). transformers drops the oldest key of a chunked layer
+    once chunk - 1 are cached, so while the next token attends it holds what was recorded + 1."""
+    cfg = config_from_hf(entry["config"])
+    nbytes = {"bfloat16": 2, "float32": 4}
+    B, kv_dtype = entry["batch"], {"bfloat16": "bf16", "float32": "fp32"}[entry["dtype"]]
+    conv, S = est.linear_state_values(cfg)
+    for T, layers in cache.items():
+        T = int(T)
+        state = kv = 0
+        for i, layer in enumerate(layers):
+            if cfg.is_linear_layer(i):
+                assert layer["kind"] == "LinearAttentionLayer"
+                assert np.prod(layer["conv"]["shape"]) == B * conv
+                assert np.prod(layer["recurrent"]["shape"]) == B * S
+                assert layer["recurrent"]["dtype"] == "float32"          # whatever the model's dtype
+                state += sum(np.prod(layer[k]["shape"]) * nbytes[layer[k]["dtype"]]
+                             for k in ("conv", "recurrent"))
+            else:
+                Bk, G, held, D = layer["keys"]["shape"]
+                assert (Bk, G, D) == (B, cfg.n_kv_heads, cfg.head_dim) and layer["values"] == layer["keys"]
+                assert held + 1 == est.keys_kept(cfg, i, T + 1), (i, T, held)
+                kv += 2 * G * (held + 1) * D * B * nbytes[layer["keys"]["dtype"]]
+        assert state == est.linear_state_bytes(cfg, B, kv_dtype)
+        assert kv == est.kv_cache_bytes(cfg, T + 1, B, kv_dtype)
+
+
+@pytest.mark.parametrize("key", sorted(CACHE))
+def test_state_and_kv_formulas_match_recorded_transformers_caches(key):
+    _check_cache_shapes(CACHE[key], CACHE[key]["cache"])
+
+
+@pytest.mark.parametrize("key", sorted(CACHE))
+def test_state_and_kv_formulas_match_a_live_transformers_layer(key):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_hf_cache_shapes", FIXTURES / "make_hf_cache_shapes.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    entry = script.CONFIGS[key]
+    _check_cache_shapes(entry, script.record(entry))
+
+
+def test_new_hardware_entries():
+    for key, memory, bandwidth in (("rtx-5090", 32, 1792), ("strix-halo", 128, 256), ("m4-max", 128, 546),
+                                   ("h200", 141, 4800), ("b200", 180, 8000)):
+        hw = get_hardware(key)
+        assert (hw.memory_gb, hw.bandwidth_gbs) == (memory, bandwidth)
+    assert get_hardware("strix-halo").usable_bytes == 96e9           # 96 of 128 GB for the GPU
+    assert get_hardware("Strix Halo") is get_hardware("strix_halo")
+
+
+def test_llama_4_scout_on_one_h100_at_4_bits():
+    """Meta: Scout "fits on a single H100 GPU (with Int4 quantization)". In bf16 it needs 3."""
+    r = estimate("llama-4-scout", dtype="q4_0", hardware="h100", context=8192)
+    v = r["hardware"][0]
+    assert v["fits"] and v["devices_needed"] == 1
+    assert r["weight_bytes"] == (sum(int(np.prod(s)) for s in minimoe.params.param_shapes(
+        minimoe.Config.preset("llama-4-scout")).values() if len(s) > 1) // 32 * 18
+        + 4 * (48 * 2 + 1) * 5120)                                  # matrices q4_0, norms fp32
+    assert estimate("llama-4-scout", dtype="bf16", hardware="h100")["hardware"][0]["devices_needed"] == 3
+    # the 12 NoPE layers' cache grows with the context until it no longer fits
+    assert estimate("llama-4-scout", dtype="q4_0", hardware="h100", context=131072)["hardware"][0]["fits"]
+    assert not estimate("llama-4-scout", dtype="q4_0", hardware="h100", context=262144)["hardware"][0]["fits"]
+
+
+def test_qwen3_next_on_a_64_gb_laptop():
+    """4 bits fit in 64 GB, even at its full 262,144-token context (the KV cache of its 12 attention
+    layers is then 6.4 GB, the state 78 MB); 8 bits don't. At 8k tokens a token reads 2.0 GB of
+    weights, 0.2 GB of KV cache and 0.16 GB of state (read and written), so 89.6 GB/s of DDR5 bounds
+    decoding at 38 tokens/s; at 262k the 6.4 GB of KV cache it reads brings that down to 10."""
+    r = estimate("qwen3-next-80b-a3b", dtype="q4_0", hardware="laptop-64gb", context=262144)
+    v = r["hardware"][0]
+    assert v["fits"] and r["memory_bytes"] < 64e9
+    assert r["kv_cache_bytes"] == 6_442_450_944
+    assert v["decode_tokens_per_s_upper"] == pytest.approx(89.6e9 / r["bytes_per_token"])
+    assert round(v["decode_tokens_per_s_upper"]) == 10
+    short = estimate("qwen3-next-80b-a3b", dtype="q4_0", hardware="laptop-64gb", context=8192)
+    assert round(short["hardware"][0]["decode_tokens_per_s_upper"]) == 38
+    assert not estimate("qwen3-next-80b-a3b", dtype="q8_0", hardware="laptop-64gb")["hardware"][0]["fits"]
+
+
+def test_config_json_of_each_new_family_through_the_cli(tmp_path, capsys):
+    for key in ("kimi-k2", "llama-4-scout", "qwen3-next-80b-a3b", "glm-4.5-air", "deepseek-v2-lite",
+                "granite-3.1-3b-a800m", "phi-3.5-moe", "mixtral-8x22b-instruct"):
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps(HF[key]["config"]))
+        assert main(["estimate", str(path), "--json"]) == 0
+        r = json.loads(capsys.readouterr().out)
+        assert r["total_params"] == HF[key]["total"], key
+    assert main(["estimate", "glm-4.5", "--with-mtp", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["with_mtp"] and r["total_params"] == HF["glm-4.5"]["total"] + HF["glm-4.5"]["mtp"]
+    assert main(["estimate", "qwen3-next-80b-a3b"]) == 0
+    out = capsys.readouterr().out
+    assert "recurrent state of the linear-attention layers: 77,856,768 bytes" in out
+    assert main(["estimate", "glm-4.5"]) == 0
+    out = capsys.readouterr().out
+    assert "MTP layers (1): 3,988,069,632 parameters" in out and "--with-mtp" in out
+    assert "published total 355B: total + MTP - embedding - head -- the MTP layer explains the gap" in out
+
+
+def test_new_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="both sliding and chunked"):
+        minimoe.Config(n_layers=2, sliding_window=4, attention_chunk_size=8)
+    with pytest.raises(ConfigError, match="linear_num_key_heads must be a positive integer"):
+        minimoe.Config(n_layers=2, linear_layers=[0])
+    with pytest.raises(ConfigError, match="chunked_layers is set but attention_chunk_size is 0"):
+        minimoe.Config(n_layers=2, chunked_layers=[1])
+    with pytest.raises(ConfigError, match="config.json: missing field 'text_config'"):
+        config_from_hf({"model_type": "llama4"}, "config.json")
+    with pytest.raises(ConfigError, match="missing field 'num_experts_per_tok'"):
+        config_from_hf({"model_type": "deepseek_v2"}, "config.json")
+    with pytest.raises(ConfigError, match="layer_types must be a list of num_hidden_layers=4"):
+        config_from_hf({"model_type": "qwen3_next", "num_hidden_layers": 4, "layer_types": ["full_attention"]})
+    # what minimoe's Model would not run is named
+    qwen3_next = minimoe.Config.preset("qwen3-next-80b-a3b")
+    assert qwen3_next.estimator_only() == [f"linear_layers={qwen3_next.linear_layers!r}", "attn_output_gate=True"]
+    assert minimoe.Config.preset("phi-3.5-moe").estimator_only() == [
+        "norm='layernorm'", "head_bias=True", "router='sparsemixer'"]
+    assert minimoe.Config.preset("glm-4.5").estimator_only() == ["n_mtp_layers=1"]
+    assert minimoe.Config.preset("mixtral-8x7b").estimator_only() == []

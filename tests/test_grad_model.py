@@ -2,8 +2,8 @@
 every parameter's gradient of cross-entropy + coef_aux * load-balancing + coef_z * z-loss.
 
 Covers dense and MoE models; top-1, top-2 and top-k = E; the three router rules; both
-load-balancing forms; tied and untied embeddings; and the attention extras (GQA, biases, sinks,
-sliding windows, q/k norms).
+load-balancing forms; tied and untied embeddings; the attention extras (GQA, biases, sinks,
+sliding windows, q/k norms); and DeepSeek's latent attention with group-limited routing.
 """
 import numpy as np
 import pytest
@@ -31,6 +31,15 @@ CASES = {
                          sliding_layers=[0], ffn_act="swiglu_oai", swiglu_limit=7.0),
     "qk-norm-head": dict(n_experts=4, top_k=2, d_expert=8, qk_norm="head"),
     "qk-norm-full": dict(qk_norm="full"),
+    "deepseek-v3-like": dict(n_kv_heads=4, head_dim=6, attention="mla", q_lora_rank=8, kv_lora_rank=6,
+                             qk_rope_head_dim=2, qk_nope_head_dim=4, v_head_dim=5, rope_interleave=True,
+                             n_experts=8, top_k=2, d_expert=8, dense_layers=[0], n_shared_experts=1,
+                             router="sigmoid_topk", router_scale=2.5, router_groups=4, router_topk_groups=2,
+                             router_correction_bias=True),
+    "deepseek-v2-like": dict(n_kv_heads=4, head_dim=6, attention="mla", kv_lora_rank=6, qk_rope_head_dim=2,
+                             qk_nope_head_dim=4, v_head_dim=5, rope_interleave=True, n_experts=8, top_k=3,
+                             d_expert=8, n_shared_experts=2, router_renorm=False, router_scale=4.0,
+                             router_groups=4, router_topk_groups=3),
 }
 
 

@@ -150,3 +150,61 @@ def test_bad_tokens_give_clear_errors():
         m(np.array([1.0, 2.0]))
     with pytest.raises(minimoe.MinimoeError, match="non-empty"):
         m(np.zeros((0,), dtype=int))
+
+
+def test_a_breakpoint_on_the_routing_line_is_hit_for_every_generated_token():
+    """The student's breakpoint: generate() with a KV cache runs the same nn/ code as a forward
+    pass, so the routing line of nn/router.py runs once per MoE layer for the prompt and once per
+    MoE layer for every new token, on the default (numba) backend."""
+    import inspect
+    import sys
+
+    from minimoe.nn import router
+    src, first = inspect.getsourcelines(router.forward)
+    line = first + next(i for i, text in enumerate(src) if "= SELECT(" in text)
+    cfg = Config.preset("tiny-moe")
+    model = Model(cfg, seed=0)
+    hits = []
+
+    def tracer(frame, event, arg):
+        if frame.f_code is router.forward.__code__:
+            def local(frame, event, arg):
+                if event == "line" and frame.f_lineno == line:
+                    hits.append(frame.f_locals["x"].shape[0])      # the tokens routed at this stop
+                return local
+            return local
+        return None
+
+    prompt, new = np.array([3, 1, 4, 1, 5]), 6
+    sys.settrace(tracer)
+    try:
+        out = model.generate(prompt, new)
+    finally:
+        sys.settrace(None)
+    n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
+    assert minimoe.get_backend() == "numba" and len(out) == len(prompt) + new
+    # the prompt (5 tokens) in each MoE layer, then one token per layer for each of the 5 steps
+    # that feed a new token back (the 6th new token is sampled from the 5th step's logits)
+    assert hits == [len(prompt)] * n_moe + [1] * (n_moe * (new - 1))
+
+
+@pytest.mark.parametrize("recipe", ["fp32", "q4_0"])
+def test_replacing_a_weight_takes_effect_at_the_next_call(recipe):
+    cfg = Config(**VARIANTS["moe"])
+    model = noisy_model(cfg)
+    if recipe != "fp32":
+        model = minimoe.quantize(model, recipe)
+    tokens = np.arange(7) % cfg.vocab_size
+    before, gen_before = model(tokens), model.generate(tokens, 6)
+    rng = np.random.default_rng(5)
+    for name in ("layers.1.attn.q.weight", "layers.0.moe.experts.up", "norm.weight"):
+        new = rng.normal(0, 0.5, model.params[name].shape).astype(np.float32)
+        model.params[name] = new if recipe == "fp32" or name == "norm.weight" else minimoe.quant.quantize(new, recipe)
+    after = model(tokens)
+    fresh = Model(cfg, params=dict(model.params))                 # the oracle: a model built from these arrays
+    np.testing.assert_array_equal(after, fresh(tokens))
+    assert np.abs(after - before).max() > 1e-2
+    kv = model.new_kv_cache(1)                                     # the decode path reads them too
+    model.forward(tokens[:4], kv)
+    step = model.forward(tokens[4:5], kv)[0]
+    np.testing.assert_allclose(step[0], after[4], rtol=1e-5, atol=1e-5)

@@ -30,7 +30,9 @@ import numpy as np
 from numba import njit, prange
 
 from minimoe.bench.timing import best_time, machine_info
-from minimoe.kernels.backend import twin
+from minimoe.kernels.backend import configure_numba, twin
+
+configure_numba()
 
 GB = 1e9
 

@@ -68,6 +68,9 @@ def machine_info() -> dict:
     except OSError:
         pass
     import numba
+
+    from minimoe.kernels.backend import configure_numba
+    configure_numba()                                    # before get_num_threads starts Numba's pool
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
                                       "OMP_NUM_THREADS", "NUMBA_NUM_THREADS") if k in os.environ}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

@@ -4,6 +4,7 @@
     minimoe bench kernels [--json]        fused 4/8-bit GEMV and GEMM against float32 BLAS
     minimoe bench decode --preset NAME    prefill and decode tokens/s per recipe and backend
     minimoe bench moe-scaling [--plot F]  time per token as the expert count grows
+    minimoe bench load                    prefill and decode with another program competing, against quiet
 
 Every subcommand prints a table, or with --json one JSON object on stdout (progress goes to stderr).
 """
@@ -58,6 +59,13 @@ def add_parser(sub):
     s.add_argument("--new-tokens", type=int_arg(lo=1), default=64)
     s.add_argument("--plot", default="moe_scaling.png", metavar="PNG", help="where to save the plot ('' for none)")
     s.set_defaults(func=run_scaling)
+
+    ld = bs.add_parser("load", help="prefill and decode per call, quiet against a busy core and a training run")
+    ld.add_argument("--presets", default="shakespeare-moe,mixtral-mini", help="comma-separated presets")
+    ld.add_argument("--competitors", default="quiet,busy,train", help="comma-separated: quiet, busy, train")
+    ld.add_argument("--calls", type=int, default=40, help="timed calls per op and competitor (default 40)")
+    ld.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ld.set_defaults(func=run_load)
 
     for q in (m, k, d, s):
         q.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -132,3 +140,15 @@ def run_scaling(args) -> int:
     if args.plot:
         r["plot"] = scaling.plot(r, args.plot)
     return _emit(args, r, scaling.format_report)
+
+
+def run_load(args) -> int:
+    from minimoe.bench.load import COMPETITORS, bench_load, format_load
+    competitors = _list(args.competitors)
+    bad = [c for c in competitors if c not in COMPETITORS]
+    if bad or not competitors:
+        raise MinimoeError(f"--competitors takes {', '.join(COMPETITORS)}, found {args.competitors!r}")
+    if args.calls < 1:
+        raise MinimoeError(f"--calls must be >= 1, found {args.calls}")
+    report = bench_load(_list(args.presets), competitors, args.calls)
+    return _emit(args, report, format_load)

@@ -2,7 +2,8 @@
 
     minimoe estimate gpt-oss-120b --recipe experts-mxfp4 --hardware h100
     minimoe estimate --config path/to/config.json --dtype q4_0 --context 32768 --json
-    minimoe estimate --compare
+    minimoe estimate --compare                     # every preset, then each lab's figures beside ours
+    minimoe estimate glm-4.5 --with-mtp            # count the MTP layer the checkpoint stores
     minimoe estimate gpt-oss-120b --plot memory.png
 """
 from __future__ import annotations
@@ -33,8 +34,13 @@ def add_parser(sub):
     p.add_argument("--hardware", metavar="NAME", help=f"one device: {', '.join(HARDWARE)} (default: all)")
     p.add_argument("--memory-gb", type=float_arg(lo=0, lo_open=True), metavar="GB", help="a custom device's memory")
     p.add_argument("--bandwidth-gbs", type=float_arg(lo=0, lo_open=True), metavar="GB/S", help="a custom device's bandwidth")
+    p.add_argument("--with-mtp", action="store_true",
+                   help="count the multi-token-prediction layers the checkpoint stores (DeepSeek-V3, "
+                        "GLM-4.5) in the parameters, weights, KV cache and FLOPs")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
-    p.add_argument("--compare", action="store_true", help="print a table of every preset")
+    p.add_argument("--compare", action="store_true",
+                   help="print a table of every preset, then each lab's published figures beside ours "
+                        "with the convention that reproduces each")
     p.add_argument("--plot", metavar="FILE", help="draw memory per precision against each device's memory")
     p.set_defaults(func=run)
 
@@ -50,18 +56,19 @@ def run(args) -> int:
             raise MinimoeError("--compare tabulates every preset; leave out NAME and --config")
         if args.json:
             out = {n: est.estimate(n, dtype=args.dtype, recipe=args.recipe, context=args.context,
-                                   batch=args.batch, hardware="h100")
+                                   batch=args.batch, hardware="h100", with_mtp=args.with_mtp)
                    for n in est.compare_names()}
             print(json.dumps(out, indent=1))
         else:
-            print(est.compare(dtype=args.dtype, recipe=args.recipe, context=args.context))
+            print(est.compare(dtype=args.dtype, recipe=args.recipe, context=args.context,
+                              with_mtp=args.with_mtp))
         return 0
     if not target:
         raise MinimoeError("name a model: a preset (e.g. gpt-oss-120b), a config.json, a checkpoint "
                            "folder, or --config PATH; or use --compare")
     r = est.estimate(target, dtype=args.dtype, recipe=args.recipe, context=args.context,
                      batch=args.batch, hardware=args.hardware, memory_gb=args.memory_gb,
-                     bandwidth_gbs=args.bandwidth_gbs, kv_dtype=args.kv_dtype)
+                     bandwidth_gbs=args.bandwidth_gbs, kv_dtype=args.kv_dtype, with_mtp=args.with_mtp)
     if args.plot:
         devices = None
         if args.hardware or args.memory_gb or args.bandwidth_gbs:

@@ -3,7 +3,8 @@ from the architecture alone. Every number is a sum a student can redo by hand; d
 writes each formula out.
 
 Shape legend: B batch, T time, C d_model, H heads, G kv heads, D head dim, F ffn width,
-E experts, K top-k, V vocab, L keys a query attends to (the context, capped by a sliding window).
+E experts, K top-k, V vocab, L keys a query attends to (the context, capped by a sliding window
+or an attention chunk); linear attention: Hk key heads of Dk, Hv value heads of Dv.
 
     result = estimate("gpt-oss-120b", recipe="experts-mxfp4")
     result["total_params"]                116,829,156,672
@@ -18,9 +19,12 @@ What counts as "active" (minimoe.params.count_params is the one counter):
                                  row per token), not multiplied. The output head stays in (every
                                  token multiplies by all of it; a tied table stays in for that reason).
                                  2 x this is the matmul part of the FLOPs per token.
-Published figures use one or the other: gpt-oss (5.1B, 3.6B) and DeepSeek-V3 (37B) quote
-active_params_non_embedding; Mixtral (12.9B, 39.2B), Qwen3 (3.3B, 22B) and OLMoE (1.3B) quote
-active_params. tests/test_estimate.py checks each against the quantity it quotes.
+Published figures use these and other conventions (without the head too, with an MTP layer):
+minimoe.inspect.published names, for each lab's figure, the convention that reproduces it.
+
+Multi-token-prediction (MTP) layers, which DeepSeek-V3 and GLM-4.5 checkpoints store but
+transformers' model does not build, are reported apart (mtp_params); with_mtp=True adds them to
+every count, the weights, the KV cache and the FLOPs.
 
 Weight formats (bytes for a tensor of shape (..., n), with rows = prod of the leading dims):
     fp32 4, bf16/fp16 2 bytes per weight                     rows * n * bytes
@@ -42,7 +46,7 @@ import numpy as np
 from minimoe.config import Config, ConfigError
 from minimoe.errors import MinimoeError
 from minimoe.inspect.hardware import HARDWARE, Hardware, get_hardware
-from minimoe.params import COMPONENTS, component, count_params, param_shapes
+from minimoe.params import COMPONENTS, component, count_params, param_shapes, role
 
 
 class EstimateError(MinimoeError, ValueError):
@@ -152,12 +156,13 @@ def is_vector(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) == 1 or name.endswith(("bias", ".sinks"))
 
 
-def weight_plan(cfg: Config, rules: dict[str, str]) -> dict[str, dict]:
-    """name -> {shape, component, fmt, bytes, fallback}: where every parameter's bytes come from."""
+def weight_plan(cfg: Config, rules: dict[str, str], with_mtp: bool = False) -> dict[str, dict]:
+    """name -> {shape, component, fmt, bytes, fallback}: where every parameter's bytes come from.
+    A tensor takes the format of the part it plays (an MTP layer's experts are experts)."""
     plan = {}
-    for name, shape in param_shapes(cfg).items():
+    for name, shape in param_shapes(cfg, with_mtp).items():
         c = component(name)
-        fmt = rules["vectors"] if is_vector(name, shape) else rules.get(c, rules["default"])
+        fmt = rules["vectors"] if is_vector(name, shape) else rules.get(role(name), rules["default"])
         fallback = None
         if fmt in BLOCK_FORMATS and shape[-1] % BLOCK_FORMATS[fmt][0]:
             fallback = (f"last axis {shape[-1]} is not a multiple of {BLOCK_FORMATS[fmt][0]}: "
@@ -172,18 +177,21 @@ def touched_bytes(cfg: Config, name: str, entry: dict) -> int:
     """Bytes of this parameter one decoded token reads (batch 1).
 
     embedding (untied): one row of V, read by a lookup        1 * C values
-    routed experts (E, ...): the K chosen experts              K/E of the bytes
+    routed experts (E, ...): the K chosen experts              K/E of the bytes (an MTP layer's too)
     everything else (the head and a tied table too): all of it
     """
     shape, fmt = entry["shape"], entry["fmt"]
     if name == "embed.weight" and not cfg.tie_embeddings:
         return tensor_bytes((1, shape[1]), fmt)
-    if entry["component"] == "experts":
+    if role(name) == "experts":
         return entry["bytes"] // cfg.n_experts * cfg.top_k
     return entry["bytes"]
 
 
-# --- KV cache and attention ------------------------------------------------------------------------
+# --- KV cache, linear-attention state and attention FLOPs ------------------------------------------
+STATE_BYTES = 4   # linear attention's recurrent state S stays float32 (as transformers keeps it)
+
+
 def kv_values_per_token(cfg: Config) -> int:
     """Values one layer caches per token: 2*G*D (K and V), or MLA's latent kv_lora_rank + rope dim."""
     if cfg.attention == "mla":
@@ -191,16 +199,58 @@ def kv_values_per_token(cfg: Config) -> int:
     return 2 * cfg.n_kv_heads * cfg.head_dim
 
 
-def keys_attended(cfg: Config, layer: int, context: int) -> int:
-    """L: how many cached keys a query at position `context` sees (itself included)."""
-    w = cfg.window(layer)
+def attention_layers(cfg: Config, with_mtp: bool = False) -> list[int]:
+    """The layers that keep a KV cache: all but the linear-attention ones (with_mtp: the MTP layers
+    too, numbered after the model's)."""
+    n = cfg.n_layers + (cfg.n_mtp_layers if with_mtp else 0)
+    return [i for i in range(n) if not cfg.is_linear_layer(i)]
+
+
+def keys_kept(cfg: Config, layer: int, context: int) -> int:
+    """L: the tokens of K and V a layer holds while the query at position `context` attends (itself
+    included): the context, capped by a sliding window or an attention chunk (a chunked layer must
+    hold a whole chunk when the query is the chunk's last token)."""
+    w = cfg.window(layer) or cfg.chunk(layer)
     return min(context, w) if w else context
 
 
-def kv_cache_bytes(cfg: Config, context: int, batch: int = 1, kv_dtype: str = "bf16") -> int:
-    """sum over layers of  batch * L_layer * values_per_token * bytes  (L capped by the window)."""
+def keys_attended(cfg: Config, layer: int, context: int) -> int:
+    """The keys the query at position `context` scores against (itself included): the last `window`
+    on a sliding layer; only those of its own chunk on a chunked one, (context - 1) % chunk + 1."""
+    c = cfg.chunk(layer)
+    return (context - 1) % c + 1 if c else keys_kept(cfg, layer, context)
+
+
+def kv_cache_bytes(cfg: Config, context: int, batch: int = 1, kv_dtype: str = "bf16",
+                   with_mtp: bool = False) -> int:
+    """sum over attention layers of  batch * L_layer * values_per_token * bytes  (L capped by the
+    window or chunk; a linear-attention layer keeps no KV cache)."""
     per = kv_values_per_token(cfg) * FLOAT_BYTES[kv_dtype]
-    return batch * per * sum(keys_attended(cfg, i, context) for i in range(cfg.n_layers))
+    return batch * per * sum(keys_kept(cfg, i, context) for i in attention_layers(cfg, with_mtp))
+
+
+def kv_bytes_read(cfg: Config, context: int, kv_dtype: str = "bf16", with_mtp: bool = False) -> int:
+    """Bytes of K and V the query at position `context` reads (one sequence): its attended keys."""
+    per = kv_values_per_token(cfg) * FLOAT_BYTES[kv_dtype]
+    return per * sum(keys_attended(cfg, i, context) for i in attention_layers(cfg, with_mtp))
+
+
+def linear_state_values(cfg: Config) -> tuple[int, int]:
+    """(conv, S): values one linear-attention layer keeps per sequence, however long the context.
+
+    conv  the last K_conv inputs of its causal convolution over q, k and v, which it needs to
+          convolve the next token: (2*Hk*Dk + Hv*Dv) * K_conv
+    S     the gated delta rule's memory, one Dk x Dv matrix per value head: Hv * Dk * Dv
+    """
+    Hk, Hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+    Dk, Dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
+    return (2 * Hk * Dk + Hv * Dv) * cfg.linear_conv_kernel, Hv * Dk * Dv
+
+
+def linear_state_bytes(cfg: Config, batch: int = 1, kv_dtype: str = "bf16") -> int:
+    """batch * linear layers * (conv * bytes(kv_dtype) + S * 4): constant in the context."""
+    conv, S = linear_state_values(cfg)
+    return batch * len(cfg.linear_layers) * (conv * FLOAT_BYTES[kv_dtype] + S * STATE_BYTES)
 
 
 def attention_flops_per_key(cfg: Config) -> int:
@@ -217,20 +267,44 @@ def attention_flops_per_key(cfg: Config) -> int:
     return 4 * H * cfg.head_dim
 
 
-def _sum_keys(n: int, w: int) -> int:
-    """sum over t = 1..n of min(t, w) (w = 0: no window): keys seen across a prompt of n tokens."""
+def linear_flops_per_token(cfg: Config) -> int:
+    """FLOPs one token spends in one linear-attention layer beyond its projections (which are in
+    2 * active params), counted in the recurrent form:
+
+    convolution   each of the 2*Hk*Dk + Hv*Dv channels over K_conv taps      2 * channels * K_conv
+    delta rule    per value head, on its Dk x Dv state S:
+                  decay S <- g*S (Dk*Dv), recall u = S^T k (2*Dk*Dv),
+                  write S <- S + k (beta*(v - u))^T (2*Dk*Dv), read o = S^T q (2*Dk*Dv)
+                                                                           7 * Hv * Dk * Dv
+    """
+    if not cfg.linear_layers:
+        return 0
+    conv, S = linear_state_values(cfg)
+    return 2 * conv + 7 * S
+
+
+def _sum_keys(n: int, w: int, chunk: int = 0) -> int:
+    """Keys seen across a prompt of n tokens: sum over t = 1..n of min(t, w) (w = 0: no window),
+    or with chunks, of (t - 1) % chunk + 1."""
+    if chunk:
+        full, rest = divmod(n, chunk)
+        return full * chunk * (chunk + 1) // 2 + rest * (rest + 1) // 2
     if not w or n <= w:
         return n * (n + 1) // 2
     return w * (w + 1) // 2 + (n - w) * w
 
 
-def flops(cfg: Config, counts: dict, context: int) -> dict:
-    """FLOPs per token: decode at `context`, and prefill of a `context`-token prompt (per token)."""
+def flops(cfg: Config, counts: dict, context: int, with_mtp: bool = False) -> dict:
+    """FLOPs per token: decode at `context`, and prefill of a `context`-token prompt (per token).
+    The token-mixing terms ("attention") include the linear-attention layers' recurrence."""
     matmul = 2 * counts["active_non_embedding"]
-    a = attention_flops_per_key(cfg)
-    decode_attn = sum(a * keys_attended(cfg, i, context) for i in range(cfg.n_layers))
-    prefill_attn_total = sum(a * _sum_keys(context, cfg.window(i)) for i in range(cfg.n_layers))
-    return {"matmul": matmul, "attention_per_key_per_layer": a,
+    a, layers = attention_flops_per_key(cfg), attention_layers(cfg, with_mtp)
+    linear = len(cfg.linear_layers) * linear_flops_per_token(cfg)
+    decode_attn = sum(a * keys_attended(cfg, i, context) for i in layers) + linear
+    prefill_attn_total = (sum(a * _sum_keys(context, cfg.window(i), cfg.chunk(i)) for i in layers)
+                          + linear * context)
+    return {"matmul": matmul, "attention_per_key_per_layer": a, "linear_per_token_per_layer":
+            linear_flops_per_token(cfg),
             "decode": matmul + decode_attn, "decode_attention": decode_attn,
             "prefill": matmul + prefill_attn_total / context,
             "prefill_attention": prefill_attn_total / context,
@@ -312,7 +386,7 @@ def _model_plan(model) -> dict[str, dict]:
 def estimate(target, *, dtype: str | None = None, recipe=None, context: int = DEFAULT_CONTEXT,
              batch: int = 1, hardware: str | None = None, memory_gb: float | None = None,
              bandwidth_gbs: float | None = None, kv_dtype: str = "bf16",
-             overhead: float = OVERHEAD_FRACTION) -> dict:
+             overhead: float = OVERHEAD_FRACTION, with_mtp: bool = False) -> dict:
     """Parameters, weight bytes, KV cache, FLOPs and hardware verdicts for a model.
 
     target    a preset name ("gpt-oss-120b"), a config.json path (minimoe or Hugging Face), a
@@ -324,6 +398,9 @@ def estimate(target, *, dtype: str | None = None, recipe=None, context: int = DE
     batch     sequences held in the KV cache at once
     hardware  a name from minimoe.inspect.hardware.HARDWARE; memory_gb + bandwidth_gbs describe a
               custom device; with none of the three, every device in the table gets a verdict
+    with_mtp  count the config's multi-token-prediction layers as part of the model (their weights,
+              their KV cache, their FLOPs): the released checkpoints store them. Without it they
+              are reported apart (mtp_params, mtp_weight_bytes)
     """
     for what, v in (("context", context), ("batch", batch)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -332,30 +409,37 @@ def estimate(target, *, dtype: str | None = None, recipe=None, context: int = DE
         raise EstimateError(f"overhead must be a fraction such as 0.1, found {overhead!r}")
     kv_dtype = canonical_format(kv_dtype, KV_FORMATS, "kv_dtype")
     cfg, source, model, stored = resolve(target)
-    counts = model.param_counts() if model is not None else count_params(cfg)
+    if model is not None and with_mtp:
+        raise EstimateError("with_mtp adds the MTP layers a config declares; a loaded minimoe Model "
+                            "holds its arrays and no MTP layer (estimate its config instead)")
+    counts = model.param_counts() if model is not None else count_params(cfg, with_mtp)
 
     if model is not None and dtype is None and recipe is None:
-        label, rules, plan = "as loaded", None, _model_plan(model)
+        label, rules, plan, mtp_plan = "as loaded", None, _model_plan(model), {}
     else:
         label, rules = get_recipe(dtype, recipe)
-        plan = weight_plan(cfg, rules)
+        full = weight_plan(cfg, rules, with_mtp=True)
+        mtp_plan = {n: e for n, e in full.items() if e["component"] == "mtp"}
+        plan = full if with_mtp else {n: e for n, e in full.items() if n not in mtp_plan}
     weight_bytes = sum(e["bytes"] for e in plan.values())
-    by_precision = {p: sum(e["bytes"] for e in weight_plan(cfg, get_recipe(recipe=p)[1]).values())
+    by_precision = {p: sum(e["bytes"] for e in weight_plan(cfg, get_recipe(recipe=p)[1], with_mtp).values())
                     for p in PRECISIONS}
     bytes_by_component = {c: 0 for c in COMPONENTS}
     for e in plan.values():
         bytes_by_component[e["component"]] += e["bytes"]
 
-    kv = kv_cache_bytes(cfg, context, batch, kv_dtype)
-    overhead_bytes = int(round(overhead * (weight_bytes + kv)))
-    need = weight_bytes + kv + overhead_bytes
+    kv = kv_cache_bytes(cfg, context, batch, kv_dtype, with_mtp)
+    state = linear_state_bytes(cfg, batch, kv_dtype)
+    overhead_bytes = int(round(overhead * (weight_bytes + kv + state)))
+    need = weight_bytes + kv + state + overhead_bytes
     touched_by_component = {c: 0 for c in COMPONENTS}
     for n, e in plan.items():
         touched_by_component[e["component"]] += touched_bytes(cfg, n, e)
     weights_per_token = sum(touched_by_component.values())
-    kv_read = kv_cache_bytes(cfg, context, 1, kv_dtype)
-    per_token = weights_per_token + kv_read
-    f = flops(cfg, counts, context)
+    kv_read = kv_bytes_read(cfg, context, kv_dtype, with_mtp)
+    state_traffic = 2 * linear_state_bytes(cfg, 1, kv_dtype)     # S is read and written back per token
+    per_token = weights_per_token + kv_read + state_traffic
+    f = flops(cfg, counts, context, with_mtp)
 
     if hardware is None and memory_gb is None and bandwidth_gbs is None:
         devices = list(HARDWARE.values())
@@ -371,18 +455,23 @@ def estimate(target, *, dtype: str | None = None, recipe=None, context: int = DE
         "embedding_params": counts["embedding"],
         "params_by_component": {c: {"total": counts["by_component"][c],
                                     "active": counts["active_by_component"][c]} for c in COMPONENTS},
+        "with_mtp": with_mtp, "mtp_layers": cfg.n_mtp_layers,
+        "mtp_params": counts["mtp"], "mtp_active_params": counts["mtp_active"],
         "precision": label, "recipe": rules,
         "weight_bytes": weight_bytes,
         "weight_bytes_by_component": bytes_by_component,
         "weight_bytes_by_precision": by_precision,
+        "mtp_weight_bytes": sum(e["bytes"] for e in mtp_plan.values()),
         "not_quantized": {n: e["fallback"] for n, e in plan.items() if e["fallback"]},
         "context": context, "batch": batch, "kv_dtype": kv_dtype,
         "kv_cache_bytes": kv,
+        "recurrent_state_bytes": state,
         "overhead_fraction": overhead, "overhead_bytes": overhead_bytes,
         "memory_bytes": need,
         "bytes_per_token": per_token, "weight_bytes_per_token": weights_per_token,
         "weight_bytes_per_token_by_component": touched_by_component,
         "kv_bytes_per_token_read": kv_read,
+        "recurrent_state_bytes_per_token": state_traffic,
         "flops_per_token": {"decode": f["decode"], "prefill": f["prefill"], "matmul": f["matmul"],
                             "decode_attention": f["decode_attention"],
                             "prefill_attention": f["prefill_attention"],
@@ -394,6 +483,10 @@ def estimate(target, *, dtype: str | None = None, recipe=None, context: int = DE
             e.get("actual_bytes", e["bytes"]) for e in plan.values()) if rules is None else None
     if stored is not None:
         result["stored_weight_bytes"] = stored
+    if source.startswith("preset "):
+        from minimoe.inspect.published import reproduce
+        result["published"] = [{k: v for k, v in row.items() if k != "ours"}
+                               for row in reproduce(source.split(" ", 1)[1], cfg)]
     result["formulas"] = formulas(cfg, result, f)
     return result
 
@@ -413,6 +506,15 @@ def verdict(hw: Hardware, need: int, per_token: int) -> dict:
             "decode_tokens_per_s_upper": hw.bandwidth_gbs * 1e9 / per_token, "note": hw.note}
 
 
+def _layer_sum(cfg: Config, keys, context: int, with_mtp: bool) -> str:
+    """'18*8,192 + 18*128': the attention layers grouped by how many keys `keys` gives them."""
+    count: dict[int, int] = {}
+    for i in attention_layers(cfg, with_mtp):
+        L = keys(cfg, i, context)
+        count[L] = count.get(L, 0) + 1
+    return " + ".join(f"{n}*{L:,}" for L, n in sorted(count.items(), reverse=True)) or "0"
+
+
 def formulas(cfg: Config, r: dict, f: dict) -> dict[str, str]:
     """The arithmetic behind the headline numbers, written out with this model's values."""
     H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -423,30 +525,42 @@ def formulas(cfg: Config, r: dict, f: dict) -> dict[str, str]:
     else:
         per = f"2*G*D = 2*{G}*{D}"
         attn = f"4*H*D = 4*{H}*{D} = {f['attention_per_key_per_layer']:,}"
-    keys: dict[int, int] = {}      # L -> how many layers attend to L keys
-    for i in range(cfg.n_layers):
-        L = keys_attended(cfg, i, r["context"])
-        keys[L] = keys.get(L, 0) + 1
-    layers_keys = " + ".join(f"{n}*{L:,}" for L, n in sorted(keys.items(), reverse=True))
-    return {
+    ctx, mtp, nbytes = r["context"], r["with_mtp"], FLOAT_BYTES[r["kv_dtype"]]
+    kept, attended = _layer_sum(cfg, keys_kept, ctx, mtp), _layer_sum(cfg, keys_attended, ctx, mtp)
+    linear = ""
+    if cfg.linear_layers:
+        n = len(cfg.linear_layers)
+        linear = f" + {n} linear layers * {f['linear_per_token_per_layer']:,}"
+    out = {
         "weights": "sum over tensors of rows*n*bytes (float) or rows*(n/32)*block_bytes (blocks)",
-        "kv_cache": (f"batch * (sum over layers of L) * {per} values * {FLOAT_BYTES[r['kv_dtype']]} bytes "
-                     f"= {r['batch']} * ({layers_keys}) * {kv_values_per_token(cfg)} * "
-                     f"{FLOAT_BYTES[r['kv_dtype']]} = {r['kv_cache_bytes']:,} bytes "
-                     f"(L = keys a layer keeps: the context, or its sliding window)"),
-        "overhead": f"{r['overhead_fraction']:g} * (weights + KV cache) = {r['overhead_bytes']:,} bytes",
-        "flops_decode": (f"2 * active_non_embedding + ({attn}) * sum over layers of L = "
+        "kv_cache": (f"batch * (sum over attention layers of L) * {per} values * {nbytes} bytes "
+                     f"= {r['batch']} * ({kept}) * {kv_values_per_token(cfg)} * "
+                     f"{nbytes} = {r['kv_cache_bytes']:,} bytes "
+                     f"(L = keys a layer keeps: the context, or its sliding window or chunk)"),
+        "overhead": (f"{r['overhead_fraction']:g} * (weights + KV cache + recurrent state) "
+                     f"= {r['overhead_bytes']:,} bytes"),
+        "flops_decode": (f"2 * active_non_embedding + ({attn}) * sum over layers of L{linear} = "
                          f"2 * {r['active_params_non_embedding']:,} + {f['attention_per_key_per_layer']:,}"
-                         f" * ({layers_keys}) = {f['decode']:,} FLOPs per token at context "
-                         f"{r['context']:,}"),
+                         f" * ({attended}){linear} = {f['decode']:,} FLOPs per token at context "
+                         f"{ctx:,}"),
         "flops_prefill": (f"2 * active_non_embedding + (per-key FLOPs) * (sum over layers and prompt "
-                          f"positions t of min(t, window)) / context = {f['prefill']:,.0f} FLOPs "
-                          f"per token for a {r['context']:,}-token prompt"),
+                          f"positions t of the keys t attends to) / context{linear} = "
+                          f"{f['prefill']:,.0f} FLOPs per token for a {ctx:,}-token prompt"),
         "decode_bound": ("tokens/s <= bandwidth / bytes per token; bytes per token = touched weights "
                          f"({r['weight_bytes_per_token']:,}: non-expert weights, K/E of the experts, one "
-                         f"embedding row) + the KV cache of one sequence ({r['kv_bytes_per_token_read']:,})"
-                         f" = {r['bytes_per_token']:,}"),
+                         f"embedding row) + the KV cache the token attends to ({r['kv_bytes_per_token_read']:,})"
+                         + (f" + the recurrent state read and written ({r['recurrent_state_bytes_per_token']:,})"
+                            if cfg.linear_layers else "")
+                         + f" = {r['bytes_per_token']:,}"),
     }
+    if cfg.linear_layers:
+        conv, S = linear_state_values(cfg)
+        out["recurrent_state"] = (
+            f"batch * linear layers * (conv window (2*Hk*Dk + Hv*Dv)*K_conv * {nbytes} bytes + "
+            f"S Hv*Dk*Dv * {STATE_BYTES} bytes) = {r['batch']} * {len(cfg.linear_layers)} * "
+            f"({conv:,} * {nbytes} + {S:,} * {STATE_BYTES}) = {r['recurrent_state_bytes']:,} bytes, "
+            f"whatever the context")
+    return out
 
 
 # --- printing ----------------------------------------------------------------------------------------
@@ -464,8 +578,8 @@ def _g(x: float) -> str:
 
 
 def _b(n: int) -> str:
-    """A parameter count as 116.83B / 5.13B / 800.0K."""
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    """A parameter count as 1.03T / 116.83B / 5.13B / 800.00K."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if n >= div:
             return f"{n / div:.2f}{unit}"
     return str(n)
@@ -481,7 +595,19 @@ def report(r: dict) -> str:
             lines.append(f"  {c:<15} {v['total']:>17,} {v['active']:>17,}")
     lines += [f"  {'all':<15} {r['total_params']:>17,} {r['active_params']:>17,}",
               f"  active non-embedding {r['active_params_non_embedding']:,} ({_b(r['active_params_non_embedding'])}): "
-              "active minus the embedding table (looked up, not multiplied); the head counts", ""]
+              "active minus the embedding table (looked up, not multiplied); the head counts"]
+    if r["mtp_layers"]:
+        lines.append(f"  MTP layers ({r['mtp_layers']}): {r['mtp_params']:,} parameters "
+                     f"({r['mtp_active_params']:,} active), stored in the checkpoint but not built by "
+                     f"transformers; " + ("included above (with_mtp)" if r["with_mtp"] else
+                                          f"not included above: add them with --with-mtp "
+                                          f"(+{_gb(r['mtp_weight_bytes'])} of weights)"))
+    for p in r.get("published", []):
+        lines.append(f"  published {p['quantity']} {p['figure']}: "
+                     + ("; ".join(p["matches"]) + (" (cut, not rounded)" if p["how"] == "cut" else "")
+                        if p["matches"] else "not reproduced by any convention")
+                     + (" -- the MTP layer explains the gap" if p["mtp_explains_gap"] else ""))
+    lines.append("")
     prec = r["precision"] + (f" = {RECIPE_NOTES[r['precision']]}" if r["precision"] in RECIPE_NOTES else "")
     gib = f" = {r['weight_bytes'] / 2**30:,.2f} GiB" if r["weight_bytes"] >= 2**30 else ""
     lines += [f"weights in {prec}: {r['weight_bytes']:,} bytes{gib} = {_gb(r['weight_bytes'])}"]
@@ -497,10 +623,13 @@ def report(r: dict) -> str:
         f"{p} {_gb(b)}" for p, b in r["weight_bytes_by_precision"].items()))
     lines += ["", f"KV cache ({r['kv_dtype']}, context {r['context']:,}, batch {r['batch']}): "
               f"{r['kv_cache_bytes']:,} bytes = {_gb(r['kv_cache_bytes'])}",
-              f"  {fr['kv_cache']}",
-              f"overhead margin: {fr['overhead']}",
-              f"memory needed: weights + KV cache + overhead = {r['memory_bytes']:,} bytes "
-              f"= {_gb(r['memory_bytes'])}", "",
+              f"  {fr['kv_cache']}"]
+    if "recurrent_state" in fr:
+        lines += [f"recurrent state of the linear-attention layers: {r['recurrent_state_bytes']:,} bytes "
+                  f"= {_gb(r['recurrent_state_bytes'])}", f"  {fr['recurrent_state']}"]
+    lines += [f"overhead margin: {fr['overhead']}",
+              f"memory needed: weights + KV cache + recurrent state + overhead = {r['memory_bytes']:,} "
+              f"bytes = {_gb(r['memory_bytes'])}", "",
               f"compute per token (context {r['context']:,}):",
               f"  decode  {r['flops_per_token']['decode'] / 1e9:,.2f} GFLOP   {fr['flops_decode']}",
               f"  prefill {r['flops_per_token']['prefill'] / 1e9:,.2f} GFLOP   {fr['flops_prefill']}",
@@ -521,29 +650,36 @@ def compare_names() -> list[str]:
     return REAL_MODELS + [n for n in PRESETS if n not in REAL_MODELS]
 
 
-def compare(names=None, *, dtype=None, recipe=None, context: int = DEFAULT_CONTEXT) -> str:
-    """One line per preset: parameters, weight memory per precision, KV cache, FLOPs, H100 fit."""
+def compare(names=None, *, dtype=None, recipe=None, context: int = DEFAULT_CONTEXT,
+            with_mtp: bool = False) -> str:
+    """One line per preset: parameters, weight memory per precision, KV cache, FLOPs, H100 fit;
+    then each lab's published figures beside ours (minimoe.inspect.published)."""
+    from minimoe.inspect.published import table
     names = compare_names() if names is None else names
     label = get_recipe(dtype, recipe)[0]
-    head = (f"{'preset':<18}{'total':>9}{'active':>9}{'act-emb':>9}{'bf16':>10}{'q8_0':>10}"
-            f"{'q4_0':>10}{'exp-mxfp4':>10}{'KV@ctx':>10}{'GFLOP/tok':>10}  H100s ({label})")
+    head = (f"{'preset':<24}{'total':>9}{'active':>9}{'act-emb':>9}{'MTP':>8}{'bf16':>9}{'q8_0':>9}"
+            f"{'q4_0':>9}{'exp-mxfp4':>10}{'KV@ctx':>8}{'GFLOP/tok':>10}  H100s ({label})")
     lines = [f"context {context:,} tokens, KV cache bf16, batch 1; memory in GB (10^9 bytes) of weights "
-             f"alone except the last column (weights + KV + {OVERHEAD_FRACTION:.0%})", head,
-             "-" * len(head)]
+             f"alone except the last column (weights + KV + {OVERHEAD_FRACTION:.0%}); KV@ctx includes "
+             f"linear attention's recurrent state; MTP: parameters of the MTP layers, "
+             + ("included in every column" if with_mtp else "not in the other columns (--with-mtp adds them)"),
+             head, "-" * len(head)]
     for n in names:
-        r = estimate(n, dtype=dtype, recipe=recipe, context=context, hardware="h100")
+        r = estimate(n, dtype=dtype, recipe=recipe, context=context, hardware="h100", with_mtp=with_mtp)
         p = r["weight_bytes_by_precision"]
-        gb = [p["bf16"], p["q8_0"], p["q4_0"], p["experts-mxfp4"], r["kv_cache_bytes"],
-              r["flops_per_token"]["decode"]]
-        lines.append(f"{n:<18}{_b(r['total_params']):>9}{_b(r['active_params']):>9}"
+        gb = [p["bf16"], p["q8_0"], p["q4_0"], p["experts-mxfp4"]]
+        lines.append(f"{n:<24}{_b(r['total_params']):>9}{_b(r['active_params']):>9}"
                      f"{_b(r['active_params_non_embedding']):>9}"
-                     + "".join(f"{_g(x / 1e9):>10}" for x in gb)
+                     f"{_b(r['mtp_params']) if r['mtp_params'] else '-':>8}"
+                     + "".join(f"{_g(x / 1e9):>9}" for x in gb[:3]) + f"{_g(gb[3] / 1e9):>10}"
+                     + f"{_g((r['kv_cache_bytes'] + r['recurrent_state_bytes']) / 1e9):>8}"
+                     + f"{_g(r['flops_per_token']['decode'] / 1e9):>10}"
                      + f"  {r['hardware'][0]['devices_needed']}")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + table(names)
 
 
 def plot_memory(r: dict, path: str, hardware=None) -> str:
-    """Bars: memory needed (weights + KV cache + overhead) per precision; lines: each device's
+    """Bars: memory needed (weights + KV cache + state + overhead) per precision; lines: each device's
     usable memory. Written atomically as an image (format from the file name); returns the path."""
     import io
 
@@ -554,7 +690,7 @@ def plot_memory(r: dict, path: str, hardware=None) -> str:
 
     from minimoe.io.atomic import atomic_write_bytes
     devices = list(HARDWARE.values()) if hardware is None else hardware
-    extra = r["kv_cache_bytes"]
+    extra = r["kv_cache_bytes"] + r["recurrent_state_bytes"]
     precisions = list(r["weight_bytes_by_precision"])
     need = [(w + extra) * (1 + r["overhead_fraction"]) / 1e9 for w in r["weight_bytes_by_precision"].values()]
     fig, ax = plt.subplots(figsize=(11, 5))
@@ -574,7 +710,7 @@ def plot_memory(r: dict, path: str, hardware=None) -> str:
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
     ax.set_ylim(min(need + list(seen)) * 0.7, max(need + list(seen)) * 1.3)
-    ax.set_ylabel("GB needed (weights + KV cache + overhead)")
+    ax.set_ylabel("GB needed (weights + KV cache + state + overhead)")
     ax.set_title(f"{r['name']}: memory per precision at context {r['context']:,}, batch {r['batch']}",
                  fontsize=10)
     fig.tight_layout()

@@ -11,7 +11,9 @@ Two numbers decide the estimator's verdicts:
                        whole KV cache, must come out of memory once per generated token)
 
 Apple's unified memory is shared with the CPU: by default macOS lets the GPU wire about 75% of it
-(raise it with `sudo sysctl iogpu.wired_limit_mb=...`), so `usable_fraction` is 0.75 there.
+(raise it with `sudo sysctl iogpu.wired_limit_mb=...`), so `usable_fraction` is 0.75 there. AMD's
+Strix Halo laptops are alike: of 128 GB, up to 96 GB can be given to the GPU (0.75 again).
+docs/estimator.md gives the source of every entry.
 """
 from __future__ import annotations
 
@@ -39,15 +41,21 @@ class Hardware:
 
 
 HARDWARE: dict[str, Hardware] = {
-    "h100": Hardware("H100 SXM 80 GB", 80, 3350, note="HBM3, 3.35 TB/s"),
+    "b200": Hardware("B200 180 GB", 180, 8000, note="HBM3e, 8 TB/s (DGX B200: 8 GPUs, 1,440 GB, 64 TB/s)"),
     "h200": Hardware("H200 141 GB", 141, 4800, note="HBM3e, 4.8 TB/s"),
+    "h100": Hardware("H100 SXM 80 GB", 80, 3350, note="HBM3, 3.35 TB/s"),
     "a100": Hardware("A100 SXM 80 GB", 80, 2039, note="HBM2e, 2.0 TB/s"),
-    "rtx-4090": Hardware("RTX 4090 24 GB", 24, 1008, note="GDDR6X, 384-bit at 21 Gb/s"),
     "rtx-5090": Hardware("RTX 5090 32 GB", 32, 1792, note="GDDR7, 512-bit at 28 Gb/s"),
-    "m3-max": Hardware("Apple M3 Max 128 GB", 128, 400, usable_fraction=0.75,
-                       note="unified memory; the GPU may wire ~75% by default"),
+    "rtx-4090": Hardware("RTX 4090 24 GB", 24, 1008, note="GDDR6X, 384-bit at 21 Gb/s"),
     "m4-max": Hardware("Apple M4 Max 128 GB", 128, 546, usable_fraction=0.75,
                        note="unified memory; the GPU may wire ~75% by default"),
+    "m3-max": Hardware("Apple M3 Max 128 GB", 128, 400, usable_fraction=0.75,
+                       note="unified memory; the GPU may wire ~75% by default"),
+    "strix-halo": Hardware("AMD Ryzen AI Max+ 395 laptop, 128 GB", 128, 256, usable_fraction=0.75,
+                           note="Strix Halo: LPDDR5X-8000 on a 256-bit bus = 256 GB/s; up to 96 GB "
+                                "for the GPU"),
+    "laptop-64gb": Hardware("Laptop, 64 GB dual-channel DDR5-5600", 64, 89.6,
+                            note="2 channels x 8 bytes x 5600 MT/s = 89.6 GB/s; CPU inference"),
     "ddr5-desktop": Hardware("Desktop, 64 GB dual-channel DDR5-5600", 64, 89.6,
                              note="2 channels x 8 bytes x 5600 MT/s = 89.6 GB/s; CPU inference"),
 }

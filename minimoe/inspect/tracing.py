@@ -12,19 +12,18 @@ I/O a weight's input/output width.
 
 How it works
 ------------
-`ACTIVE` below is None, except inside `with trace()`. Every op in minimoe/nn/ does
+`ACTIVE` below is None, except inside `with trace()`. Nothing in minimoe/nn/ reads it: every hot
+op of a layer is a leaf (minimoe/kernels/dispatch.py), and the leaf, after running the Numba kernel
+or its NumPy twin, does
 
     tr = tracing.ACTIVE                           # None unless a trace is recording
-    t0 = tr.clock() if tr else 0.0
-    y = matmul(x, w)                              # ... the op's own NumPy ...
-    if tr: tr.matmul("attn.q", x, w, b, y, t0)
+    if tr: tr.record(kind, name, args, out, t0)   # the call's own arrays
 
-so with tracing off an op pays one module-attribute lookup and two tests of None: tens of
-nanoseconds against the microseconds of its NumPy (docs/inspect.md has the measurement). With
-tracing on, the op hands its real arrays to one of the recording methods of `Trace`, which reads
-their shapes, dtypes and byte counts. Nothing is recomputed from the config.
+so with tracing off a leaf pays one module-attribute lookup and one test of None. With tracing
+on, the recorder of that kind (`_matmul`, `_norm`, ...) reads the real arrays' shapes, dtypes and
+byte counts. Nothing is recomputed from the config.
 
-Op names are the checkpoint's names without ".weight": the model sets `tr.layer = i` while it
+Op names are the checkpoint's names without ".weight": Model.forward sets `tr.layer = i` while it
 runs layer i, so "attn.q" reported inside layer 0 is recorded as "layers.0.attn.q", next to
 the parameter "layers.0.attn.q.weight". Expert e of a layer is "layers.i.moe.experts.{e}.gate".
 
@@ -274,7 +273,8 @@ class Trace:
         kept = int(causal_mask(T, S, window).sum())      # (query, key) pairs the mask keeps
         n_scores = B * H * T * S
         dot = 2 * B * H * T * S * D
-        parts = (("scores", dot, q.size + n_scores), ("softmax", 0, 5 * n_scores), ("pv", dot, 0))
+        Dv = v.shape[-1]                                 # = D, except in latent attention (nn/mla.py)
+        parts = (("scores", dot, q.size + n_scores), ("softmax", 0, 5 * n_scores), ("pv", dot * Dv // D, 0))
         total = sum(f + ef for _, f, ef in parts)
         score_bytes = n_scores * q.itemsize
         for part, flops, eflops in parts:
@@ -288,7 +288,7 @@ class Trace:
                 kv_arr = k if part == "scores" else v
                 act = (q.nbytes + score_bytes) if part == "scores" else (score_bytes + out[0].nbytes)
                 self._add(f"{name}.{part}", "attention", t0, B * T, t1=t_p, flops=flops,
-                          flops_causal=2 * B * H * D * kept, elementwise_flops=eflops,
+                          flops_causal=2 * B * H * kv_arr.shape[-1] * kept, elementwise_flops=eflops,
                           kv_cache_bytes=kv_arr.nbytes if cached else 0,
                           activation_bytes=act + (0 if cached else kv_arr.nbytes))
             t0 = t_p
@@ -300,7 +300,7 @@ class Trace:
                   elementwise_flops=(6 if act == "swiglu" else 8) * h.size,
                   activation_bytes=a.nbytes + u.nbytes + h.nbytes)
 
-    def _route(self, name, logits, K, rule, renorm, scale, out, t0):
+    def _route(self, name, logits, K, rule, renorm, scale, *deepseek_choice, out, t0):
         """The router's choice: logits (N, E) -> weights (N, K), experts (N, K), probs (N, E); its
         statistics are kept per layer for the routing views."""
         t1 = time.perf_counter()

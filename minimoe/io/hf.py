@@ -1,24 +1,32 @@
-"""Hugging Face model folders -> minimoe Models.
+"""Hugging Face model folders -> minimoe Models, one name map per family.
 
 A Hugging Face folder has config.json and either model.safetensors or shards listed in
-model.safetensors.index.json ({"weight_map": {tensor: file}}). Weights may be bf16, fp16 or
-fp32; minimoe computes in float32.
+model.safetensors.index.json ({"weight_map": {tensor: file}}). Weights may be bf16, fp16 or fp32;
+minimoe computes in float32. gpt-oss's MXFP4 experts (uint8 `*_blocks` and `*_scales`) are kept
+packed, as minimoe mxfp4 QTensors: no value is unpacked to float, none is re-quantized.
 
-Mixtral's tensors appear under two namings, and both are read:
+Every family shares the decoder skeleton (names under model.layers.{i}.):
 
-    Hub (legacy, every released Mixtral)                   transformers v5 ("fused")
-    model.embed_tokens.weight                              same
-    model.layers.{i}.input_layernorm.weight                same
-    model.layers.{i}.self_attn.{q,k,v,o}_proj.weight       same
-    model.layers.{i}.post_attention_layernorm.weight       same
-    model.layers.{i}.block_sparse_moe.gate.weight          model.layers.{i}.mlp.gate.weight
-    ...block_sparse_moe.experts.{e}.w1.weight (F, C)       model.layers.{i}.mlp.experts.gate_up_proj
-    ...block_sparse_moe.experts.{e}.w3.weight (F, C)           (E, 2F, C): rows [:F] w1, [F:] w3
-    ...block_sparse_moe.experts.{e}.w2.weight (C, F)       model.layers.{i}.mlp.experts.down_proj (E, C, F)
-    model.norm.weight                                      same
-    lm_head.weight (absent when tied)                      same
+    HF name                                      minimoe name (layers.{i}.)
+    model.embed_tokens.weight                    embed.weight
+    input_layernorm.weight                       attn_norm.weight
+    self_attn.{q,k,v,o}_proj.weight (+ .bias)    attn.{q,k,v,o}.weight (+ .bias)
+    self_attn.{q,k}_norm.weight                  attn.{q,k}_norm.weight          (OLMoE, Qwen3-MoE)
+    self_attn.sinks                              attn.sinks                      (gpt-oss)
+    post_attention_layernorm.weight              ffn_norm.weight
+    mlp.{gate,up,down}_proj.weight               ffn.{gate,up,down}.weight       (dense layers)
+    model.norm.weight, lm_head.weight            norm.weight, head.weight (absent when tied)
 
-Mixtral's w1 is minimoe's experts.gate, w3 is experts.up and w2 is experts.down.
+and differs in its attention and its MoE block, spelled out in each family's function below and
+in docs/checkpoints.md. Routed experts come in two namings, both read:
+
+    Hub (one tensor per expert)                  transformers v5 (fused, what save_pretrained
+                                                 writes with save_original_format=False)
+    mlp.experts.{e}.gate_proj.weight (F, C)      mlp.experts.gate_up_proj (E, 2F, C): rows [:F] gate,
+    mlp.experts.{e}.up_proj.weight   (F, C)                                           [F:] up
+    mlp.experts.{e}.down_proj.weight (C, F)      mlp.experts.down_proj (E, C, F)
+
+(Mixtral's Hub names are block_sparse_moe.experts.{e}.w1/w3/w2: w1 is the gate, w3 up, w2 down.)
 """
 from __future__ import annotations
 
@@ -34,7 +42,8 @@ from minimoe.io.safetensors_file import read_tensors
 
 
 def read_weights(folder: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """All tensors of a HF folder as float32, and the file each came from."""
+    """All tensors of a HF folder, and the file each came from. Float tensors come back as
+    float32; integer ones (gpt-oss's MXFP4 blocks and scales) as they are stored."""
     single = os.path.join(folder, "model.safetensors")
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index):
@@ -57,7 +66,9 @@ def read_weights(folder: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             if name in tensors:
                 raise CheckpointError(f"{path}: tensor {name!r} is also in {origin[name]}; which one "
                                       f"is meant is ambiguous")
-            tensors[name] = arr.astype(np.float32, copy=False)
+            if np.issubdtype(arr.dtype, np.floating):
+                arr = arr.astype(np.float32, copy=False)
+            tensors[name] = arr
             origin[name] = path
     if weight_map is not None:
         for name, fn in weight_map.items():
@@ -83,13 +94,22 @@ class _Take:
     def __init__(self, tensors, origin, folder):
         self.tensors, self.origin, self.folder = dict(tensors), origin, folder
 
-    def __call__(self, name: str) -> np.ndarray:
+    def __call__(self, name: str, shape: tuple | None = None) -> np.ndarray:
         if name not in self.tensors:
             raise CheckpointError(f"{self.folder}: missing tensor {name!r}")
-        return self.tensors.pop(name)
+        arr = self.tensors.pop(name)
+        if shape is not None and arr.shape != tuple(shape):
+            raise CheckpointError(f"{self.origin.get(name, self.folder)}: tensor {name!r} has shape "
+                                  f"{arr.shape}, expected {tuple(shape)} from config.json")
+        return arr
 
     def has(self, name: str) -> bool:
         return name in self.tensors
+
+    def drop(self, prefix: str) -> None:
+        """Forget every tensor under `prefix` (layers transformers does not build either)."""
+        for name in [n for n in self.tensors if n.startswith(prefix)]:
+            del self.tensors[name]
 
     def finish(self):
         if self.tensors:
@@ -98,34 +118,23 @@ class _Take:
                                   f"(shape {self.tensors[name].shape}) that config.json does not describe")
 
 
-def _mixtral_params(take: _Take, cfg) -> dict[str, np.ndarray]:
-    F, E = cfg.d_expert, cfg.n_experts
+# --------------------------------------------------------------------------------------------------
+# Pieces every family shares
+# --------------------------------------------------------------------------------------------------
+
+def _decoder(take: _Take, cfg, attention, moe) -> dict[str, np.ndarray]:
+    """The skeleton: embedding, per layer the two norms, `attention(hf, p)` and either
+    `moe(hf, p)` or a dense SwiGLU, then the final norm and the head."""
     params = {"embed.weight": take("model.embed_tokens.weight")}
     for i in range(cfg.n_layers):
         hf, p = f"model.layers.{i}.", f"layers.{i}."
         params[p + "attn_norm.weight"] = take(hf + "input_layernorm.weight")
-        for n in "qkvo":
-            params[p + f"attn.{n}.weight"] = take(hf + f"self_attn.{n}_proj.weight")
+        params.update(attention(hf + "self_attn.", p + "attn."))
         params[p + "ffn_norm.weight"] = take(hf + "post_attention_layernorm.weight")
-        if take.has(hf + "mlp.gate.weight"):                        # transformers v5 naming
-            params[p + "moe.router.weight"] = take(hf + "mlp.gate.weight")
-            gate_up = take(hf + "mlp.experts.gate_up_proj")         # (E, 2F, C)
-            if gate_up.shape[:2] != (E, 2 * F):
-                raise CheckpointError(f"{take.folder}: tensor {hf}mlp.experts.gate_up_proj has shape "
-                                      f"{gate_up.shape}, expected ({E}, {2 * F}, {cfg.d_model})")
-            params[p + "moe.experts.gate"] = gate_up[:, :F]         # (E, F, C)
-            params[p + "moe.experts.up"] = gate_up[:, F:]           # (E, F, C)
-            params[p + "moe.experts.down"] = take(hf + "mlp.experts.down_proj")  # (E, C, F)
-        else:                                                       # Hub naming, one tensor per expert
-            moe = hf + "block_sparse_moe."
-            params[p + "moe.router.weight"] = take(moe + "gate.weight")
-            for ours, theirs in (("gate", "w1"), ("up", "w3"), ("down", "w2")):
-                per_expert = [take(moe + f"experts.{e}.{theirs}.weight") for e in range(E)]
-                shapes = {a.shape for a in per_expert}
-                if len(shapes) != 1:
-                    raise CheckpointError(f"{take.folder}: experts of {moe}experts.*.{theirs}.weight "
-                                          f"have different shapes {sorted(shapes)}")
-                params[p + f"moe.experts.{ours}"] = np.stack(per_expert)  # E x (F, C) -> (E, F, C)
+        if cfg.is_moe_layer(i):
+            params.update(moe(hf, p + "moe."))
+        else:
+            params.update(_swiglu(take, hf + "mlp.", p + "ffn."))
     params["norm.weight"] = take("model.norm.weight")
     if not cfg.tie_embeddings:
         params["head.weight"] = take("lm_head.weight")
@@ -134,14 +143,209 @@ def _mixtral_params(take: _Take, cfg) -> dict[str, np.ndarray]:
     return params
 
 
-LOADERS = {"mixtral": _mixtral_params}
+def _swiglu(take: _Take, hf: str, p: str) -> dict[str, np.ndarray]:
+    """{gate,up,down}_proj.weight -> {gate,up,down}.weight: a dense FFN or the shared experts."""
+    return {p + f"{n}.weight": take(hf + f"{n}_proj.weight") for n in ("gate", "up", "down")}
+
+
+def _gqa_attention(take: _Take, cfg, sinks: bool = False):
+    """q/k/v/o projections (+ biases), q/k norms and sinks, as the config says."""
+    def read(hf: str, p: str) -> dict[str, np.ndarray]:
+        out = {p + f"{n}.weight": take(hf + f"{n}_proj.weight") for n in "qkvo"}
+        if cfg.qkv_bias:
+            out.update({p + f"{n}.bias": take(hf + f"{n}_proj.bias") for n in "qkv"})
+        if cfg.o_bias:
+            out[p + "o.bias"] = take(hf + "o_proj.bias")
+        if cfg.qk_norm != "none":
+            out[p + "q_norm.weight"] = take(hf + "q_norm.weight")
+            out[p + "k_norm.weight"] = take(hf + "k_norm.weight")
+        if sinks:
+            out[p + "sinks"] = take(hf + "sinks")
+        return out
+    return read
+
+
+def _experts(take: _Take, cfg, hf: str, p: str, names=("gate_proj", "up_proj", "down_proj")):
+    """Routed experts under `hf` ("...mlp." or Mixtral's "...block_sparse_moe."), in either naming,
+    stacked as experts.gate (E, F, C), experts.up (E, F, C), experts.down (E, C, F)."""
+    E, F, C = cfg.n_experts, cfg.d_expert, cfg.d_model
+    if take.has(hf + "experts.gate_up_proj"):                       # transformers v5, fused
+        gate_up = take(hf + "experts.gate_up_proj", (E, 2 * F, C))  # rows [:F] gate, [F:] up
+        return {p + "experts.gate": gate_up[:, :F], p + "experts.up": gate_up[:, F:],
+                p + "experts.down": take(hf + "experts.down_proj", (E, C, F))}
+    out = {}
+    for ours, theirs, shape in zip(("gate", "up", "down"), names, ((F, C), (F, C), (C, F))):
+        per_expert = [take(hf + f"experts.{e}.{theirs}.weight", shape) for e in range(E)]
+        out[p + f"experts.{ours}"] = np.stack(per_expert)           # E x (F, C) -> (E, F, C)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The families
+# --------------------------------------------------------------------------------------------------
+
+def _mixtral_params(take: _Take, cfg) -> dict[str, np.ndarray]:
+    """Mixtral: the router is block_sparse_moe.gate (Hub) or mlp.gate (v5); experts w1/w3/w2."""
+    def moe(hf, p):
+        base = hf + ("mlp." if take.has(hf + "mlp.gate.weight") else "block_sparse_moe.")
+        return {p + "router.weight": take(base + "gate.weight"),
+                **_experts(take, cfg, base, p, names=("w1", "w3", "w2"))}
+    return _decoder(take, cfg, _gqa_attention(take, cfg), moe)
+
+
+def _olmoe_qwen_params(take: _Take, cfg) -> dict[str, np.ndarray]:
+    """OLMoE, Qwen3-MoE and Qwen2-MoE: mlp.gate.weight is the router; Qwen2-MoE adds
+    mlp.shared_expert.{gate,up,down}_proj and its sigmoid gate mlp.shared_expert_gate.weight."""
+    def moe(hf, p):
+        out = {p + "router.weight": take(hf + "mlp.gate.weight"), **_experts(take, cfg, hf + "mlp.", p)}
+        if cfg.n_shared_experts:
+            out.update(_swiglu(take, hf + "mlp.shared_expert.", p + "shared."))
+            out[p + "shared_gate.weight"] = take(hf + "mlp.shared_expert_gate.weight")
+        return out
+    return _decoder(take, cfg, _gqa_attention(take, cfg), moe)
+
+
+def _gpt_oss_params(take: _Take, cfg) -> dict[str, np.ndarray]:
+    """gpt-oss: mlp.router.{weight,bias}; the experts stored input-major with gate and up
+    INTERLEAVED along the output axis (column 2j is gate j, column 2j+1 is up j):
+
+        mlp.experts.gate_up_proj       (E, C, 2F)   -> experts.gate = [:, :, 0::2].T, up = [:, :, 1::2].T
+        mlp.experts.gate_up_proj_bias  (E, 2F)      -> experts.gate_bias = [:, 0::2], up_bias = [:, 1::2]
+        mlp.experts.down_proj          (E, F, C)    -> experts.down = .T (E, C, F)
+        mlp.experts.down_proj_bias     (E, C)       -> experts.down_bias
+
+    Released checkpoints store the two matrices as MXFP4 instead, output-major:
+        gate_up_proj_blocks (E, 2F, C/32, 16) uint8, gate_up_proj_scales (E, 2F, C/32) uint8
+        down_proj_blocks    (E, C, F/32, 16),        down_proj_scales    (E, C, F/32)
+    (rows 2j / 2j+1 are gate j / up j). Those become packed mxfp4 QTensors; see
+    minimoe/quant/mxfp4.py for the byte layout.
+    """
+    E, F, C = cfg.n_experts, cfg.d_expert, cfg.d_model
+
+    def moe(hf, p):
+        m = hf + "mlp."
+        out = {p + "router.weight": take(m + "router.weight"), p + "router.bias": take(m + "router.bias")}
+        gu_bias = take(m + "experts.gate_up_proj_bias", (E, 2 * F))
+        out[p + "experts.gate_bias"], out[p + "experts.up_bias"] = gu_bias[:, 0::2], gu_bias[:, 1::2]
+        out[p + "experts.down_bias"] = take(m + "experts.down_proj_bias", (E, C))
+        if take.has(m + "experts.gate_up_proj_blocks"):
+            out.update(_gpt_oss_mxfp4(take, cfg, m + "experts.", p))
+        else:
+            gate_up = take(m + "experts.gate_up_proj", (E, C, 2 * F))
+            out[p + "experts.gate"] = gate_up[:, :, 0::2].transpose(0, 2, 1)  # (E, C, F) -> (E, F, C)
+            out[p + "experts.up"] = gate_up[:, :, 1::2].transpose(0, 2, 1)
+            out[p + "experts.down"] = take(m + "experts.down_proj", (E, F, C)).transpose(0, 2, 1)
+        return out
+    return _decoder(take, cfg, _gqa_attention(take, cfg, sinks=True), moe)
+
+
+def _gpt_oss_mxfp4(take: _Take, cfg, hf: str, p: str) -> dict:
+    from minimoe.quant import QuantError
+    from minimoe.quant.mxfp4 import from_hf_mxfp4
+    E, F, C = cfg.n_experts, cfg.d_expert, cfg.d_model
+    for width, what in ((C, "hidden_size"), (F, "intermediate_size")):
+        if width % 32:
+            raise CheckpointError(f"{take.folder}: gpt-oss MXFP4 experts need {what} divisible by 32, "
+                                  f"found {width}")
+    blocks = take(hf + "gate_up_proj_blocks", (E, 2 * F, C // 32, 16))
+    scales = take(hf + "gate_up_proj_scales", (E, 2 * F, C // 32))
+    down_b = take(hf + "down_proj_blocks", (E, C, F // 32, 16))
+    down_s = take(hf + "down_proj_scales", (E, C, F // 32))
+    try:
+        return {p + "experts.gate": from_hf_mxfp4(blocks[:, 0::2], scales[:, 0::2], p + "experts.gate"),
+                p + "experts.up": from_hf_mxfp4(blocks[:, 1::2], scales[:, 1::2], p + "experts.up"),
+                p + "experts.down": from_hf_mxfp4(down_b, down_s, p + "experts.down")}
+    except QuantError as e:
+        raise CheckpointError(f"{take.folder}: {e}") from None
+
+
+def _deepseek_params(take: _Take, cfg) -> dict[str, np.ndarray]:
+    """DeepSeek-V2/V3: latent attention, routed + shared experts, dense first layers.
+
+        self_attn.q_proj.weight                  attn.q.weight          (q_lora_rank null, V2-Lite)
+        self_attn.q_a_proj.weight                attn.q_a.weight        (Rq, C)
+        self_attn.q_a_layernorm.weight           attn.q_a_norm.weight   (Rq,)
+        self_attn.q_b_proj.weight                attn.q_b.weight        (H*(Dn+Dr), Rq)
+        self_attn.kv_a_proj_with_mqa.weight      attn.kv_a.weight       (Rkv+Dr, C)
+        self_attn.kv_a_layernorm.weight          attn.kv_a_norm.weight  (Rkv,)
+        self_attn.kv_b_proj.weight               attn.kv_b.weight       (H*(Dn+Dv), Rkv)
+        self_attn.o_proj.weight                  attn.o.weight          (C, H*Dv)
+        mlp.gate.weight                          moe.router.weight
+        mlp.gate.e_score_correction_bias         moe.router.e_score_correction_bias  (V3)
+        mlp.shared_experts.{gate,up,down}_proj   moe.shared.{gate,up,down}.weight
+
+    The multi-token-prediction layers the V3 checkpoints append (model.layers.{n_layers}...) are
+    skipped, as transformers skips them.
+    """
+    def attention(hf, p):
+        out = {}
+        if cfg.q_lora_rank:
+            out[p + "q_a.weight"] = take(hf + "q_a_proj.weight")
+            out[p + "q_a_norm.weight"] = take(hf + "q_a_layernorm.weight")
+            out[p + "q_b.weight"] = take(hf + "q_b_proj.weight")
+        else:
+            out[p + "q.weight"] = take(hf + "q_proj.weight")
+        out[p + "kv_a.weight"] = take(hf + "kv_a_proj_with_mqa.weight")
+        out[p + "kv_a_norm.weight"] = take(hf + "kv_a_layernorm.weight")
+        out[p + "kv_b.weight"] = take(hf + "kv_b_proj.weight")
+        out[p + "o.weight"] = take(hf + "o_proj.weight")
+        return out
+
+    def moe(hf, p):
+        out = {p + "router.weight": take(hf + "mlp.gate.weight"), **_experts(take, cfg, hf + "mlp.", p)}
+        if cfg.router_correction_bias:
+            out[p + "router.e_score_correction_bias"] = take(hf + "mlp.gate.e_score_correction_bias")
+        out.update(_swiglu(take, hf + "mlp.shared_experts.", p + "shared."))
+        return out
+
+    layer = cfg.n_layers
+    while any(n.startswith(f"model.layers.{layer}.") for n in take.tensors):  # MTP layers
+        take.drop(f"model.layers.{layer}.")
+        layer += 1
+    return _decoder(take, cfg, attention, moe)
+
+
+LOADERS = {"mixtral": _mixtral_params, "olmoe": _olmoe_qwen_params, "qwen2_moe": _olmoe_qwen_params,
+           "qwen3_moe": _olmoe_qwen_params, "gpt_oss": _gpt_oss_params,
+           "deepseek_v3": _deepseek_params, "deepseek_v2": _deepseek_params}
+
+
+# Options that change no parameter count (the estimator reads them without complaint) but that
+# minimoe's model does not run: (field, the value it runs, the model_types it concerns (None: all), why).
+NOT_RUN = [
+    ("hidden_act", "silu", None, "minimoe's FFNs are SwiGLU"),
+    ("clip_qkv", None, ("olmoe",), "minimoe does not clamp q, k and v; released OLMoE has null"),
+    ("scoring_func", "sigmoid", ("deepseek_v3",), "transformers' DeepseekV3 always scores with a sigmoid"),
+    ("topk_method", "noaux_tc", ("deepseek_v3",), "transformers' DeepseekV3 always routes group-limited "
+                                                  "with the correction bias"),
+    ("scoring_func", "softmax", ("deepseek_v2",), "transformers' DeepseekV2 always scores with a softmax"),
+    ("norm_topk_prob", False, ("deepseek_v2",), "transformers' DeepseekV2 never renormalises the top-k"),
+]
+
+
+def check_runnable(raw: dict, source: str) -> None:
+    """Refuse, naming the family and the field, what the model would not compute as transformers does."""
+    family = raw.get("model_type")
+    quant = raw.get("quantization_config")
+    if quant is not None:
+        method = quant.get("quant_method") if isinstance(quant, dict) else quant
+        if not (family == "gpt_oss" and method == "mxfp4"):
+            raise CheckpointError(f"{source}: {family}: quantization_config.quant_method={method!r} is not "
+                                  f"supported; minimoe reads fp32, bf16 and fp16 weights, and gpt-oss's mxfp4 "
+                                  f"experts (dequantize the checkpoint to bf16 first)")
+    for field, runs, families, why in NOT_RUN:
+        value = raw.get(field)
+        if (families is None or family in families) and value is not None and value != runs:
+            raise CheckpointError(f"{source}: {family}: {field}={value!r} is not supported ({why}); "
+                                  f"expected {runs!r}")
 
 
 def load(folder: str, raw_config: dict, dtype=np.float32, check_finite: bool = True):
     """A Hugging Face folder whose config.json is `raw_config` -> Model."""
-    from minimoe.io.checkpoint import check_finite_params, check_params
+    from minimoe.io.checkpoint import _is_packed, check_finite_params, check_params
     from minimoe.model import Model
     config_path = os.path.join(folder, "config.json")
+    check_runnable(raw_config, config_path)
     try:
         cfg = config_from_hf(raw_config, source=config_path)
     except ConfigError as e:
@@ -153,5 +357,9 @@ def load(folder: str, raw_config: dict, dtype=np.float32, check_finite: bool = T
     check_params(params, cfg, folder)
     if check_finite:
         check_finite_params(params, folder)
-    params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
-    return Model(cfg, params=params)
+    params = {k: v if _is_packed(v) else np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
+    tokenizer = None
+    if os.path.exists(os.path.join(folder, "tokenizer.json")):     # text in and out (hf_tokenizer/)
+        from minimoe.tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(folder)
+    return Model(cfg, params=params, tokenizer=tokenizer)

@@ -27,6 +27,7 @@ import struct
 import numpy as np
 
 from minimoe.errors import CheckpointError
+from minimoe.quant.bf16 import bf16_to_float32
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64,
@@ -137,7 +138,7 @@ def read_tensors(path: str, to_float32: bool = False) -> tuple[dict[str, np.ndar
                 arr = np.frombuffer(buf, dtype=np.dtype(DTYPES[info["dtype"]]).newbyteorder("<"))
                 arr = arr.reshape(info["shape"])
                 if info["dtype"] == "BF16":                  # bfloat16 = the top 16 bits of a float32
-                    arr = (arr.astype(np.uint32) << 16).view(np.float32)
+                    arr = bf16_to_float32(arr)
                 elif to_float32 and info["dtype"] in ("F16", "F64"):
                     arr = arr.astype(np.float32)
                 out[name] = np.array(arr)                    # own, writable, native byte order

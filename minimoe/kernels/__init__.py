@@ -22,6 +22,7 @@ Files (the Numba modules are imported on a kernel's first use, not by `import mi
     dispatch.py  `Leaf`: the one place that picks a kernel or its twin, and that traces
     packed.py    the kernels' layout of a QTensor (float32 scales, value bytes block-index-last)
     qmatmul.py   fused GEMV (decode) and tile-dequantize + BLAS (prefill), per format
+    halfmatmul.py  bf16 / fp16 weights as stored: GEMV kernels and tile-widen + BLAS (not wired yet)
     moe.py       MoE dispatch (group assignments by expert), gather, combine (weighted scatter-add)
     ops.py       attention over the KV cache for a few new positions, router top-k
     train.py     row-wise RMSNorm, RoPE and softmax backward, forward and backward
@@ -30,9 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import contextlib
-
-from minimoe.kernels.backend import backend, blas_threads, get_backend, set_backend
+from minimoe.kernels.backend import backend, get_backend, set_backend
 from minimoe.kernels.packed import PACKED_FORMATS, KernelInputError, PackedWeight, pack
 
 
@@ -68,33 +67,29 @@ def _check_operands(x, w_shape: tuple, w_ok: bool) -> None:
 
 def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
     """The compiled side of minimoe/nn/linear.py's `matmul`, with its signature: x (N, I) float32
-    @ w (O, I).T (+ b), or row n times w[experts[n]] of a stack (E, O, I) (+ b[experts[n]]).
-    Small products run with one BLAS thread (see `blas_threads`)."""
+    @ w (O, I).T (+ b), or row n times w[experts[n]] of a stack (E, O, I) (+ b[experts[n]])."""
     from minimoe.kernels.qmatmul import fmatmul, qmatmul
-    small = x.shape[0] * w.shape[-1] * w.shape[-2] < BLAS_THREADS_MIN_MACS
-    with blas_threads(1) if small else contextlib.nullcontext():
-        if experts is None:
-            y = x @ w.T if isinstance(w, np.ndarray) else matmul(x, w)     # (N, O)
-            return y if b is None else y + b
-        y = fmatmul(x, w, experts) if isinstance(w, np.ndarray) else qmatmul(x, pack(w), experts)
-        return y if b is None else y + b[experts]
+    if experts is None:
+        y = x @ w.T if isinstance(w, np.ndarray) else qmatmul(x, pack(w))  # (N, O)
+        return y if b is None else y + b
+    if not isinstance(w, np.ndarray):
+        y = qmatmul(x, pack(w), experts)                                  # (N, O)
+    elif x.shape[0] <= GEMV_ROWS:
+        y = fmatmul(x, w, experts)                                        # (N, O), row by row
+    else:                                                  # BLAS, one matrix at a time: the twin's
+        from minimoe.nn.linear import matmul as by_expert                  # own loop
+        return by_expert(x, w, b, experts)
+    return y if b is None else y + b[experts]
 
 
 def takes_matmul(x, w, b=None, experts=None) -> bool:
-    """Whether matmul_leaf takes this call: float32 activations, a float weight or a packed one
-    with a fused kernel, and for a stack of float experts only a few rows (more rows are BLAS
-    products, which nn/linear.py's matmul already makes)."""
+    """Whether matmul_leaf takes this call: float32 activations, and a float weight or a packed
+    one with a fused kernel."""
     if x.dtype != np.float32:
         return False
-    if not isinstance(w, np.ndarray):
-        return isinstance(w, PackedWeight) or getattr(w, "fmt", None) in PACKED_FORMATS
-    return experts is None or x.shape[0] <= GEMV_ROWS
+    return isinstance(w, (np.ndarray, PackedWeight)) or getattr(w, "fmt", None) in PACKED_FORMATS
 
 
-# A product of fewer multiply-adds than this runs on one BLAS thread: waking OpenBLAS's threads
-# costs more than they save, and when another program holds a core, a call that waits for them
-# can take 100x its time (docs/kernels.md).
-BLAS_THREADS_MIN_MACS = 2**24
 GEMV_ROWS = 4            # rows up to which a stack of float experts is multiplied row by row
 
 __all__ = ["matmul", "backend", "get_backend", "set_backend", "pack", "PackedWeight",

@@ -109,6 +109,7 @@ def configure_numba() -> None:
         return
     _CONFIGURED.append(True)
     import numba
+    _say_when_compiling()
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "workqueue"
     width = simd_width()
@@ -118,6 +119,27 @@ def configure_numba() -> None:
     if features is not None:
         import llvmlite.binding as llvm
         numba.config.CPU_NAME, numba.config.CPU_FEATURES = llvm.get_host_cpu_name(), features
+
+
+def _say_when_compiling() -> None:
+    """Print one line to stderr the first time Numba compiles something in this process (not when
+    it loads a kernel from its on-disk cache), so that a first run's pause has a reason."""
+    from numba.core import event
+
+    class FirstCompile(event.Listener):
+        said = False
+
+        def on_start(self, ev):
+            if not self.said:
+                self.said = True
+                import sys
+                print("minimoe: compiling Numba kernels for this CPU (first run only: they are cached "
+                      "for the next runs)...", file=sys.stderr, flush=True)
+
+        def on_end(self, ev):
+            pass
+
+    event.register("numba:compile", FirstCompile())
 
 
 def simd_width() -> str:

@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from minimoe.inspect import tracing
-from minimoe.kernels.backend import get_backend
+from minimoe.kernels.backend import _current as _BACKEND   # ["numba"] or ["numpy"]: get_backend()
 
 _INFERENCE = [False]     # True inside `with inference()`: no backward pass will follow
 
@@ -63,7 +63,10 @@ def _resolve(ref: str):
 def all_float32(*arrays) -> bool:
     """True when every floating-point array argument is float32 (integer arrays, None and
     non-arrays are ignored): the compiled kernels take float32 only."""
-    return all(a.dtype == np.float32 for a in arrays if isinstance(a, np.ndarray) and a.dtype.kind == "f")
+    for a in arrays:
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.dtype != np.float32:
+            return False
+    return True
 
 
 class Leaf:
@@ -85,18 +88,38 @@ class Leaf:
 
     def pick(self, *args):
         """The function this call runs: the Numba kernel or the NumPy twin."""
-        if self._numba_ref is not None and get_backend() == "numba" and self.when(*args):
-            return self.numba
+        if _BACKEND[0] == "numba" and self._numba_ref is not None and self.when(*args):
+            return self._numba or self.numba
         return self.numpy
 
     def __call__(self, *args, name: str | None = None):
+        if _BACKEND[0] == "numba" and self._numba_ref is not None and self.when(*args):   # = self.pick(*args)
+            fn = self._numba or self.numba
+        else:
+            fn = self.numpy
         tr = tracing.ACTIVE                               # None unless inside `with minimoe.trace()`
         if tr is None or self.kind is None:               # (kind None: a backward, never traced)
-            return self.pick(*args)(*args)
+            return fn(*args)
         t0 = time.perf_counter()
-        out = self.pick(*args)(*args)
+        out = fn(*args)
         tr.record(self.kind, name or self.kind, args, out, t0)
         return out
 
     def __repr__(self) -> str:
         return f"Leaf({self.__name__}: {self._numba_ref or 'NumPy only'})"
+
+
+@contextlib.contextmanager
+def blas_threads_for(macs: int):
+    """Run a stretch whose largest matrix product has `macs` multiply-adds on one OpenBLAS thread
+    when that is small: waking OpenBLAS's threads then costs more than they save, and when another
+    program holds a core, a call that waits for them can take 100x its time (docs/kernels.md)."""
+    if macs >= BLAS_THREADS_MIN_MACS:
+        yield
+        return
+    from minimoe.kernels.backend import blas_threads
+    with blas_threads(1):
+        yield
+
+
+BLAS_THREADS_MIN_MACS = 2**24

@@ -31,14 +31,15 @@ ROUTERS = {"softmax_topk": 0, "topk_softmax": 1}   # the rules `select` implemen
 
 # ----------------------------------------------------------------------------------------------
 # Attention of the T newest positions over S keys (the KV cache, or the sequence itself)
-#   q (B, H, T, D) rotated; k, v (B, G, S, D); query t sits at position S - T + t
+#   q (B, H, T, D) rotated; k, v (B, G, L, D) of which positions 0..S-1 are used (a KV cache's
+#   buffer); query t sits at position S - T + t
 #   window: 0, or attend to the last `window` positions only; sinks (H,) or (0,); out (B, H, T, D)
 # ----------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
-def attend_rows(q, k, v, window, sinks, out):
+def attend_rows(q, k, v, S, window, sinks, out):
     B, H, T, D = q.shape
-    G, S = k.shape[1], k.shape[2]
+    G = k.shape[1]
     R = H // G
     scale = np.float32(1.0 / math.sqrt(D))
     qr = np.empty((R, D), np.float32)                    # the R query heads that share kv head g
@@ -85,6 +86,20 @@ def _expect(cond: bool, what: str) -> None:
         raise KernelInputError(what)
 
 
+def _rows_of(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous (B, G, L, D) array whose first S = a.shape[2] positions are `a`: the KV
+    cache's whole buffer when `a` is its filled part (no copy), else a copy. Numba compiles loops
+    over C-contiguous arrays with unit-stride SIMD; over a strided view it cannot."""
+    if a.flags.c_contiguous:
+        return a
+    base = a.base
+    if (isinstance(base, np.ndarray) and base.ndim == 4 and base.flags.c_contiguous
+            and base.strides == a.strides and base.shape[:2] == a.shape[:2] and base.shape[3] == a.shape[3]
+            and base.__array_interface__["data"][0] == a.__array_interface__["data"][0]):
+        return base
+    return np.ascontiguousarray(a)
+
+
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int, sinks):
     """q (B, H, T, D), k, v (B, G, S, D) -> (y (B, H, T, D), None, None); see nn/attention.py."""
     _expect(q.ndim == 4 and k.ndim == 4, f"attend: q and k must have 4 axes, found {q.shape} and {k.shape}")
@@ -97,7 +112,7 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int, sinks):
     sinks = np.zeros(0, np.float32) if sinks is None else np.ascontiguousarray(sinks, np.float32)
     _expect(len(sinks) in (0, H), f"attend: sinks must be ({H},), found {sinks.shape}")
     out = np.empty((B, H, T, D), np.float32)
-    attend_rows(q, k, v, int(window or 0), sinks, out)
+    attend_rows(np.ascontiguousarray(q), _rows_of(k), _rows_of(v), S, int(window or 0), sinks, out)
     return out, None, None
 
 
@@ -143,10 +158,13 @@ def select_rows(logits, K, rule, renorm, scale, weights, experts, probs, g):
             weights[r, k] *= scale
 
 
-def select(logits: np.ndarray, K: int, rule: str, renorm: bool, scale: float):
+def select(logits: np.ndarray, K: int, rule: str, renorm: bool, scale: float, groups: int = 1,
+           topk_groups: int = 1, bias: np.ndarray | None = None):
     """logits (N, E) -> (weights (N, K), experts (N, K) int64, probs (N, E), g (N, K));
-    see nn/router.py."""
+    see nn/router.py. DeepSeek's group-limited choice and correction bias run in its NumPy twin."""
     _expect(rule in ROUTERS, f"select: rule must be one of {', '.join(ROUTERS)}, found {rule!r}")
+    _expect(groups == 1 and bias is None, "select: the compiled router takes plain top-k only "
+            f"(found groups={groups}, a correction bias: {bias is not None})")
     _expect(logits.ndim == 2 and 0 < K <= logits.shape[1],
             f"select: need logits (N, E) with 0 < K <= E, found {logits.shape} and K={K}")
     logits = np.ascontiguousarray(logits)

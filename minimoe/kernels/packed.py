@@ -280,3 +280,20 @@ def _stack_of(qt: QTensor):
 def clear_cache() -> None:
     """Forget every repacked weight (benchmarks use it to time a cold start)."""
     _cache.clear()
+
+
+def check_experts(experts, R: int, E: int, stacked: bool, what: str):
+    """The `experts` argument of a matmul over R rows of x: None for one matrix; for a stack of E
+    matrices, int64 (R,) with every index in 0..E-1 (one matrix per row)."""
+    if experts is None:
+        if stacked:
+            raise KernelInputError(f"{what}: a stack of matrices needs `experts`, one index per row")
+        return None
+    experts = np.asarray(experts)
+    if experts.shape != (R,) or experts.dtype != np.int64:
+        raise KernelInputError(f"{what}: experts must be int64 of shape ({R},), one per row of x, "
+                               f"found {experts.dtype} {experts.shape}")
+    if R and (experts.min() < 0 or experts.max() >= E):
+        raise KernelInputError(f"{what}: experts must lie in 0..{E - 1}, found "
+                               f"{experts.min()}..{experts.max()}")
+    return experts

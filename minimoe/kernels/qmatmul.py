@@ -40,7 +40,7 @@ import numpy as np
 from numba import njit, prange
 
 from minimoe.kernels.backend import Kernel, blas_threads, configure_numba, twin
-from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, to_kernel_order
+from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, check_experts, to_kernel_order
 
 configure_numba()
 
@@ -497,17 +497,7 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
     X = x.reshape(-1, I)                                              # (R, I)
     R = X.shape[0]
     E, O = w.d.shape[0], w.rows
-    if experts is None:
-        if w.stacked:
-            raise KernelInputError(f"{what}: a stack of matrices needs `experts`, one index per row")
-    else:
-        experts = np.asarray(experts)
-        if experts.shape != (R,) or experts.dtype != np.int64:
-            raise KernelInputError(f"{what}: experts must be int64 of shape ({R},), one per row of x, "
-                                   f"found {experts.dtype} {experts.shape}")
-        if R and (experts.min() < 0 or experts.max() >= E):
-            raise KernelInputError(f"{what}: experts must lie in 0..{E - 1}, found "
-                                   f"{experts.min()}..{experts.max()}")
+    experts = check_experts(experts, R, E, w.stacked, what)
     out = np.empty((R, O), np.float32)
     if R == 0:
         return out.reshape(*lead, O)

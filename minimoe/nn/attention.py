@@ -69,8 +69,9 @@ def softmax_with_sinks(scores, sinks, G, R):
 
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int, sinks: np.ndarray | None):
     """Softmax attention of the T newest positions over all S keys, causal (and windowed):
-    q (B, H, T, D) at positions S-T .. S-1, k, v (B, G, S, D)
-    -> (y (B, H, T, D), probs (B, G, R, T, S), sink probs (B, G, R, T, 1) or None)."""
+    q (B, H, T, D) at positions S-T .. S-1, k (B, G, S, D), v (B, G, S, Dv)
+    -> (y (B, H, T, Dv), probs (B, G, R, T, S), sink probs (B, G, R, T, 1) or None).
+    (Dv is D here; DeepSeek's latent attention, nn/mla.py, has values of another width.)"""
     B, H, T, D = q.shape
     G, S = k.shape[1], k.shape[2]
     R = H // G
@@ -79,15 +80,15 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int, sinks: np.n
     scores = qs @ k[:, :, None].swapaxes(-1, -2)         # (B,G,R,T,D) @ (B,G,1,D,S) -> (B,G,R,T,S)
     scores += mask_bias(causal_mask(T, S, window), scores.dtype)  # + (T, S): -inf where masked
     probs, sink_probs = softmax_with_sinks(scores, sinks, G, R)  # overwrites scores
-    y = probs @ v[:, :, None]                            # (B,G,R,T,S) @ (B,G,1,S,D) -> (B,G,R,T,D)
-    return y.reshape(B, H, T, D), probs, sink_probs
+    y = probs @ v[:, :, None]                            # (B,G,R,T,S) @ (B,G,1,S,Dv) -> (B,G,R,T,Dv)
+    return y.reshape(B, H, T, v.shape[-1]), probs, sink_probs
 
 
 # The compiled kernel keeps no probabilities, so it serves only calls with no backward to follow,
 # and only a few new positions (a prefill's (T, S) blocks are BLAS work).
 ATTEND = Leaf("attention", attend, "minimoe.kernels.ops:attend",
               when=lambda q, k, v, window, sinks: in_inference() and q.shape[2] <= 8
-              and all_float32(q, k, v, sinks))
+              and v.shape == k.shape and all_float32(q, k, v, sinks))
 
 
 def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, sin: np.ndarray,

@@ -46,6 +46,8 @@ def forward(x: np.ndarray, w, b: np.ndarray | None = None, experts: np.ndarray |
             name: str = "linear"):
     """x (..., I), w (O, I) or (E, O, I) with experts (N,), b (O,) or (E, O) or None -> y (..., O).
     `name` labels it in a trace ("attn.q", "moe.experts.gate")."""
+    if x.ndim == 2:                                      # (N, I) already
+        return MATMUL(x, w, b, experts, name=name), (x, w, b is not None, experts)
     lead, I = x.shape[:-1], x.shape[-1]
     # one 2-D matmul over all rows: NumPy runs a stacked (B, T, I) @ (I, O) as B small ones
     y = MATMUL(x.reshape(-1, I), w, b, experts, name=name)   # (N, I) @ (I, O) -> (N, O)

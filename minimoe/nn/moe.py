@@ -20,7 +20,8 @@ Two forms compute the same thing:
     outputs per token. It is the form the model, the training backward and the kernels use, and
     it is tested equal to the loop.
 
-`p` holds one layer's MoE parameters by short name: "router.weight" (+ "router.bias"),
+`p` holds one layer's MoE parameters by short name: "router.weight" (+ "router.bias",
+"router.e_score_correction_bias"),
 "experts.gate", "experts.up", "experts.down" (+ "experts.gate_bias", ...), and with shared
 experts "shared.gate.weight", "shared.up.weight", "shared.down.weight" (+ "shared_gate.weight").
 """
@@ -59,7 +60,8 @@ def forward_loop(x: np.ndarray, p: dict, cfg: Config):
     """The reference form. x (B, T, C) -> (y (B, T, C), routing stats)."""
     B, T, C = x.shape
     xf = x.reshape(B * T, C)                             # (N, C)
-    weights, experts, stats, _ = router.forward(xf, p["router.weight"], p.get("router.bias"), cfg)
+    weights, experts, stats, _ = router.forward(xf, p["router.weight"], p.get("router.bias"), cfg,
+                                                p.get("router.e_score_correction_bias"))
     y = np.zeros_like(xf)                                # (N, C)
     for e in range(cfg.n_experts):
         tokens, slot = np.where(experts == e)            # the tokens that chose expert e, and in which slot
@@ -125,7 +127,8 @@ def forward(x: np.ndarray, p: dict, cfg: Config):
     N, K, E = B * T, cfg.top_k, cfg.n_experts
     xf = x.reshape(N, C)                                 # (N, C)
     weights, experts, stats, router_cache = router.forward(
-        xf, p["router.weight"], p.get("router.bias"), cfg)  # (N, K), (N, K)
+        xf, p["router.weight"], p.get("router.bias"), cfg,
+        p.get("router.e_score_correction_bias"))         # (N, K), (N, K)
     # dispatch: group the A = N*K assignments by expert, so each expert's rows are contiguous
     order, offsets = DISPATCH(experts, E)                # (A,), (E+1,)
     counts = stats["tokens_per_expert"]                  # (E,)

@@ -20,6 +20,11 @@ import numpy as np
 from minimoe.kernels.dispatch import Leaf, all_float32
 
 
+def yarn_mscale(factor: float, m: float = 1.0) -> float:
+    """YaRN's attention temperature (Peng et al., 2023, eq. 21): 0.1 m ln(factor) + 1, or 1 for factor <= 1."""
+    return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+
 def inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> tuple[np.ndarray, float]:
     """(inv_freq (D/2,) float64, attention_factor). The factor multiplies cos and sin (YaRN)."""
     D = head_dim
@@ -42,15 +47,12 @@ def inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> tuple[
         old_ctx = scaling["original_max_position_embeddings"]
         beta_fast, beta_slow = scaling.get("beta_fast", 32), scaling.get("beta_slow", 1)
 
-        def mscale(s, m=1.0):
-            return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
-
         attn_factor = scaling.get("attention_factor")
         if attn_factor is None:
             if scaling.get("mscale") and scaling.get("mscale_all_dim"):
-                attn_factor = mscale(factor, scaling["mscale"]) / mscale(factor, scaling["mscale_all_dim"])
+                attn_factor = yarn_mscale(factor, scaling["mscale"]) / yarn_mscale(factor, scaling["mscale_all_dim"])
             else:
-                attn_factor = mscale(factor)
+                attn_factor = yarn_mscale(factor)
 
         def correction_dim(rotations):  # the dimension whose wavelength fits `rotations` times in old_ctx
             return D * math.log(old_ctx / (rotations * 2 * math.pi)) / (2 * math.log(theta))

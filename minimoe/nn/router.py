@@ -9,6 +9,15 @@ Shape legend: N tokens (B*T flattened), C d_model, E experts, K top-k.
     "sigmoid_topk" (DeepSeek-V3): scores = sigmoid(logits); keep the K largest; renormalise
     every rule then multiplies the K weights by router_scale (DeepSeek's routed_scaling_factor)
 
+DeepSeek chooses the K experts in two more ways (`choose`); neither changes how they are weighted:
+    correction bias (V3's e_score_correction_bias, (E,)): the experts are chosen by scores + bias,
+                   but weighted by the scores alone. DeepSeek nudges the bias between training steps
+                   to balance the load, instead of an auxiliary loss.
+    group-limited  (n_group, topk_group): the E experts form n_group groups; each token first keeps
+                   its topk_group best groups, then its K best experts inside them (V3 ranks a group
+                   by the sum of its two best scores, V2 by its best score). This bounds how many
+                   devices a token's experts live on.
+
 The selection is a hard choice and has no gradient. The gradient reaches the router through
 the K weights of the chosen experts (and through the auxiliary losses on `probs`/`logits`).
 
@@ -34,13 +43,41 @@ def top_k(scores: np.ndarray, K: int) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")[:, :K]
 
 
-def select(logits: np.ndarray, K: int, rule: str, renorm: bool, scale: float):
+def group_limited_top_k(choice: np.ndarray, K: int, n_group: int, topk_group: int,
+                        group_score: str) -> np.ndarray:
+    """choice (N, E) -> (N, K) indices: the K best experts inside each row's topk_group best groups.
+    A group's rank is the sum of its two best scores ("top2_sum", DeepSeek-V3) or its best ("max", V2)."""
+    N, E = choice.shape
+    grouped = choice.reshape(N, n_group, E // n_group)   # (N, n_group, E/n_group), groups are contiguous
+    if group_score == "top2_sum":
+        rank = np.sort(grouped, axis=-1)[..., -2:].sum(axis=-1)  # (N, n_group)
+    else:
+        rank = grouped.max(axis=-1)                      # (N, n_group)
+    best = top_k(rank, topk_group)                       # (N, topk_group) the groups a token may use
+    allowed = np.zeros((N, n_group), dtype=bool)
+    allowed[np.arange(N)[:, None], best] = True          # (N, n_group)
+    allowed = np.repeat(allowed, E // n_group, axis=1)   # (N, n_group) -> (N, E)
+    return top_k(np.where(allowed, choice, -np.inf), K)  # (N, K); other groups' experts never win
+
+
+def choose(scores: np.ndarray, K: int, groups: int, topk_groups: int, bias: np.ndarray | None,
+           group_score: str) -> np.ndarray:
+    """scores (N, E) -> experts (N, K): plain top-k, or DeepSeek's (bias added, groups first)."""
+    choice = scores if bias is None else scores + bias   # (N, E) + (E,): the bias only chooses
+    if groups > 1:
+        return group_limited_top_k(choice, K, groups, topk_groups, group_score)
+    return top_k(choice, K)
+
+
+def select(logits: np.ndarray, K: int, rule: str, renorm: bool, scale: float, groups: int = 1,
+           topk_groups: int = 1, bias: np.ndarray | None = None):
     """The routing rule: logits (N, E) -> (weights (N, K), experts (N, K) int, probs (N, E), g (N, K)),
-    where g are the chosen scores the weights are made from (kept for the backward pass)."""
+    where g are the chosen scores the weights are made from (kept for the backward pass).
+    groups/topk_groups: DeepSeek's group-limited choice; bias (E,): V3's correction bias."""
     rows = np.arange(logits.shape[0])[:, None]           # (N, 1)
     if rule == "softmax_topk":
         probs = softmax(logits)                          # (N, E)
-        experts = top_k(probs, K)                        # (N, K)
+        experts = choose(probs, K, groups, topk_groups, None, "max")  # (N, K)
         g = probs[rows, experts]                         # (N, K) chosen probabilities
         weights = g / g.sum(axis=-1, keepdims=True) if renorm else g
     elif rule == "topk_softmax":
@@ -51,25 +88,29 @@ def select(logits: np.ndarray, K: int, rule: str, renorm: bool, scale: float):
     else:  # "sigmoid_topk"
         scores = sigmoid(logits)                         # (N, E), each in (0, 1)
         probs = scores / scores.sum(axis=-1, keepdims=True)
-        experts = top_k(scores, K)
-        g = scores[rows, experts]                        # (N, K)
+        experts = choose(scores, K, groups, topk_groups, bias, "top2_sum")  # (N, K)
+        g = scores[rows, experts]                        # (N, K) weighted by the scores, bias-free
         weights = g / g.sum(axis=-1, keepdims=True) if renorm else g
     return weights * np.asarray(scale, dtype=weights.dtype), experts, probs, g
 
 
 SELECT = Leaf("route", select, "minimoe.kernels.ops:select",
-              when=lambda logits, K, rule, *_: rule in ("softmax_topk", "topk_softmax") and all_float32(logits))
+              when=lambda logits, K, rule, renorm, scale, groups=1, *_: (
+                  rule in ("softmax_topk", "topk_softmax") and groups == 1 and all_float32(logits)))
 
 
-def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config):
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cfg: Config,
+            correction_bias: np.ndarray | None = None):
     """x (N, C), w (E, C), b (E,) or None -> (weights (N, K), experts (N, K) int, stats, cache).
+    correction_bias (E,): DeepSeek-V3's e_score_correction_bias, which only chooses (see above).
 
     stats: "tokens_per_expert" (E,) assignments per expert, "prob_mass" (E,) router probability
     summed over the N tokens, "probs" (N, E) the full router distribution, "logits" (N, E).
     """
     logits, lin = linear.forward(x, w, b, name="moe.router")  # (N, C) -> (N, E)
-    weights, experts, probs, g = SELECT(logits, cfg.top_k, cfg.router, cfg.router_renorm, cfg.router_scale,
-                                        name="moe.router.topk")
+    rule = (cfg.router, cfg.router_renorm, cfg.router_scale,
+            cfg.router_groups, cfg.router_topk_groups, correction_bias)  # (+ DeepSeek's ways of choosing)
+    weights, experts, probs, g = SELECT(logits, cfg.top_k, *rule, name="moe.router.topk")  # (N, K) (N, K) (N, E)
     stats = {
         "tokens_per_expert": np.bincount(experts.ravel(), minlength=cfg.n_experts),  # (E,)
         "prob_mass": probs.sum(axis=0),                                                # (E,)
