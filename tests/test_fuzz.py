@@ -6,7 +6,8 @@ crash or a hang. "Correct" is checked against an oracle where there is one:
     safetensors files    the safetensors package itself: whatever we accept, it accepts too, and
                          the arrays are equal
     config.json          a model that loads runs: finite logits of the right shape
-    tokenizer.json       a tokenizer that loads round-trips text of its own alphabet
+    tokenizer.json       a tokenizer that loads round-trips text of its own alphabet (a Hugging
+                         Face one, with any field replaced, encodes and decodes without a raw error)
     packed metadata      a quantized model that loads equals the one saved
     generate / sample    ids in range; a sampled id is among the top_k and inside the top_p nucleus;
                          greedy decoding equals the argmax of uncached forward passes
@@ -258,6 +259,42 @@ def test_tokenizer_json_in_a_checkpoint(d):
     if model is not None and model.tokenizer is not None:
         ids = model.generate(np.array([1, 2]), 6, temperature=1.0, seed=0)
         assert isinstance(model.tokenizer.decode(ids), str)
+
+
+HF_TOKENIZERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tokenizers")
+HF_FIELDS = ["version", "added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder", "model",
+             "model.type", "model.vocab", "model.merges", "model.byte_fallback", "model.unk_token",
+             "model.fuse_unk", "model.ignore_merges", "added_tokens.0", "model.merges.0"]
+
+
+@fuzz(60)
+@given(name=st.sampled_from(["gpt2", "llama2"]), field=st.sampled_from(HF_FIELDS), value=json_values,
+       text=st.text(max_size=12))
+def test_hf_tokenizer_json_with_a_field_replaced(name, field, value, text):
+    """A Hugging Face tokenizer.json with one field replaced by random JSON: a clear error when
+    loading, or a tokenizer whose encode and decode give a clear error or ids and text."""
+    from minimoe.tokenizer import load_tokenizer
+    with open(os.path.join(HF_TOKENIZERS, name, "tokenizer.json"), encoding="utf-8") as f:
+        d = json.load(f)
+    *path, last = field.split(".")
+    node = d
+    for key in path:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if isinstance(node, list):
+        if not node:
+            return
+        node[int(last)] = value
+    else:
+        node[last] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "tokenizer.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(d, f)
+        tok = clear_error_or(lambda: load_tokenizer(path))
+    if tok is not None:
+        ids = clear_error_or(lambda: tok.encode(text))
+        if ids is not None:
+            assert clear_error_or(lambda: tok.decode(ids)) is None or isinstance(tok.decode(ids), str)
 
 
 QUANT = minimoe.quantize(TINY, "q4_0")

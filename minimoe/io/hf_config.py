@@ -16,8 +16,8 @@ def _get(d: dict, key: str | tuple, source: str, default=...):
     one present wins.
 
     The value must have the JSON type of the default: a number for a number, true/false for a
-    bool, a list for a list (so "false" is not read as true, nor "64" as a width); the fields
-    that are required or default to null are all sizes, so integers."""
+    bool, a list for a list (so "false" is not read as true, nor "64" as a width). A required
+    field, or one that defaults to null, is checked where it is used (Config checks every size)."""
     keys = key if isinstance(key, tuple) else (key,)
     present = [k for k in keys if k in d and d[k] is not None]
     if not present:
@@ -33,8 +33,8 @@ def _get(d: dict, key: str | tuple, source: str, default=...):
         ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
     elif isinstance(default, (list, dict)):
         ok, kind = isinstance(value, type(default)), f"a JSON {'array' if isinstance(default, list) else 'object'}"
-    else:                                                   # required, or null by default: a size
-        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    else:                                                   # required, or null by default
+        ok, kind = True, ""
     if not ok:
         raise ConfigError(f"{source}: {present[0]} must be {kind}, found {value!r}")
     return value
