@@ -15,6 +15,7 @@ process, each outcome put in one class:
     python tests/reliability/sweep.py                      # this checkout, a table on stdout
     python tests/reliability/sweep.py --root /tmp/old      # another checkout (the "before")
     python tests/reliability/sweep.py --json out.json --only kernels,sampling
+    python tests/reliability/sweep.py --compare before.json after.json     # one table of both
 
 The case functions below run in the child process with `minimoe` imported from --root. They use
 only public API that also existed before the sweep's fixes, so one script measures both sides.
@@ -1248,6 +1249,22 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compare(before: list[dict], after: list[dict]) -> str:
+    """One table of two runs over the same cases: each cell 'before -> after'."""
+    cats = list(dict.fromkeys(r["category"] for r in after))
+    lines = ["| input category | cases | " + " | ".join(CLASSES) + " |", "|---|---:|" + "---:|" * len(CLASSES)]
+    for cat in cats + ["all"]:
+        b = [r for r in before if cat in ("all", r["category"])]
+        a = [r for r in after if cat in ("all", r["category"])]
+        cells = []
+        for k in CLASSES:
+            nb, na = sum(r["class"] == k for r in b), sum(r["class"] == k for r in a)
+            cells.append("" if nb == na == 0 else f"{nb} -> {na}")
+        name = f"**{cat}**" if cat == "all" else cat
+        lines.append(f"| {name} | {len(a)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="minimoe reliability sweep")
     p.add_argument("--root", default=REPO, help="the minimoe source tree to test (default: this checkout)")
@@ -1256,7 +1273,13 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=180)
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--list", action="store_true", help="list the cases")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE.json", "AFTER.json"),
+                   help="print one before -> after table of two --json results")
     args = p.parse_args(argv)
+    if args.compare:
+        runs = [json.load(open(path))["results"] for path in args.compare]
+        print(compare(*runs))
+        return 0
     if args.child:
         child_main(int(args.child[0]), args.child[1])
         return 0
