@@ -113,7 +113,7 @@ class PackedWeight:
     def validate(self) -> PackedWeight:
         """Check that the arrays agree with each other and with `shape`. The kernels trust them
         (Numba checks no bounds, so a mismatch would read or write outside the arrays), so the
-        checked entry points call this on every call: it is written to cost about a microsecond."""
+        checked entry points call this on every call: it is written to cost a couple of microseconds."""
         fmt, shape, d, m, qs, G = self.fmt, self.shape, self.d, self.m, self.qs, self.G
         if fmt not in PACKED_FORMATS:
             raise KernelInputError(f"PackedWeight: format {fmt!r} has no fused kernel "
