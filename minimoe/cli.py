@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     "minimoe.commands.eval",
     "minimoe.commands.info",
     "minimoe.commands.quantize",
+    "minimoe.commands.export",
     "minimoe.commands.inspect",
     "minimoe.commands.estimate",
     "minimoe.commands.bench",

@@ -295,6 +295,16 @@ class Model:
         from minimoe.io.checkpoint import save
         save(self, folder)
 
+    def save_hf(self, folder: str, family: str | None = None) -> str:
+        """Write a Hugging Face folder transformers loads (minimoe/io/hf_export.py); returns the family."""
+        from minimoe.io.hf_export import save_hf
+        return save_hf(self, folder, family)
+
+    def save_gguf(self, path: str, recipe: str = "f32") -> str:
+        """Write a llama.cpp GGUF file; recipe f32 | q8_0 | q4_0 | mxfp4 (minimoe/io/gguf_file.py)."""
+        from minimoe.io.gguf_file import save_gguf
+        return save_gguf(self, path, recipe)
+
     def __repr__(self) -> str:
         c = self.param_counts()
         return (f"Model({self.config.name or 'custom'}: {self.config.n_layers} layers, d_model "

@@ -393,7 +393,7 @@ FORMAT_NAMES = ["q8_0", "q4_0", "q4_1", "mxfp4", "nf4"]
 @given(x=arrays(np.float64, st.tuples(st.integers(0, 3), st.sampled_from([0, 1, 31, 32, 64, 96])),
                 elements=st.just(0.0) | st.floats(-1e5, 1e5) | st.sampled_from([np.nan, np.inf, 1e39])),
        dtype=st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.int8, np.bool_, np.complex64]),
-       fmt=st.sampled_from(FORMAT_NAMES) | st.sampled_from(["Q4_0", "q3_k", ""]) | json_values)
+       fmt=st.sampled_from(FORMAT_NAMES) | st.sampled_from(["Q4_0", "q4_k", "q6_k", "q9_k", ""]) | json_values)
 def test_quantize_random_arrays(x, dtype, fmt):
     from minimoe.quant import format_module, quantize
     with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -411,7 +411,7 @@ def test_quantize_random_arrays(x, dtype, fmt):
         for k in range(min(len(rows), 4)):                      # the readable oracle, block by block
             np.testing.assert_array_equal(got[k], spec.dequantize_block_loop(rows[k]))
     amax = np.abs(want.reshape(-1, spec.BLOCK_SIZE)).max(axis=1, keepdims=True)
-    if amax.size and amax.max() <= 6e4:                         # the bounds of test_quant_properties
+    if amax.size and amax.max() <= 6e4 and spec.NAME in FORMAT_NAMES:   # test_quant_properties' bounds
         assert (np.abs(got - want.reshape(got.shape)) <= error_bound(spec.NAME, amax)).all()
 
 

@@ -137,6 +137,33 @@ def test_gemv_kernels_equal_twins_directly():
         np.testing.assert_array_equal(ta[1:], 0)
 
 
+
+def test_packed_kernels_load_from_numba_cache():
+    """Each packed kernel is its format's pieces inlined into a shared skeleton; each must still load
+    from Numba's on-disk cache in a new process (a kernel closing over its pieces would compile
+    again in every process). The first run compiles whatever is not cached yet."""
+    code = """if True:
+        import numpy as np
+        from minimoe import quant
+        from minimoe.kernels import pack
+        from minimoe.kernels import qmatmul as qm
+        kernels = []
+        for fmt in qm.GEMV:
+            pw = pack(quant.quantize(np.ones((1, 16, 32), np.float32), fmt))
+            x, y, ex = np.ones((1, 32), np.float32), np.empty((1, 16), np.float32), np.zeros(1, np.int64)
+            for k in (qm.GEMV[fmt].numba, qm.GEMV[fmt].serial.numba):
+                k(x, pw.d, pw.m, pw.qs, pw.G, ex, y)
+                kernels.append(k)
+            qm.DEQUANT_TILE[fmt].numba(pw.d, pw.m, pw.qs, pw.G, 0, 0, np.empty((16, 32), np.float32))
+            kernels.append(qm.DEQUANT_TILE[fmt].numba)
+        print(sum(len(k.stats.cache_misses) for k in kernels), sum(len(k.stats.cache_hits) for k in kernels))"""
+
+    def run():
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run().returncode == 0
+    second = run()
+    assert second.stdout.split() == ["0", "12"], second.stdout + second.stderr   # 0 compiled, 12 loaded
+
 def test_expert_views_share_the_stack_repack():
     qt = quant.quantize(rand(4, 8, 64, seed=8), "q4_0")
     stack = pack(qt)

@@ -155,7 +155,7 @@ def test_dict_recipes(model):
     assert plan["layers.0.attn.v.weight"].fmt == "q8_0"
     assert plan["layers.0.ffn.up.weight"].fmt == FLOAT and plan["head.weight"].fmt == FLOAT
     assert plan_quantization(model.config, {"router": "q8_0"})["layers.1.moe.router.weight"].fmt == "q8_0"
-    for bad, match in [({"experts": "q3_k"}, "unknown quant format"), ({"mlp": "q4_0"}, "unknown component"),
+    for bad, match in [({"experts": "q8_k"}, "unknown quant format"), ({"mlp": "q4_0"}, "unknown component"),
                        ({"norms": "q8_0"}, "norms are vectors"), ({"embedding": "q8_0"}, "embedding rows"),
                        (4, "a recipe is a name or a dict")]:
         with pytest.raises(QuantError, match=match):

@@ -61,10 +61,13 @@ def save(model, folder: str) -> None:
 
 
 def load(folder: str, dtype=np.float32, check_finite: bool = True):
-    """Load a minimoe checkpoint or a Hugging Face model folder as a Model.
+    """Load a minimoe checkpoint, a Hugging Face model folder or a .gguf file as a Model.
 
     check_finite=False skips the scan of every weight for NaN and inf (a pass over all the bytes)."""
     folder = os.fspath(folder)
+    if folder.endswith(".gguf") and not os.path.isdir(folder):
+        from minimoe.io.gguf_file import load_gguf
+        return load_gguf(folder)
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: no such model folder")
     recover(folder)                                        # finish or drop an interrupted save
@@ -163,7 +166,13 @@ def first_nonfinite(arr) -> int | None:
     if _is_packed(arr):                           # the format says which blocks (from their scales)
         spec = arr.format
         rows = arr.blocks.reshape(-1, spec.BLOCK_BYTES)                    # (N, BB), one block a row
-        bad = np.flatnonzero(spec.nonfinite_blocks(rows))
+        if hasattr(spec, "nonfinite_blocks"):
+            bad = np.flatnonzero(spec.nonfinite_blocks(rows))
+        else:                                                              # decode them, a chunk at a time
+            step = max(1, FINITE_CHUNK // spec.BLOCK_SIZE)
+            with np.errstate(over="ignore", invalid="ignore"):
+                bad = np.concatenate([np.flatnonzero(~np.isfinite(spec.dequantize_blocks(rows[i:i + step])).all(axis=1)) + i
+                                      for i in range(0, len(rows), step)] or [np.zeros(0, np.int64)])
         if not bad.size:
             return None
         with np.errstate(over="ignore", invalid="ignore"):

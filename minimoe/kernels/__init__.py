@@ -22,6 +22,7 @@ Files (the Numba modules are imported on a kernel's first use, not by `import mi
     dispatch.py  `Leaf`: the one place that picks a kernel or its twin, and that traces
     packed.py    the kernels' layout of a QTensor (float32 scales, value bytes block-index-last)
     qmatmul.py   fused GEMV (decode) and tile-dequantize + BLAS (prefill), per format
+    kquant_matmul.py  the same for the K-quants q4_k and q6_k, on the GGUF bytes as stored
     halfmatmul.py  bf16 / fp16 weights as stored: GEMV kernels and tile-widen + BLAS (not wired yet)
     moe.py       MoE dispatch (group assignments by expert), gather, combine (weighted scatter-add)
     ops.py       attention over the KV cache for a few new positions, router top-k
@@ -49,6 +50,9 @@ def matmul(x: np.ndarray, w) -> np.ndarray:
         raise KernelInputError(f"matmul: w must be a float array or a QTensor, found {type(w).__name__}")
     if getattr(x, "dtype", None) == np.float32 and fmt in PACKED_FORMATS:
         return qmatmul(x, pack(w))                       # fused dequantize-and-multiply
+    if fmt in KQUANT_GEMV_FORMATS and getattr(x, "dtype", None) == np.float32 and x.ndim == 2:
+        from minimoe.kernels.kquant_matmul import kmatmul
+        return kmatmul(x, w)                             # fused, on the GGUF bytes as they are
     _check_operands(x, w.shape, len(w.shape) == 2)
     if x.dtype.kind != "f":                              # weights cast to ints would be wrong
         raise KernelInputError(f"matmul: x must be a float array to multiply a packed weight, found "
@@ -69,6 +73,10 @@ def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
     """The compiled side of minimoe/nn/linear.py's `matmul`, with its signature: x (N, I) float32
     @ w (O, I).T (+ b), or row n times w[experts[n]] of a stack (E, O, I) (+ b[experts[n]])."""
     from minimoe.kernels.qmatmul import fmatmul, qmatmul
+    if getattr(w, "fmt", None) in KQUANT_GEMV_FORMATS:
+        from minimoe.kernels.kquant_matmul import kmatmul
+        y = kmatmul(x, w, experts)                                        # (N, O)
+        return y if b is None else y + (b if experts is None else b[experts])
     if experts is None:
         y = x @ w.T if isinstance(w, np.ndarray) else qmatmul(x, pack(w))  # (N, O)
         return y if b is None else y + b
@@ -87,9 +95,10 @@ def takes_matmul(x, w, b=None, experts=None) -> bool:
     one with a fused kernel."""
     if x.dtype != np.float32:
         return False
-    return isinstance(w, (np.ndarray, PackedWeight)) or getattr(w, "fmt", None) in PACKED_FORMATS
+    return isinstance(w, (np.ndarray, PackedWeight)) or getattr(w, "fmt", None) in PACKED_FORMATS + KQUANT_GEMV_FORMATS
 
 
+KQUANT_GEMV_FORMATS = ("q4_k", "q6_k")   # K-quants with fused kernels (kquant_matmul.py)
 GEMV_ROWS = 4            # rows up to which a stack of float experts is multiplied row by row
 
 __all__ = ["matmul", "backend", "get_backend", "set_backend", "pack", "PackedWeight",

@@ -11,8 +11,9 @@ computes the same thing. `Leaf` holds the pair. Calling it runs
 and, only inside `with minimoe.trace()`, hands the call's arrays to the trace (FLOPs, bytes, time),
 so the math in minimoe/nn/ carries no instrumentation:
 
-    nn/norm.py:     y, xhat, rstd = RMSNORM(x, weight, eps, name="attn_norm")
-                    # -> kernels/train.py's rmsnorm_rows, or nn/norm.py's rmsnorm, then the trace
+    nn/norm.py:     RMSNORM = Leaf("norm", rmsnorm, "minimoe.kernels.train:rmsnorm")
+                    y, xhat, rstd = RMSNORM(x, weight, eps, name="attn_norm")
+                    # -> kernels/train.py's rmsnorm, or nn/norm.py's rmsnorm; then the trace
 
 The leaves are matmul (float or packed weights, one matrix or a stack of experts), rmsnorm, rope,
 attention over the keys and values (KV cache or not), the router's top-k, MoE dispatch/gather/
@@ -71,8 +72,9 @@ def all_float32(*arrays) -> bool:
 
 class Leaf:
     """A hot operation: `numpy` (the readable twin), `numba` ("module:function", the same signature,
-    imported on first use, or None), `kind` (how the trace counts it, see inspect/tracing.py; None for a backward, not traced), and
-    `when(*args)`: whether the Numba kernel takes this call (default: every array is float32)."""
+    imported on first use, or None), `kind` (how the trace counts it, see inspect/tracing.py; None
+    for a backward, which is not traced), and `when(*args)`: whether the Numba kernel takes this
+    call (default: every floating-point array is float32)."""
 
     def __init__(self, kind: str, numpy, numba: str | None = None, when=all_float32):
         self.kind, self.numpy, self._numba_ref, self.when = kind, numpy, numba, when

@@ -14,9 +14,15 @@ Formats (one module each, the byte layout drawn at the top of the file):
     q4_1   20 bytes / 32 values  5.0                    GGUF type 3
     mxfp4  17 bytes / 32 values  4.25                   GGUF type 39 (gpt-oss experts)
     nf4    36 bytes / 64 values  4.5                    QLoRA / bitsandbytes, no GGUF type
+    q2_k   84 bytes / 256 values 2.625                  GGUF type 10 (K-quant super-block)
+    q3_k  110 bytes / 256 values 3.4375                 GGUF type 11
+    q4_k  144 bytes / 256 values 4.5                    GGUF type 12
+    q5_k  176 bytes / 256 values 5.5                    GGUF type 13
+    q6_k  210 bytes / 256 values 6.5625                 GGUF type 14
+(the K-quants share k_quants.py: the 256-weight super-block and ggml's scale searches)
 See docs/formats.md.
 """
-from . import mxfp4, nf4, q4_0, q4_1, q8_0
+from . import mxfp4, nf4, q2_k, q3_k, q4_0, q4_1, q4_k, q5_k, q6_k, q8_0
 from .mxfp4 import from_hf_mxfp4, to_hf_mxfp4
 from .qtensor import (
     FORMATS,
@@ -30,7 +36,7 @@ from .qtensor import (
     quantize,
 )
 
-for _module in (q8_0, q4_0, q4_1, mxfp4, nf4):
+for _module in (q8_0, q4_0, q4_1, mxfp4, nf4, q2_k, q3_k, q4_k, q5_k, q6_k):
     FORMATS[_module.NAME] = _module
 del _module
 

@@ -95,16 +95,8 @@ def minimoe_model(preset: str = PRESET, seed: int = SEED):
 
 def check_mixtral_like(cfg):
     """The exports below write a plain Mixtral; refuse, by name, a config field they can't express."""
-    plain = dict(router="softmax_topk", router_renorm=True, router_bias=False, router_scale=1.0,
-                 expert_bias=False, attention="gqa", qkv_bias=False, o_bias=False, attn_sinks=False,
-                 sliding_window=0, qk_norm="none", ffn_act="swiglu", n_shared_experts=0,
-                 dense_layers=[], rope_scaling=None, tie_embeddings=False)
-    for key, want in plain.items():
-        if getattr(cfg, key) != want:
-            raise ValueError(f"preset {cfg.name!r}: {key}={getattr(cfg, key)!r}; the peer exports "
-                             f"only handle a plain Mixtral ({key}={want!r})")
-    if cfg.n_experts < 2:
-        raise ValueError(f"preset {cfg.name!r} has no experts (n_experts={cfg.n_experts})")
+    from minimoe.io.gguf_file import check_llama_moe
+    check_llama_moe(cfg)
 
 
 # --- Hugging Face -----------------------------------------------------------------------------------
@@ -148,79 +140,12 @@ def to_hf(model, attn: str = "eager", experts: str = "eager"):
 
 
 # --- GGUF -------------------------------------------------------------------------------------------
-def rope_interleave_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """q or k weight, rotate-half row order -> llama.cpp's neighbour-pair row order.
-
-    (n_heads*D, C): in each head, row j (j < D/2) moves to 2j and row j + D/2 to 2j + 1.
-    """
-    rows, C = w.shape
-    D = rows // n_heads
-    halves = w.reshape(n_heads, 2, D // 2, C)          # (H, 2, D/2, C): [first half, second half]
-    pairs = halves.transpose(0, 2, 1, 3)               # (H, D/2, 2, C): (row j, row j + D/2) side by side
-    return np.ascontiguousarray(pairs.reshape(rows, C))
-
-
-def gguf_tensors(model) -> list[tuple[str, np.ndarray, bool]]:
-    """(GGUF name, float32 array in numpy order, is a weight matrix that the file type packs)."""
-    cfg, p = model.config, model.params
-    out = [("token_embd.weight", p["embed.weight"], True)]
-    for i in range(cfg.n_layers):
-        ours, blk = f"layers.{i}.", f"blk.{i}."
-        out += [
-            (blk + "attn_norm.weight", p[ours + "attn_norm.weight"], False),
-            (blk + "attn_q.weight", rope_interleave_rows(p[ours + "attn.q.weight"], cfg.n_heads), True),
-            (blk + "attn_k.weight", rope_interleave_rows(p[ours + "attn.k.weight"], cfg.n_kv_heads), True),
-            (blk + "attn_v.weight", p[ours + "attn.v.weight"], True),
-            (blk + "attn_output.weight", p[ours + "attn.o.weight"], True),
-            (blk + "ffn_norm.weight", p[ours + "ffn_norm.weight"], False),
-            (blk + "ffn_gate_inp.weight", p[ours + "moe.router.weight"], False),
-            (blk + "ffn_gate_exps.weight", p[ours + "moe.experts.gate"], True),
-            (blk + "ffn_up_exps.weight", p[ours + "moe.experts.up"], True),
-            (blk + "ffn_down_exps.weight", p[ours + "moe.experts.down"], True),
-        ]
-    out += [("output_norm.weight", p["norm.weight"], False), ("output.weight", p["head.weight"], True)]
-    return out
-
-
 def write_gguf(model, path: str, wtype: str = "f32") -> str:
-    """Write `model` as a llama.cpp "llama"-architecture GGUF with every weight matrix in `wtype`."""
-    import gguf
-    qtypes = {"f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
-              "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
-              "q4_0": (gguf.GGMLQuantizationType.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0)}
-    if wtype not in qtypes:
-        raise ValueError(f"GGUF weight type must be one of {sorted(qtypes)}, found {wtype!r}")
-    qtype, ftype = qtypes[wtype]
-    cfg = model.config
-    w = gguf.GGUFWriter(path, arch="llama")
-    w.add_name(f"minimoe {cfg.name} seed {SEED}")
-    w.add_file_type(ftype)
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.d_model)
-    w.add_block_count(cfg.n_layers)
-    w.add_feed_forward_length(cfg.d_expert)
-    w.add_head_count(cfg.n_heads)
-    w.add_head_count_kv(cfg.n_kv_heads)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_expert_count(cfg.n_experts)
-    w.add_expert_used_count(cfg.top_k)
-    w.add_tokenizer_model("none")                      # no vocabulary: vocab_size dummy tokens
-    for name, arr, packed in gguf_tensors(model):
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if packed and qtype != gguf.GGMLQuantizationType.F32:
-            w.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)   # (..., bytes per row) uint8
-        else:
-            w.add_tensor(name, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    """Write `model` as a llama.cpp "llama"-architecture GGUF with its matrices in `wtype`: the
+    library's export (minimoe/io/gguf_file.py: q/k rows permuted for llama.cpp's RoPE,
+    tokenizer.ggml.model "none"), with token_embd packed too, as issue 7's numbers were measured."""
+    from minimoe.io.gguf_file import save_gguf
+    return save_gguf(model, path, recipe=wtype, pack_embedding=True)
 
 
 def gguf_paths(model, folder: str = DEFAULT_DIR, types=GGUF_TYPES, seed: int = SEED, log=print) -> dict:
@@ -231,8 +156,7 @@ def gguf_paths(model, folder: str = DEFAULT_DIR, types=GGUF_TYPES, seed: int = S
         path = os.path.join(folder, f"{model.config.name}-seed{seed}-{t}.gguf")
         if not os.path.exists(path):
             t0 = time.perf_counter()
-            write_gguf(model, path + ".part", t)
-            os.replace(path + ".part", path)
+            write_gguf(model, path, t)                  # atomic: written under a temporary name
             log(f"wrote {path} ({os.path.getsize(path) / 2**20:.0f} MiB, {time.perf_counter() - t0:.1f} s)")
         paths[t] = path
     return paths

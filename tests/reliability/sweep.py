@@ -561,7 +561,7 @@ for label, fn in [
     ("not JSON", lambda meta, h: "{nope"),
     ("a JSON list", lambda meta, h: [1, 2]),
     ("an entry without fmt", lambda meta, h: meta[QNAME].pop("fmt") and meta),
-    ("fmt unknown", lambda meta, h: meta[QNAME].update(fmt="q3_k") or meta),
+    ("fmt unknown", lambda meta, h: meta[QNAME].update(fmt="q9_k") or meta),
     ("fmt is a number", lambda meta, h: meta[QNAME].update(fmt=4) or meta),
     ("shape does not match the bytes", lambda meta, h: meta[QNAME].update(shape=[64, 32]) or meta),
     ("shape is a string", lambda meta, h: meta[QNAME].update(shape="32,32") or meta),
@@ -658,7 +658,7 @@ def _(work):
 
 @case(CAT, "PackedWeight: unknown format")
 def _(work):
-    return matmul_with(fmt="q2_k")
+    return matmul_with(fmt="q9_k")
 
 
 @case(CAT, "PackedWeight: 1-D shape")
@@ -847,7 +847,7 @@ CAT = "quantize"
 @case(CAT, "unknown recipe")
 def _(work):
     import minimoe
-    minimoe.quantize(tiny_model(), "q3_k")
+    minimoe.quantize(tiny_model(), "q9_k")
     return False
 
 

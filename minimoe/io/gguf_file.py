@@ -1,0 +1,337 @@
+"""GGUF files (llama.cpp's format) out of and into minimoe, through the `gguf` package (an optional
+extra: pip install gguf).
+
+Shape legend: V vocab, C model width, H heads, G kv heads, D head dim, F expert width, E experts.
+
+    model.save_gguf("m.gguf", recipe="q4_0")     # f32 | q8_0 | q4_0 | mxfp4
+    model = minimoe.load("m.gguf")              # packed tensors stay packed (QTensor)
+
+Architectures written (arch_for picks one from the config's q/k norm; docs/export.md):
+    llama      Mixtral: what convert_hf_to_gguf.py writes for one (llama with experts)
+    qwen3moe   Qwen3-MoE: q/k RMSNorm per head, top-k renormalised
+    olmoe      OLMoE: q/k RMSNorm over the whole projection, top-k not renormalised
+Metadata keys are {arch}.block_count, {arch}.expert_count, {arch}.expert_used_count, ... (and
+qwen3moe.expert_feed_forward_length); tensors token_embd, blk.N.attn_{norm,q,k,v,output},
+blk.N.attn_{q,k}_norm, blk.N.ffn_norm, blk.N.ffn_gate_inp (router), blk.N.ffn_{gate,up,down}_exps
+(E stacked), output_norm, output. gpt-oss ("gpt-oss") and DeepSeek ("deepseek2") are NOT written.
+
+Two conventions differ from minimoe's (and Hugging Face's):
+  * RoPE: llama.cpp's "llama" architecture rotates neighbouring pairs (x0, x1), (x2, x3), ...;
+    minimoe rotates halves (x_j, x_{j + D/2}). convert_hf_to_gguf.py permutes the rows of q and
+    k to make one the other; rope_interleave_rows does the same, and load undoes it. A row
+    permutation moves whole rows of packed blocks, so it is exact for packed tensors too.
+    qwen3moe and olmoe rotate halves in llama.cpp too ("NEOX" RoPE): nothing is permuted.
+  * Which tensors are packed: the recipe packs the attention and expert matrices and the output
+    head; norms, the router and the embedding table stay float32 (minimoe looks embedding rows
+    up in float), as llama.cpp keeps norms and the router.
+The packed bytes are minimoe.quant's, which are gguf.quants' byte for byte.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from minimoe.errors import MinimoeError
+
+RECIPES = ("f32", "q8_0", "q4_0", "mxfp4", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")   # K-quants: rows a multiple of 256
+
+
+class GGUFError(MinimoeError, ValueError):
+    """A model that cannot be written as GGUF, or a GGUF file minimoe cannot read."""
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise GGUFError("GGUF files need the `gguf` package: pip install gguf") from None
+    return gguf
+
+
+# llama.cpp architecture -> what its graph computes that a minimoe config must match.
+# (src/models/*.cpp in llama.cpp: the "llama" graph with experts is Mixtral's; qwen3moe always
+# renormalises the top-k weights and RMS-normalises q and k per head; olmoe never renormalises and
+# normalises q and k over the whole projection, which it sizes n_embd, so it has no GQA.)
+ARCHS = {
+    "llama": dict(qk_norm="none", router_renorm=True, dense_layers=[], tie_embeddings=False),
+    "qwen3moe": dict(qk_norm="head", router_renorm=True, dense_layers=[]),
+    "olmoe": dict(qk_norm="full", router_renorm=False, dense_layers=[], tie_embeddings=False),
+}
+PLAIN = dict(router="softmax_topk", router_bias=False, router_scale=1.0, expert_bias=False,
+             attention="gqa", qkv_bias=False, o_bias=False, attn_sinks=False, sliding_window=0,
+             ffn_act="swiglu", n_shared_experts=0, rope_scaling=None, norm="rmsnorm",
+             attn_output_gate=False)
+
+
+def arch_for(cfg) -> str:
+    """The llama.cpp architecture that computes exactly what `cfg` says, chosen by its q/k norm
+    (none -> llama, per head -> qwen3moe, whole projection -> olmoe); a GGUFError names the first
+    field that architecture cannot express."""
+    if cfg.n_experts < 2:
+        raise GGUFError(f"config {cfg.name!r} has no experts (n_experts={cfg.n_experts}); the GGUF export "
+                        f"writes MoE models")
+    arch = {"none": "llama", "head": "qwen3moe", "full": "olmoe"}.get(cfg.qk_norm)
+    if arch is None:
+        raise GGUFError(f"config {cfg.name!r}: qk_norm={cfg.qk_norm!r} has no llama.cpp architecture")
+    for key, want in {**PLAIN, **ARCHS[arch]}.items():
+        if getattr(cfg, key, want) != want:
+            raise GGUFError(f"config {cfg.name!r}: {key}={getattr(cfg, key)!r}; the GGUF '{arch}' export "
+                            f"needs {key}={want!r} (docs/export.md)")
+    if arch == "olmoe" and (cfg.n_kv_heads != cfg.n_heads or cfg.head_dim * cfg.n_heads != cfg.d_model):
+        raise GGUFError(f"config {cfg.name!r}: llama.cpp's olmoe sizes q_norm and k_norm by d_model, so it "
+                        f"needs n_kv_heads == n_heads and head_dim * n_heads == d_model")
+    return arch
+
+
+def check_llama_moe(cfg) -> None:
+    """Refuse, by name, a config field that llama.cpp's "llama" (Mixtral) architecture can't express."""
+    if arch_for(cfg) != "llama":
+        raise GGUFError(f"config {cfg.name!r}: qk_norm={cfg.qk_norm!r}; the 'llama' export has no q/k norm")
+
+
+def rope_interleave_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """q or k rows (H*D, ...), rotate-half order -> llama.cpp's neighbour-pair order: in each
+    head, row j (j < D/2) moves to 2j and row j + D/2 to 2j + 1."""
+    rows = w.shape[0]
+    D = rows // n_heads
+    halves = w.reshape(n_heads, 2, D // 2, *w.shape[1:])         # (H, 2, D/2, ...)
+    pairs = np.swapaxes(halves, 1, 2)                            # (H, D/2, 2, ...)
+    return np.ascontiguousarray(pairs.reshape(w.shape))
+
+
+def rope_halves_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """The inverse of rope_interleave_rows."""
+    rows = w.shape[0]
+    D = rows // n_heads
+    pairs = w.reshape(n_heads, D // 2, 2, *w.shape[1:])          # (H, D/2, 2, ...)
+    return np.ascontiguousarray(np.swapaxes(pairs, 1, 2).reshape(w.shape))
+
+
+def _permute(t, n_heads, fn):
+    """Row permutation of a float array or of a QTensor's packed rows (whole rows of blocks)."""
+    if isinstance(t, np.ndarray):
+        return fn(t, n_heads)
+    from minimoe.quant import QTensor
+    return QTensor(t.fmt, t.shape, fn(t.blocks, n_heads), t.name)
+
+
+def tensor_names(cfg) -> list[tuple[str, str, bool]]:
+    """(GGUF name, minimoe param name, packed by a recipe) for a llama-architecture MoE."""
+    out = [("token_embd.weight", "embed.weight", False)]
+    for i in range(cfg.n_layers):
+        ours, blk = f"layers.{i}.", f"blk.{i}."
+        out += [(blk + "attn_norm.weight", ours + "attn_norm.weight", False),
+                (blk + "attn_q.weight", ours + "attn.q.weight", True),
+                (blk + "attn_k.weight", ours + "attn.k.weight", True),
+                (blk + "attn_v.weight", ours + "attn.v.weight", True),
+                (blk + "attn_output.weight", ours + "attn.o.weight", True),
+                *([(blk + "attn_q_norm.weight", ours + "attn.q_norm.weight", False),
+                   (blk + "attn_k_norm.weight", ours + "attn.k_norm.weight", False)]
+                  if cfg.qk_norm != "none" else []),
+                (blk + "ffn_norm.weight", ours + "ffn_norm.weight", False),
+                (blk + "ffn_gate_inp.weight", ours + "moe.router.weight", False),
+                (blk + "ffn_gate_exps.weight", ours + "moe.experts.gate", True),
+                (blk + "ffn_up_exps.weight", ours + "moe.experts.up", True),
+                (blk + "ffn_down_exps.weight", ours + "moe.experts.down", True)]
+    out += [("output_norm.weight", "norm.weight", False)]
+    if not cfg.tie_embeddings:                   # tied (qwen3moe may be): llama.cpp reuses token_embd
+        out += [("output.weight", "head.weight", True)]
+    return out
+
+
+def _file_type(gguf, recipe):
+    return {"f32": gguf.LlamaFileType.ALL_F32, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+            "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+            "mxfp4": getattr(gguf.LlamaFileType, "MOSTLY_MXFP4_MOE", gguf.LlamaFileType.ALL_F32),
+            "q2_k": gguf.LlamaFileType.MOSTLY_Q2_K, "q3_k": gguf.LlamaFileType.MOSTLY_Q3_K_S, "q4_k": gguf.LlamaFileType.MOSTLY_Q4_K_S, "q5_k": gguf.LlamaFileType.MOSTLY_Q5_K_S,
+            "q6_k": gguf.LlamaFileType.MOSTLY_Q6_K}[recipe]
+
+
+def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = False) -> str:
+    """Write `model` as a llama.cpp "llama" GGUF; `recipe` packs the matrices (f32 = none).
+    A matrix already packed in the model is written as it is, whatever the recipe.
+    pack_embedding: pack token_embd too (llama.cpp's "all weights" files; minimoe dequantizes it
+    when it loads the file, so the round trip is then exact only up to that quantization)."""
+    gguf = _gguf()
+    from minimoe import quant
+    from minimoe.io.atomic import atomic_path
+    if recipe not in RECIPES:
+        raise GGUFError(f"--recipe must be one of {', '.join(RECIPES)}, found {recipe!r}")
+    cfg, p = model.config, model.params
+    arch = arch_for(cfg)
+    path = os.fspath(path)
+    with atomic_path(path) as tmp:
+        w = gguf.GGUFWriter(tmp, arch=arch)
+        w.add_name(f"minimoe {cfg.name}")
+        w.add_file_type(_file_type(gguf, recipe))
+        w.add_vocab_size(cfg.vocab_size)
+        w.add_context_length(cfg.max_seq_len)
+        w.add_embedding_length(cfg.d_model)
+        w.add_block_count(cfg.n_layers)
+        w.add_feed_forward_length(cfg.d_ff if arch == "qwen3moe" else cfg.d_expert)
+        if arch == "qwen3moe":
+            w.add_expert_feed_forward_length(cfg.d_expert)
+        w.add_head_count(cfg.n_heads)
+        w.add_head_count_kv(cfg.n_kv_heads)
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_rope_dimension_count(cfg.head_dim)
+        w.add_rope_freq_base(cfg.rope_theta)
+        w.add_layer_norm_rms_eps(cfg.norm_eps)
+        w.add_expert_count(cfg.n_experts)
+        w.add_expert_used_count(cfg.top_k)
+        add_vocabulary(w, model.tokenizer, cfg.vocab_size)
+        for gname, ours, packable in tensor_names(cfg):
+            t = p[ours]
+            if arch == "llama" and gname.endswith(("attn_q.weight", "attn_k.weight")):   # NEOX archs: as is
+                heads = cfg.n_heads if "attn_q" in gname else cfg.n_kv_heads
+                t = _permute(t, heads, rope_interleave_rows)
+            if isinstance(t, np.ndarray) and (packable or pack_embedding and ours == "embed.weight") \
+                    and recipe != "f32":
+                t = quant.quantize(t, recipe, name=gname)
+            if isinstance(t, np.ndarray):
+                w.add_tensor(gname, np.ascontiguousarray(t, dtype=np.float32))
+            else:
+                qtype = getattr(gguf.GGMLQuantizationType, t.fmt.upper(), None)
+                if qtype is None:
+                    raise GGUFError(f"{ours}: packed as {t.fmt}, which GGUF has no type for; "
+                                    f"quantize the model with a GGUF format (q8_0, q4_0, q4_1, mxfp4, "
+                                    f"q2_k, q3_k, q4_k, q5_k, q6_k) or keep it float")
+                w.add_tensor(gname, t.blocks, raw_dtype=qtype)       # (..., bytes per row) uint8
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# The tokenizer as a GGUF vocabulary (llama.cpp's tokenizer.ggml.* keys)
+# --------------------------------------------------------------------------------------------------
+
+TOKENIZER_KEY = "minimoe.tokenizer"      # minimoe's own tokenizer JSON, for an exact round trip
+
+
+def gguf_vocabulary(tok, vocab_size: int):
+    """A tokenizer -> (tokens, token types, merges) for llama.cpp's "gpt2" (byte-level BPE) model,
+    exactly vocab_size long (the rows of token_embd), or None when it cannot be expressed.
+
+    Every minimoe tokenizer is first written as a Hugging Face BPE (io/hf_export.tokenizer_json):
+    the byte tokenizer is a byte-level BPE with no merges (id b = byte b), the character tokenizer
+    a BPE over its characters. llama.cpp's gpt2 model works on bytes shown as printable characters
+    (GPT-2's bytes_to_unicode), so token strings that are not byte-level already are converted.
+    Ids past the tokenizer's vocabulary are filled with unused "[PAD{i}]" tokens; special tokens
+    past the model's vocabulary are dropped.
+    """
+    import gguf
+    from minimoe.hf_tokenizer.bpe import bytes_to_chars
+    from minimoe.io.hf_export import tokenizer_json
+    spec = tokenizer_json(tok)
+    if spec is None or spec.get("model", {}).get("type") != "BPE":
+        return None
+    pre = spec.get("pre_tokenizer") or {}
+    pres = pre.get("pretokenizers", [pre]) if pre else []
+    byte_level = any(p.get("type") == "ByteLevel" for p in pres)
+    to_bytes = bytes_to_chars()
+    show = (lambda t: t) if byte_level else (lambda t: "".join(to_bytes[b] for b in t.encode("utf-8")))
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for text, i in spec["model"]["vocab"].items():
+        if i < vocab_size:
+            tokens[i], types[i] = show(text), gguf.TokenType.NORMAL
+    for added in spec.get("added_tokens", []):
+        if added["id"] < vocab_size:
+            tokens[added["id"]] = added["content"]
+            types[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
+    return tokens, [int(t) for t in types], merges
+
+
+def add_vocabulary(w, tok, vocab_size: int) -> None:
+    """Write the tokenizer.ggml.* keys (and minimoe's own tokenizer JSON) to GGUFWriter `w`."""
+    vocab = gguf_vocabulary(tok, vocab_size) if tok is not None else None
+    if vocab is None:
+        w.add_tokenizer_model("none")            # llama.cpp: vocab_size dummy tokens; ids in, logits out
+        return
+    tokens, types, merges = vocab
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_add_bos_token(False)
+    special = getattr(tok, "special_tokens", None) or []
+    if special and 256 < vocab_size and tokens[256] == special[0]:
+        w.add_eos_token_id(256)                  # the byte tokenizer's <|endoftext|>
+    w.add_string(TOKENIZER_KEY, tok.to_json())
+
+
+def load_gguf(path: str):
+    """A GGUF of a llama (Mixtral), qwen3moe or olmoe MoE -> Model. Tensors in a minimoe format
+    (q8_0, q4_0, q4_1, mxfp4, q2_k ... q6_k) stay packed; F32, F16 and BF16 become float32."""
+    gguf = _gguf()
+    from minimoe import quant
+    from minimoe.config import Config
+    from minimoe.model import Model
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise GGUFError(f"{path}: no such GGUF file")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:                      # the gguf package raises plain ValueError/struct errors
+        raise GGUFError(f"{path}: not a readable GGUF file ({e})") from None
+
+    def field(key, required=True):
+        f = reader.fields.get(key)
+        if f is None:
+            if required:
+                raise GGUFError(f"{path}: metadata key {key!r} is missing")
+            return None
+        return f.contents()
+
+    arch = field("general.architecture")
+    if arch not in ARCHS:
+        raise GGUFError(f"{path}: general.architecture is {arch!r}; minimoe reads {sorted(ARCHS)} (with experts)")
+    a = f"{arch}."
+    n_heads, n_kv = int(field(a + "attention.head_count")), int(field(a + "attention.head_count_kv"))
+    tensors = {t.name: t for t in reader.tensors}
+    d_model = int(field(a + "embedding_length"))
+    n_ff = int(field(a + "feed_forward_length"))
+    vocab = field(a + "vocab_size", required=False) or int(tensors["token_embd.weight"].shape[-1])
+    cfg = Config(name=os.path.basename(path).removesuffix(".gguf"), vocab_size=int(vocab),
+                 d_model=d_model, n_layers=int(field(a + "block_count")), n_heads=n_heads, n_kv_heads=n_kv,
+                 head_dim=int(field(a + "attention.key_length", required=False) or d_model // n_heads),
+                 d_ff=n_ff, d_expert=int(field(a + "expert_feed_forward_length", required=False) or n_ff),
+                 n_experts=int(field(a + "expert_count")), top_k=int(field(a + "expert_used_count")),
+                 max_seq_len=int(field(a + "context_length")), rope_theta=float(field(a + "rope.freq_base")),
+                 norm_eps=float(field(a + "attention.layer_norm_rms_epsilon")),
+                 qk_norm=ARCHS[arch]["qk_norm"], router_renorm=ARCHS[arch]["router_renorm"],
+                 tie_embeddings="output.weight" not in tensors)
+    params = {}
+    for gname, ours, _ in tensor_names(cfg):
+        if gname not in tensors:
+            raise GGUFError(f"{path}: tensor {gname!r} is missing")
+        t = tensors[gname]
+        fmt = t.tensor_type.name.lower()
+        data = np.asarray(t.data)
+        if fmt in ("f32", "f16"):
+            value = data.astype(np.float32)
+        elif fmt == "bf16":                                           # the top 16 bits of a float32
+            value = (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        elif fmt in quant.FORMATS:
+            shape = tuple(int(n) for n in reversed(t.shape))          # ggml ne is fastest-first
+            value = quant.QTensor(fmt, shape, np.ascontiguousarray(data), gname)
+            if ours == "embed.weight" or ours.endswith("router.weight"):
+                value = value.dequantize()                            # minimoe keeps these in float
+        else:
+            raise GGUFError(f"{path}: tensor {gname!r} has type {fmt.upper()}, which minimoe does not read")
+        if arch == "llama" and gname.endswith(("attn_q.weight", "attn_k.weight")):
+            value = _permute(value, n_heads if "attn_q" in gname else n_kv, rope_halves_rows)
+        params[ours] = value
+    tokenizer = None
+    if reader.fields.get(TOKENIZER_KEY) is not None:
+        from minimoe.tokenizer import tokenizer_from_dict
+        tokenizer = tokenizer_from_dict(json.loads(field(TOKENIZER_KEY)), source=f"{path}: {TOKENIZER_KEY}")
+    return Model(cfg, params=params, tokenizer=tokenizer)

@@ -1,0 +1,126 @@
+"""minimoe -> GGUF -> minimoe is exact: float tensors bit for bit, packed tensors the same bytes as
+minimoe.quant (which are gguf.quants' bytes), the q/k RoPE row permutation undone, and the loaded
+model's logits equal. Needs the `gguf` package (test extra)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minimoe
+from minimoe import quant
+from minimoe.io import gguf_file
+
+gguf = pytest.importorskip("gguf")
+
+
+def tiny_moe(vocab_size=64):
+    cfg = minimoe.Config(name="tiny-moe", vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                         n_experts=4, top_k=2, d_ff=64, max_seq_len=32)
+    return minimoe.Model(cfg, seed=0)
+
+
+@pytest.mark.parametrize("recipe", ["f32", "q8_0", "q4_0", "mxfp4"])
+def test_round_trip_is_exact(tmp_path, recipe):
+    model = tiny_moe()
+    back = minimoe.load(model.save_gguf(str(tmp_path / f"m-{recipe}.gguf"), recipe=recipe))
+    assert back.config.n_experts == 4 and back.config.top_k == 2 and back.config.n_kv_heads == 2
+    for name, ours in model.params.items():
+        theirs = back.params[name]
+        if isinstance(theirs, np.ndarray):
+            np.testing.assert_array_equal(theirs, ours, err_msg=name)
+        else:
+            assert recipe != "f32" and theirs.fmt == recipe
+            np.testing.assert_array_equal(theirs.blocks, quant.quantize(ours, recipe).blocks, err_msg=name)
+    if recipe == "f32":
+        tokens = np.array([[1, 5, 9, 33, 2]])
+        np.testing.assert_array_equal(back(tokens), model(tokens))
+
+
+def test_file_holds_llama_cpp_names_and_the_rope_permutation(tmp_path):
+    model = tiny_moe()
+    reader = gguf.GGUFReader(model.save_gguf(str(tmp_path / "m.gguf")))
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert reader.fields["llama.expert_count"].contents() == 4
+    assert reader.fields["llama.expert_used_count"].contents() == 2
+    tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
+    assert tensors["blk.1.ffn_gate_exps.weight"].shape == model.params["layers.1.moe.experts.gate"].shape
+    q = model.params["layers.0.attn.q.weight"]                    # (H*D, C), D = 16
+    stored = tensors["blk.0.attn_q.weight"]
+    np.testing.assert_array_equal(stored[0], q[0])               # row 0 stays
+    np.testing.assert_array_equal(stored[1], q[8])               # row D/2 becomes row 1: pairs
+    np.testing.assert_array_equal(stored[2], q[1])
+
+
+@pytest.mark.parametrize("family, arch", [("qwen3_moe", "qwen3moe"), ("olmoe", "olmoe")])
+@pytest.mark.parametrize("recipe", ["f32", "q8_0"])
+def test_qwen3moe_and_olmoe_round_trip(tmp_path, family, arch, recipe):
+    import dataclasses
+    cfg = tiny_moe().config
+    if family == "qwen3_moe":
+        cfg = dataclasses.replace(cfg, qk_norm="head", d_ff=96)
+    else:
+        cfg = dataclasses.replace(cfg, qk_norm="full", router_renorm=False, n_kv_heads=4)
+    model = minimoe.Model(cfg, seed=3)
+    path = model.save_gguf(str(tmp_path / f"{arch}.gguf"), recipe=recipe)
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.architecture"].contents() == arch
+    back = minimoe.load(path)
+    for key in ("qk_norm", "router_renorm", "d_ff", "d_expert", "n_kv_heads", "head_dim"):
+        assert getattr(back.config, key) == getattr(cfg, key), key
+    for name, ours in model.params.items():
+        theirs = back.params[name]
+        expect = ours if isinstance(theirs, np.ndarray) else quant.quantize(ours, recipe)
+        np.testing.assert_array_equal(theirs if isinstance(theirs, np.ndarray) else theirs.blocks,
+                                      expect if isinstance(expect, np.ndarray) else expect.blocks, err_msg=name)
+    q = {t.name: np.asarray(t.data) for t in reader.tensors}["blk.0.attn_q.weight"]
+    if recipe == "f32":                                           # NEOX RoPE: rows as minimoe has them
+        np.testing.assert_array_equal(q, model.params["layers.0.attn.q.weight"])
+        tokens = np.array([[1, 5, 9, 33, 2]])
+        np.testing.assert_array_equal(back(tokens), model(tokens))
+
+
+@pytest.mark.parametrize("recipe", ["q4_k", "q6_k"])
+def test_k_quant_recipes_stay_packed(tmp_path, recipe):
+    cfg = minimoe.Config(name="wide", vocab_size=64, d_model=256, n_layers=1, n_heads=4, n_experts=2,
+                         top_k=1, d_ff=256, max_seq_len=16)
+    model = minimoe.Model(cfg, seed=0)
+    back = minimoe.load(model.save_gguf(str(tmp_path / "k.gguf"), recipe=recipe))
+    w = back.params["layers.0.moe.experts.down"]
+    assert w.fmt == recipe
+    np.testing.assert_array_equal(w.blocks, quant.quantize(model.params["layers.0.moe.experts.down"], recipe).blocks)
+    back(np.array([[1, 2, 3]]))                                   # runs on the packed K-quant weights
+
+
+def test_refuses_what_the_llama_arch_cannot_say(tmp_path):
+    cfg = minimoe.Config(name="biased", vocab_size=64, d_model=64, n_layers=1, n_heads=4, n_experts=4,
+                         top_k=2, d_ff=64, qkv_bias=True)
+    with pytest.raises(gguf_file.GGUFError, match="qkv_bias"):
+        minimoe.Model(cfg, seed=0).save_gguf(str(tmp_path / "x.gguf"))
+    with pytest.raises(gguf_file.GGUFError, match="recipe"):
+        tiny_moe().save_gguf(str(tmp_path / "x.gguf"), recipe="q8_k")
+    nf4_model = tiny_moe()
+    nf4_model.params["layers.0.moe.experts.up"] = quant.quantize(nf4_model.params["layers.0.moe.experts.up"], "nf4")
+    with pytest.raises(gguf_file.GGUFError, match="layers.0.moe.experts.up: packed as nf4"):
+        nf4_model.save_gguf(str(tmp_path / "nf4.gguf"))
+    assert not (tmp_path / "nf4.gguf").exists()                 # atomic: nothing half-written
+    with pytest.raises(gguf_file.GGUFError, match="no such"):
+        minimoe.load(str(tmp_path / "missing.gguf"))
+
+
+@pytest.mark.parametrize("tok", [minimoe.ByteTokenizer(), minimoe.CharTokenizer("abc de\n")])
+def test_the_tokenizer_goes_with_it(tmp_path, tok):
+    model = tiny_moe(vocab_size=257 if tok.kind == "byte" else 64)   # bytes and <|endoftext|>
+    model.tokenizer = tok
+    path = model.save_gguf(str(tmp_path / "m.gguf"))
+    back = minimoe.load(path)
+    text = "bad cab\n"
+    np.testing.assert_array_equal(back.tokenizer.encode(text), tok.encode(text))
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    assert len(tokens) == model.config.vocab_size                 # one token per embedding row
+    if tok.kind == "byte":
+        assert tokens[ord("a")] == "a" and tokens[ord(" ")] == "Ġ"    # GPT-2's printable bytes
+        assert tokens[256] == "<|endoftext|>" and reader.fields["tokenizer.ggml.eos_token_id"].contents() == 256
+    else:
+        assert tokens[:7] == ["a", "b", "c", "Ġ", "d", "e", "Ċ"] and tokens[7] == "[PAD7]"
