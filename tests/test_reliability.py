@@ -232,7 +232,7 @@ def test_skip_finite_check_flag(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("chars, vocab, words", [
-    (CHARS + "xyz", 16, "ids 16..18 have no embedding"),
+    (CHARS + "xyz", 16, "encodes text as ids 0..18 but the model's vocabulary has 16"),
     (CHARS[:4], 16, "ids 4..15 could not be decoded"),
 ])
 def test_the_tokenizer_must_fit_the_vocabulary(tmp_path, chars, vocab, words):
@@ -240,6 +240,18 @@ def test_the_tokenizer_must_fit_the_vocabulary(tmp_path, chars, vocab, words):
     (tmp_path / "ckpt" / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": chars}))
     with pytest.raises(CheckpointError, match=words):
         minimoe.load(tmp_path / "ckpt")
+
+
+def test_a_byte_tokenizer_needs_the_256_bytes_but_not_its_special_tokens(tmp_path):
+    from minimoe.tokenizer import ByteTokenizer
+    for vocab, ok in ((256, True), (255, False)):
+        m = Model(Config.preset("tiny", vocab_size=vocab), tokenizer=ByteTokenizer())   # 257 tokens
+        m.save(tmp_path / str(vocab))
+        if ok:
+            assert minimoe.load(tmp_path / str(vocab)).tokenizer.vocab_size == 257
+        else:
+            with pytest.raises(CheckpointError, match="encodes text as ids 0..255 but the model's vocabulary has 255"):
+                minimoe.load(tmp_path / str(vocab))
 
 
 def test_config_types_are_checked_before_conversion():

@@ -199,12 +199,15 @@ def check_finite_params(params: dict, source: str) -> None:
 
 
 def check_tokenizer(tokenizer, cfg: Config, source: str) -> None:
-    """The tokenizer's ids must all be embeddable, and a character tokenizer must decode every id
-    the model can produce (a byte tokenizer prints ids past its own as U+FFFD)."""
+    """Every id the tokenizer encodes text to must be embeddable (a byte tokenizer's are the 256
+    bytes: its special tokens are not made by encode), and a character tokenizer must decode every
+    id the model can produce (a byte tokenizer prints ids past its own as U+FFFD)."""
     n, V = tokenizer.vocab_size, cfg.vocab_size
-    if n > V:
-        raise CheckpointError(f"{source}: the tokenizer has {n} tokens but the model's vocabulary has "
-                              f"{V} (vocab_size in config.json); ids {V}..{n - 1} have no embedding")
+    encoded = 256 if tokenizer.kind == "byte" else n
+    if encoded > V:
+        raise CheckpointError(f"{source}: the tokenizer encodes text as ids 0..{encoded - 1} but the model's "
+                              f"vocabulary has {V} (vocab_size in config.json); ids {V}..{encoded - 1} "
+                              f"have no embedding")
     if tokenizer.kind == "char" and n < V:
         raise CheckpointError(f"{source}: the character tokenizer has {n} characters but the model's "
                               f"vocabulary has {V} (vocab_size in config.json); ids {n}..{V - 1} could "
