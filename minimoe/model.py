@@ -15,15 +15,13 @@ functions of minimoe/nn/; this file only wires them together, forward and backwa
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from minimoe.checks import check_int, check_sampling, check_seed
 from minimoe.config import Config
 from minimoe.errors import MinimoeError
 from minimoe.inspect import tracing
-from minimoe.kernels.dispatch import blas_threads_for
+from minimoe.kernels.backend import blas_threads
 from minimoe.kernels.dispatch import inference as _inference
 from minimoe.nn import attention, embedding, ffn, linear, mla, moe, norm, rope
 from minimoe.nn.kv_cache import KVCache
@@ -72,7 +70,6 @@ class Model:
         # each layer's parameter names, by the short names the nn/ layers use; the arrays
         # themselves are looked up in self.params at every call, so replacing one takes effect
         self._names = [self._layer_names(i) for i in range(config.n_layers)]
-        self._largest_weight = max(math.prod(a.shape[-2:]) for a in self.params.values())  # O * I
 
     # --- parameters ------------------------------------------------------------------------------
     def _layer_names(self, i: int) -> dict:
@@ -149,7 +146,10 @@ class Model:
         kernels may skip what only a backward needs.
         """
         tokens = self.check_tokens(tokens)
-        with blas_threads_for(tokens.size * self._largest_weight):   # one BLAS thread if all are small
+        # OpenBLAS on one thread: its threads spin while they wait, and when another program holds
+        # a core a call waiting for them takes up to 100x its time. Large products are shared out
+        # to minimoe's own threads instead (minimoe/kernels/qmatmul.py's float_matmul).
+        with blas_threads(1):
             if kv is not None or inference:
                 with _inference():
                     return self._forward(tokens, kv, keep=False)

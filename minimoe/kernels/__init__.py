@@ -99,6 +99,9 @@ def takes_matmul(x, w, b=None, experts=None) -> bool:
 
 
 KQUANT_GEMV_FORMATS = ("q4_k", "q6_k")   # K-quants with fused kernels (kquant_matmul.py)
+# Model.forward runs OpenBLAS on one thread; a float product of at least this many multiply-adds
+# is shared out to minimoe's own worker threads instead (qmatmul.float_matmul).
+THREADS_MIN_MACS = 2**24
 GEMV_ROWS = 4            # rows up to which a stack of float experts is multiplied row by row
 
 __all__ = ["matmul", "backend", "get_backend", "set_backend", "pack", "PackedWeight",

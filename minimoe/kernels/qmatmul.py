@@ -592,6 +592,38 @@ def _prefill(xk: np.ndarray, w: PackedWeight, e: int, out: np.ndarray) -> np.nda
     return out
 
 
+def float_matmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> np.ndarray:
+    """x (R, I) float32 @ w.T for a float32 w (O, I), or row r times w[experts[r]] of a stack
+    (E, O, I): a prefill's products, shared out to one worker thread per core, each calling a
+    one-thread BLAS (as `_prefill` does for packed weights): by column blocks for one matrix, by
+    expert for a stack. No thread spins waiting for another, so when another program holds a
+    core the product takes at most about twice its time, where OpenBLAS's own spinning threads
+    made it 3-100x (docs/kernels.md)."""
+    R, O = x.shape[0], w.shape[-2]
+    out = np.empty((R, O), x.dtype)
+    workers = min(os.cpu_count() or 1, numba.get_num_threads())
+    if experts is None:
+        step = -(-O // workers)
+        jobs = [(slice(None), o0, None) for o0 in range(0, O, step)]
+    else:
+        jobs = [(np.flatnonzero(experts == e), 0, e) for e in np.unique(experts)]
+
+    def product(job) -> None:
+        rows, o0, e = job
+        if e is None:
+            out[:, o0:o0 + step] = x @ w[o0:o0 + step].T                 # (R, I) @ (I, step)
+        else:
+            out[rows] = x[rows] @ w[e].T                                  # (n_e, I) @ (I, O)
+
+    with blas_threads(1):
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                product(job)
+        else:
+            list(_pool(workers).map(product, jobs))
+    return out
+
+
 def dequantize(w: PackedWeight) -> np.ndarray:
     """A packed matrix (O, I) or stack (E, O, I) back to float32 in the original order."""
     E, OG, W = w.d.shape
