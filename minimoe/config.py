@@ -54,6 +54,12 @@ FFN_ACTS = ("swiglu", "swiglu_oai")
 ATTENTIONS = ("gqa", "mla")
 NORMS = ("rmsnorm", "layernorm")
 ROPE_SCALINGS = ("linear", "llama3", "yarn", "longrope")
+MAX_SIZE = 2**24                 # bound on every size field, max_seq_len included: a sanity check
+                                 # (real models stay far below: 10M context, 262k vocabularies) that
+                                 # refuses a corrupt config before anything is allocated from it
+FLOAT32_MAX = 3.4028234663852886e38   # the largest float32: a bigger number would become inf
+ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow",
+                "attention_factor", "mscale", "mscale_all_dim")
 
 
 @dataclass
@@ -159,10 +165,13 @@ class Config:
             self.d_expert = self.d_ff
         if self.d_shared_expert is None:
             self.d_shared_expert = self.d_expert
+        _check_layer_list("dense_layers", self.dense_layers)          # types first, then convert
         self.dense_layers = sorted(int(i) for i in self.dense_layers)
+        _check_layer_list("linear_layers", self.linear_layers)
         self.linear_layers = sorted(int(i) for i in self.linear_layers)
         for f in ("sliding_layers", "chunked_layers"):
             if getattr(self, f) is not None:
+                _check_layer_list(f, getattr(self, f))
                 setattr(self, f, sorted(int(i) for i in getattr(self, f)))
         self.validate()
 
@@ -176,6 +185,11 @@ class Config:
                   "attention_chunk_size", "linear_num_key_heads", "linear_num_value_heads",
                   "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel", "n_mtp_layers"):
             _check_nonneg_int(f, getattr(self, f))
+        for f in dataclasses.fields(self):
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+                raise ConfigError(f"{f.name} must be true or false, found {getattr(self, f.name)!r}")
+        if not isinstance(self.name, str):
+            raise ConfigError(f"name must be a string, found {self.name!r}")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; "
                               f"each kv head must serve a whole group of query heads")
@@ -250,16 +264,10 @@ class Config:
                                   f"least 2 experts, found {E // n}")
         for f in ("rope_theta", "norm_eps", "router_scale", "swiglu_limit", "swiglu_alpha"):
             v = getattr(self, f)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                raise ConfigError(f"{f} must be a positive number, found {v!r}")
+            if not _is_number(v) or not 0 < v <= FLOAT32_MAX:      # the model computes in float32
+                raise ConfigError(f"{f} must be a positive finite number, found {v!r}")
         if self.rope_scaling is not None:
-            if not isinstance(self.rope_scaling, dict):
-                raise ConfigError(f"rope_scaling must be a dict or None, found {self.rope_scaling!r}")
-            kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
-            _check_choice("rope_scaling.type", kind, ROPE_SCALINGS)
-            factor = self.rope_scaling.get("factor")
-            if kind != "longrope" and (not isinstance(factor, (int, float)) or not factor > 0):
-                raise ConfigError(f"rope_scaling.factor must be a positive number, found {factor!r}")
+            self._validate_rope_scaling()
         if self.sliding_layers is not None and self.sliding_window == 0 and self.sliding_layers:
             raise ConfigError("sliding_layers is set but sliding_window is 0")
         if self.chunked_layers and self.attention_chunk_size == 0:
@@ -274,6 +282,28 @@ class Config:
             if self.linear_num_value_heads % self.linear_num_key_heads:
                 raise ConfigError(f"linear_num_key_heads={self.linear_num_key_heads} does not divide "
                                   f"linear_num_value_heads={self.linear_num_value_heads}")
+
+    def _validate_rope_scaling(self) -> None:
+        rs = self.rope_scaling
+        if not isinstance(rs, dict):
+            raise ConfigError(f"rope_scaling must be a dict or None, found {rs!r}")
+        kind = rs.get("type", rs.get("rope_type"))
+        _check_choice("rope_scaling.type", kind, ROPE_SCALINGS)
+        if kind == "longrope":                      # per-dimension factor lists (estimator only)
+            return
+        if "factor" not in rs:
+            raise ConfigError(f"rope_scaling.factor must be a positive number, found None")
+        for key in ROPE_NUMBERS:
+            v = rs.get(key)
+            if key in rs and v is not None and not (_is_number(v) and 0 <= v <= FLOAT32_MAX):
+                raise ConfigError(f"rope_scaling.{key} must be a finite number >= 0, found {v!r}")
+        if not rs["factor"] > 0:
+            raise ConfigError(f"rope_scaling.factor must be a positive number, found {rs['factor']!r}")
+        if kind in ("llama3", "yarn"):
+            _check_pos_int("rope_scaling.original_max_position_embeddings",
+                           rs.get("original_max_position_embeddings"))
+        if not isinstance(rs.get("truncate", True), bool):
+            raise ConfigError(f"rope_scaling.truncate must be true or false, found {rs['truncate']!r}")
 
     # --- derived -------------------------------------------------------------------------------
     @property
@@ -335,7 +365,7 @@ class Config:
         d = {k: v for k, v in d.items() if k != "model_type"}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown config field(s) {unknown}; known fields are {sorted(known)}")
+            raise ConfigError(f"{source}: unknown config field(s) {unknown}{suggest_field(unknown[0])}")
         try:
             return cls(**d)
         except ConfigError as e:
@@ -346,11 +376,8 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str, source: str = "config") -> "Config":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{source}: not valid JSON ({e})") from None
-        return cls.from_dict(d, source)
+        from minimoe.io.json_file import parse_json
+        return cls.from_dict(parse_json(text, source, ConfigError), source)
 
     def save(self, path: str) -> None:
         from minimoe.io.atomic import atomic_write_text
@@ -358,11 +385,14 @@ class Config:
 
     @classmethod
     def load(cls, path: str) -> "Config":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_json(f.read(), source=os.fspath(path))
+        from minimoe.io.json_file import read_json
+        return cls.from_dict(read_json(path, ConfigError), source=os.fspath(path))
 
     def replace(self, **changes) -> "Config":
         """A copy with some fields changed, validated again."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}{suggest_field(unknown[0])}")
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -372,6 +402,10 @@ class Config:
         return get_preset(name, **overrides)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _is_pos_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
@@ -379,11 +413,30 @@ def _is_pos_int(v) -> bool:
 def _check_pos_int(name, v):
     if not _is_pos_int(v):
         raise ConfigError(f"{name} must be a positive integer, found {v!r}")
+    if v > MAX_SIZE:
+        raise ConfigError(f"{name}={v} is beyond minimoe's bound of {MAX_SIZE:,} (2**24) for any size; "
+                          f"a corrupt config?")
 
 
 def _check_nonneg_int(name, v):
     if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
         raise ConfigError(f"{name} must be a non-negative integer, found {v!r}")
+    if v > MAX_SIZE:
+        raise ConfigError(f"{name}={v} is beyond minimoe's bound of {MAX_SIZE:,} (2**24) for any size; "
+                          f"a corrupt config?")
+
+
+def _check_layer_list(name, v):
+    if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        raise ConfigError(f"{name} must be a list of layer indices (integers), found {v!r}")
+
+
+def suggest_field(name: str) -> str:
+    """'; did you mean n_experts?' (or the list of fields) for an unknown field name."""
+    import difflib
+    known = [f.name for f in dataclasses.fields(Config)]
+    close = difflib.get_close_matches(str(name), known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known fields are {sorted(known)}"
 
 
 def _check_choice(name, v, choices):

@@ -12,3 +12,8 @@ class CheckpointError(MinimoeError, ValueError):
 
 class DataError(MinimoeError, ValueError):
     """Training or evaluation data that cannot be used: empty, binary, too short."""
+
+
+class WriteError(MinimoeError, OSError):
+    """A file could not be written (disk full, no permission, a file where a folder should be).
+    The message names the file; what was there before is left as it was."""

@@ -25,6 +25,7 @@ import os
 
 import numpy as np
 
+from minimoe.checks import check_int
 from minimoe.errors import DataError, MinimoeError
 
 SPLITS = ("val", "train", "all")
@@ -64,12 +65,17 @@ def evaluate(model, tokens, block_size: int | None = None, batch_size: int = 8,
     max_tokens  predict only the first max_tokens targets (a quick estimate); default: all
     Returns {"loss", "perplexity", "n_tokens" (targets counted), "block_size"}.
     """
-    tokens = np.asarray(tokens, dtype=np.int64)
-    T = int(block_size or model.config.max_seq_len)
-    if T < 1 or T > model.config.max_seq_len:
-        raise MinimoeError(f"block_size must be in 1..{model.config.max_seq_len} (max_seq_len), found {T}")
+    L = model.config.max_seq_len
+    T = check_int("block_size", L if block_size is None else block_size, lo=1, hi=L,
+                  hint=" (the model's max_seq_len is the most)")
+    batch_size = check_int("batch_size", batch_size, lo=1)
+    max_tokens = check_int("max_tokens", max_tokens, lo=1, none_ok=True)
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or (tokens.size and not np.issubdtype(tokens.dtype, np.integer)):
+        raise MinimoeError(f"tokens must be a 1-D array of integer ids, found {tokens.dtype} {tokens.shape}")
+    tokens = tokens.astype(np.int64)
     if max_tokens is not None:
-        tokens = tokens[: int(max_tokens) + 1]
+        tokens = tokens[: max_tokens + 1]
     if len(tokens) < 2:
         raise DataError(f"need at least 2 tokens to predict one, found {len(tokens)}")
     n_targets = len(tokens) - 1

@@ -15,14 +15,13 @@ functions of minimoe/nn/; this file only wires them together, forward and backwa
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from minimoe.checks import check_int, check_sampling, check_seed
 from minimoe.config import Config
 from minimoe.errors import MinimoeError
 from minimoe.inspect import tracing
-from minimoe.kernels.dispatch import blas_threads_for
+from minimoe.kernels.backend import blas_threads
 from minimoe.kernels.dispatch import inference as _inference
 from minimoe.nn import attention, embedding, ffn, linear, mla, moe, norm, rope
 from minimoe.nn.kv_cache import KVCache
@@ -71,7 +70,6 @@ class Model:
         # each layer's parameter names, by the short names the nn/ layers use; the arrays
         # themselves are looked up in self.params at every call, so replacing one takes effect
         self._names = [self._layer_names(i) for i in range(config.n_layers)]
-        self._largest_weight = max(math.prod(a.shape[-2:]) for a in self.params.values())  # O * I
 
     # --- parameters ------------------------------------------------------------------------------
     def _layer_names(self, i: int) -> dict:
@@ -157,7 +155,10 @@ class Model:
             B, T = (1, tokens.size) if tokens.ndim == 1 else tokens.shape
             noise = moe.draw_noise(self.config, B, T, np.random.default_rng(), self.dtype)
         mode = "generate" if kv is not None else "train" if train else "eval"
-        with blas_threads_for(tokens.size * self._largest_weight):   # one BLAS thread if all are small
+        # OpenBLAS on one thread: its threads spin while they wait, and when another program holds
+        # a core a call waiting for them takes up to 100x its time. Large products are shared out
+        # to minimoe's own threads instead (minimoe/kernels/qmatmul.py's float_matmul).
+        with blas_threads(1):
             if kv is not None or inference:
                 with _inference():
                     return self._forward(tokens, kv, keep=False, mode=mode, noise=noise)
@@ -276,10 +277,9 @@ class Model:
         prompt = self.check_tokens(prompt)
         squeeze = prompt.ndim == 1
         seq = prompt[None] if squeeze else prompt                     # (B, T)
-        if max_new_tokens < 0:
-            raise MinimoeError(f"max_new_tokens must be >= 0, found {max_new_tokens}")
-        if temperature < 0:
-            raise MinimoeError(f"temperature must be >= 0, found {temperature}")
+        check_int("max_new_tokens", max_new_tokens, lo=0)
+        check_sampling(temperature, top_k, top_p)
+        check_seed(seed)
         rng = np.random.default_rng(seed)
         L = self.config.max_seq_len
         kv = self.new_kv_cache(seq.shape[0], L)
@@ -325,9 +325,14 @@ class Model:
 def sample(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
            rng: np.random.Generator) -> np.ndarray:
     """logits (B, V) -> next tokens (B,)."""
-    if temperature == 0:
-        return logits.argmax(axis=-1)
-    z = logits.astype(np.float64) / temperature                      # (B, V)
+    check_sampling(temperature, top_k, top_p)
+    if not np.isfinite(logits).all():
+        raise MinimoeError("the model's logits hold NaN or inf, so no token can be chosen; its weights "
+                           "or its input are probably corrupt")
+    with np.errstate(over="ignore"):
+        z = logits.astype(np.float64) / temperature if temperature else None  # (B, V)
+    if z is None or not np.isfinite(z).all():                        # 0, or so small that z overflows:
+        return logits.argmax(axis=-1)                                # the limit is greedy decoding
     if top_k is not None:
         kth = np.sort(z, axis=-1)[:, -min(top_k, z.shape[-1])][:, None]
         z = np.where(z < kth, -np.inf, z)

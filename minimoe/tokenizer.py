@@ -18,13 +18,29 @@ from minimoe.errors import MinimoeError
 
 
 class TokenizerError(MinimoeError, ValueError):
-    pass
+    """A tokenizer file or argument that is not usable, or text/ids it cannot encode/decode."""
+
+
+def _ids(ids, n: int | None) -> list[int]:
+    """Token ids as ints, each checked to be in 0..n-1 (n None: only >= 0)."""
+    a = np.asarray(ids)
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise TokenizerError(f"token ids must be integers, found dtype {a.dtype}")
+    out = [int(i) for i in a.ravel()]
+    bad = [i for i in out if i < 0 or (n is not None and i >= n)]
+    if bad:
+        raise TokenizerError(f"token id {bad[0]} is outside this tokenizer's ids 0..{(n or 1) - 1}"
+                             if n is not None else f"token id {bad[0]} is negative")
+    return out
 
 
 class ByteTokenizer:
     kind = "byte"
 
     def __init__(self, special_tokens=("<|endoftext|>",)):
+        if not isinstance(special_tokens, (list, tuple)) or not all(isinstance(t, str) for t in special_tokens):
+            raise TokenizerError(f"ByteTokenizer: special_tokens must be a list of strings, found "
+                                 f"{str(special_tokens)[:80]}")
         self.special_tokens = list(special_tokens)
 
     @property
@@ -35,7 +51,9 @@ class ByteTokenizer:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
 
     def decode(self, ids) -> str:
-        ids = [int(i) for i in np.asarray(ids).ravel()]
+        """Bytes decode as UTF-8 (invalid sequences as U+FFFD); ids past the special tokens, which
+        a model with a larger vocabulary can produce, also decode as U+FFFD."""
+        ids = _ids(ids, None)
         out, buf = [], bytearray()
         for i in ids:
             if i < 256:
@@ -58,6 +76,13 @@ class CharTokenizer:
     kind = "char"
 
     def __init__(self, chars):
+        if isinstance(chars, str):
+            chars = list(chars)
+        if not isinstance(chars, (list, tuple)) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise TokenizerError(f"CharTokenizer: chars must be a string (or a list of single characters), "
+                                 f"found {str(chars)[:80]}")
+        if not chars:
+            raise TokenizerError("CharTokenizer: the vocabulary is empty")
         self.chars = list(chars)
         if len(set(self.chars)) != len(self.chars):
             raise TokenizerError("CharTokenizer: duplicate characters in the vocabulary")
@@ -81,7 +106,7 @@ class CharTokenizer:
                                  f"of {self.vocab_size} characters") from None
 
     def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in np.asarray(ids).ravel())
+        return "".join(self.chars[i] for i in _ids(ids, self.vocab_size))
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "chars": "".join(self.chars)}
@@ -95,28 +120,29 @@ def tokenizer_from_dict(d: dict, source: str = "tokenizer"):
         from minimoe.hf_tokenizer import HFTokenizer
         return HFTokenizer(d, source=source)
     kind = d.get("kind") if isinstance(d, dict) else None
-    if kind == "byte":
-        return ByteTokenizer(d.get("special_tokens", ["<|endoftext|>"]))
-    if kind == "char":
-        return CharTokenizer(d["chars"])
-    raise TokenizerError(f"{source}: unknown tokenizer kind {kind!r}; expected 'byte' or 'char', "
+    try:
+        if kind == "byte":
+            return ByteTokenizer(d.get("special_tokens", ["<|endoftext|>"]))
+        if kind == "char":
+            if "chars" not in d:
+                raise TokenizerError("a char tokenizer needs its \"chars\"")
+            return CharTokenizer(d["chars"])
+    except TokenizerError as e:
+        raise TokenizerError(f"{source}: {e}") from None
+    raise TokenizerError(f"{source}: unknown tokenizer kind {str(kind)[:40]!r}; expected 'byte' or 'char', "
                          f"or a Hugging Face tokenizer.json (with a 'model')")
 
 
 def load_tokenizer(path: str):
     """A tokenizer.json, or a folder holding one -> ByteTokenizer, CharTokenizer or HFTokenizer.
     A Hugging Face folder's tokenizer_config.json / chat_template.jinja give the chat template."""
+    from minimoe.io.json_file import read_json
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "tokenizer.json")
     if not os.path.exists(path):
         raise TokenizerError(f"{path}: no such tokenizer file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except json.JSONDecodeError as e:
-        raise TokenizerError(f"{path}: not valid JSON ({e})") from None
-    tok = tokenizer_from_dict(d, source=path)
+    tok = tokenizer_from_dict(read_json(path, TokenizerError, expect=dict), source=path)
     if getattr(tok, "kind", None) == "hf":
         from minimoe.hf_tokenizer.tokenizer import read_chat_config
         tok.chat_template, tok.bos_token, tok.eos_token = read_chat_config(os.path.dirname(path))

@@ -131,14 +131,14 @@ def test_save_is_atomic(ckpt, monkeypatch):
     """A crash while writing leaves the previous checkpoint loadable and no temporary files."""
     m, folder = ckpt
     before = (folder / "model.safetensors").read_bytes()
-    import safetensors.numpy
+    from minimoe.io import checkpoint
 
-    def crash(tensors, path, metadata=None):
+    def crash(path, tensors, metadata=None):
         with open(path, "wb") as f:
             f.write(b"half a file")
         raise KeyboardInterrupt("power cut")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    monkeypatch.setattr(checkpoint, "write_safetensors", crash)
     with pytest.raises(KeyboardInterrupt):
         Model(m.config, seed=99).save(folder)
     assert (folder / "model.safetensors").read_bytes() == before

@@ -40,7 +40,7 @@ def test_explicit_head_dim_need_not_divide_the_width():
     (dict(router="bogus", n_experts=2, top_k=1), "router must be one of"),
     (dict(qk_norm="sometimes"), "qk_norm must be one of"),
     (dict(n_layers=2, n_experts=2, top_k=1, dense_layers=[5]), "dense_layers has layer indices [5]"),
-    (dict(rope_theta=-1.0), "rope_theta must be a positive number"),
+    (dict(rope_theta=-1.0), "rope_theta must be a positive finite number"),
     (dict(rope_scaling={"type": "ntk", "factor": 2}), "rope_scaling.type"),
     (dict(n_shared_experts=1), "n_shared_experts > 0 needs n_experts > 0"),
 ])

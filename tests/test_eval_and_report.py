@@ -80,7 +80,7 @@ def test_evaluate_refuses_bad_input(ckpt):
     model = minimoe.load(ckpt)
     with pytest.raises(DataError, match="at least 2 tokens"):
         evaluate(model, np.array([1]))
-    with pytest.raises(MinimoeError, match=r"block_size must be in 1..32"):
+    with pytest.raises(MinimoeError, match=r"block_size must be an integer in \[1, 32\]"):
         evaluate(model, np.arange(10), block_size=64)
 
 

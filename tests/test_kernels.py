@@ -484,3 +484,17 @@ def test_e2m1_from_bits_equals_the_table():
     want = [2 * v for v in e2m1] + [-2 * v for v in e2m1]
     assert [float(qm.e2m1x2(np.uint32(c))) for c in range(16)] == want
     assert qm.MXFP4_LUT2.tolist() == want
+
+
+@pytest.mark.parametrize("experts", [None, np.array([2, 0, 2, 1, 0, 2, 2])])
+def test_float_products_shared_out_to_threads(experts, monkeypatch):
+    """Large float products run as one-thread BLAS calls on minimoe's worker threads (by column
+    block, or by expert): the same numbers as one BLAS call."""
+    import minimoe.kernels as kernels
+    monkeypatch.setattr(kernels, "THREADS_MIN_MACS", 0)              # every product counts as large
+    x, w = rand(7, 48, seed=40), rand(3, 33, 48, seed=41)
+    w2 = w[0] if experts is None else w
+    w64 = w2.astype(np.float64)
+    want = x @ w64.T if experts is None else np.einsum("ni,noi->no", x.astype(np.float64), w64[experts])
+    got = kernels.matmul_leaf(x, w2, None, experts)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -47,15 +47,13 @@ def test_checkpoint_survives_a_crash_mid_save(tmp_path, monkeypatch):
     good = {k: v.copy() for k, v in t.model.params.items()}
     assert loop.latest_checkpoint(str(out)).endswith("step-000005")
 
-    import safetensors.numpy
-
-    def crash(tensors, path, metadata=None):             # the optimizer file is half written
+    def crash(path, tensors, metadata=None):             # the optimizer file is half written
         with open(path, "wb") as f:
             f.write(b"\x00" * 100)
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
-    with pytest.raises(OSError, match="simulated"):
+    monkeypatch.setattr(loop, "write_safetensors", crash)
+    with pytest.raises(OSError, match=r"optimizer.safetensors: cannot write \(disk full \(simulated\)\)"):
         t.run(until=10)
     monkeypatch.undo()
     # LATEST still names step 5, which is complete and loads; no half-written step-10 folder
@@ -188,7 +186,10 @@ def test_cli_train_resume_and_generate(tmp_path, capsys):
     assert cli_main(["generate", "--model", out, "--prompt", "def", "--max-new-tokens", "5"]) == 0
     capsys.readouterr()
     assert cli_main(["train", "--resume", out, "--preset", "tiny"]) == 1
-    assert "--resume continues a run with its own preset" in capsys.readouterr().err
+    assert "the run was trained with --preset 'tiny-moe'; --preset 'tiny' would change its model" \
+        in capsys.readouterr().err
+    assert cli_main(args[:-3] + ["--resume", out, "--max-iters", "10", "--quiet"]) == 0   # the same command again
+    assert json.loads(open(os.path.join(out, "metrics.json")).read())["iters"] == 10
     assert cli_main(["train", "--resume", str(tmp_path / "nothing")]) == 1
     assert "no training checkpoint to resume" in capsys.readouterr().err
 

@@ -138,9 +138,6 @@ def machine_peaks(refresh: bool = False, quick: bool = False, save: bool = True)
             pass                                           # unreadable: measure again
     peaks = measure(quick)
     if save:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(peaks, f, indent=2)
-        os.replace(tmp, path)
+        from minimoe.io.atomic import atomic_write_text
+        atomic_write_text(path, json.dumps(peaks, indent=2))
     return peaks

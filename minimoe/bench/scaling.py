@@ -111,9 +111,11 @@ def plot(r: dict, path: str) -> str:
         ax.set_ylim(bottom=0)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from minimoe.inspect.plots import save
+    try:
+        return save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def format_report(r: dict) -> str:

@@ -17,6 +17,7 @@ from minimoe.errors import MinimoeError
 
 
 def add_parser(sub):
+    from minimoe.commands.common import int_arg
     p = sub.add_parser("bench", help="benchmark the kernels, decoding and MoE scaling on this machine")
     bs = p.add_subparsers(dest="bench", metavar="WHAT")
 
@@ -26,11 +27,11 @@ def add_parser(sub):
     m.set_defaults(func=run_machine)
 
     k = bs.add_parser("kernels", help="fused packed GEMV/GEMM against float32 BLAS on one big weight")
-    k.add_argument("--rows", type=int, default=14336, help="output rows O of the weight (default 14336)")
-    k.add_argument("--cols", type=int, default=4096, help="input width I of the weight (default 4096)")
-    k.add_argument("--batch", type=int, default=64, help="rows of x for the prefill case (default 64)")
+    k.add_argument("--rows", type=int_arg(lo=1), default=14336, help="output rows O of the weight (default 14336)")
+    k.add_argument("--cols", type=int_arg(lo=32), default=4096, help="input width I of the weight (default 4096)")
+    k.add_argument("--batch", type=int_arg(lo=1), default=64, help="rows of x for the prefill case (default 64)")
     k.add_argument("--formats", default="q4_0,q8_0,mxfp4,q4_1", help="comma-separated formats")
-    k.add_argument("--repeat", type=int, default=5, help="timed runs per case; the best is kept")
+    k.add_argument("--repeat", type=int_arg(lo=1), default=5, help="timed runs per case; the best is kept")
     k.add_argument("--no-twins", action="store_true", help="skip the NumPy twins")
     k.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
     k.set_defaults(func=run_kernels)
@@ -40,11 +41,11 @@ def add_parser(sub):
     d.add_argument("--recipes", default="fp32,q8_0,q4_1,q4_0,mxfp4,mxfp4-moe,q4_0-moe",
                    help="comma-separated quantization recipes")
     d.add_argument("--backends", default="numba,numpy", help="comma-separated backends")
-    d.add_argument("--prompt-tokens", type=int, default=256)
-    d.add_argument("--new-tokens", type=int, default=128)
-    d.add_argument("--numpy-new-tokens", type=int, default=8,
+    d.add_argument("--prompt-tokens", type=int_arg(lo=1), default=256)
+    d.add_argument("--new-tokens", type=int_arg(lo=1), default=128)
+    d.add_argument("--numpy-new-tokens", type=int_arg(lo=1), default=8,
                    help="new tokens on the numpy backend (its twins are slow by design)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int_arg(lo=0), default=0)
     d.add_argument("--quick-peaks", action="store_true",
                    help="measure the cache curve at two sizes only (a rougher ceiling, for quick checks)")
     d.set_defaults(func=run_decode)
@@ -54,8 +55,8 @@ def add_parser(sub):
                    help="'small' (in cache) and/or a preset name (default small,mixtral-mini)")
     s.add_argument("--experts", default="4,8,16,32,64", help="comma-separated expert counts")
     s.add_argument("--recipe", default="fp32", help="quantization recipe of every model (default fp32)")
-    s.add_argument("--prompt-tokens", type=int, default=32)
-    s.add_argument("--new-tokens", type=int, default=64)
+    s.add_argument("--prompt-tokens", type=int_arg(lo=1), default=32)
+    s.add_argument("--new-tokens", type=int_arg(lo=1), default=64)
     s.add_argument("--plot", default="moe_scaling.png", metavar="PNG", help="where to save the plot ('' for none)")
     s.set_defaults(func=run_scaling)
 

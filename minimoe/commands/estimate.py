@@ -14,6 +14,7 @@ from minimoe.errors import MinimoeError
 
 
 def add_parser(sub):
+    from minimoe.commands.common import float_arg, int_arg
     from minimoe.inspect.estimate import DEFAULT_CONTEXT, FORMATS, RECIPES
     from minimoe.inspect.hardware import HARDWARE
     p = sub.add_parser("estimate", help="parameters, memory, KV cache, FLOPs and hardware verdicts "
@@ -26,13 +27,13 @@ def add_parser(sub):
                       help=f"one format for every weight matrix: {', '.join(FORMATS)} (int8 = q8_0); "
                            "default bf16 (a checkpoint folder's stored bytes are reported as well)")
     prec.add_argument("--recipe", metavar="NAME", help=f"a mixed recipe: {', '.join(RECIPES)}")
-    p.add_argument("--context", type=int, default=DEFAULT_CONTEXT, metavar="N",
+    p.add_argument("--context", type=int_arg(lo=1), default=DEFAULT_CONTEXT, metavar="N",
                    help=f"tokens in the KV cache (default {DEFAULT_CONTEXT})")
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="sequences in the KV cache (default 1)")
+    p.add_argument("--batch", type=int_arg(lo=1), default=1, metavar="N", help="sequences in the KV cache (default 1)")
     p.add_argument("--kv-dtype", default="bf16", metavar="FMT", help="KV cache format: fp32, bf16, fp16")
     p.add_argument("--hardware", metavar="NAME", help=f"one device: {', '.join(HARDWARE)} (default: all)")
-    p.add_argument("--memory-gb", type=float, metavar="GB", help="a custom device's memory")
-    p.add_argument("--bandwidth-gbs", type=float, metavar="GB/S", help="a custom device's bandwidth")
+    p.add_argument("--memory-gb", type=float_arg(lo=0, lo_open=True), metavar="GB", help="a custom device's memory")
+    p.add_argument("--bandwidth-gbs", type=float_arg(lo=0, lo_open=True), metavar="GB/S", help="a custom device's bandwidth")
     p.add_argument("--with-mtp", action="store_true",
                    help="count the multi-token-prediction layers the checkpoint stores (DeepSeek-V3, "
                         "GLM-4.5) in the parameters, weights, KV cache and FLOPs")

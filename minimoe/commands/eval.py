@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from minimoe.commands.common import add_model_args, open_model
+from minimoe.commands.common import add_model_args, int_arg, open_model
 
 
 def add_parser(sub):
@@ -21,9 +21,9 @@ def add_parser(sub):
                    help="a UTF-8 text file, 'shakespeare' or 'pydoc' (as for `minimoe train`)")
     p.add_argument("--split", choices=("val", "train", "all"), default="val",
                    help="which part of the text: the last 10%% (val, default), the first 90%%, or all")
-    p.add_argument("--block-size", type=int, metavar="T", help="window length (default: max_seq_len)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="windows per forward pass")
-    p.add_argument("--max-tokens", type=int, metavar="N", help="evaluate only the first N tokens")
+    p.add_argument("--block-size", type=int_arg(lo=1), metavar="T", help="window length (default: max_seq_len)")
+    p.add_argument("--batch-size", type=int_arg(lo=1), default=8, metavar="B", help="windows per forward pass")
+    p.add_argument("--max-tokens", type=int_arg(lo=1), metavar="N", help="evaluate only the first N tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

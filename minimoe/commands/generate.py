@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from minimoe.commands.common import add_model_args, open_model
+from minimoe.commands.common import add_model_args, float_arg, int_arg, open_model
 from minimoe.errors import MinimoeError
 
 
@@ -21,10 +21,11 @@ def add_parser(sub):
                    "model's chat template (harmony for gpt-oss, ChatML, Llama 3, Mistral, DeepSeek); "
                    "print the reply up to the end of the turn")
     p.add_argument("--system", metavar="TEXT", help="with --chat: a system message before the prompt")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy decoding")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--max-new-tokens", type=int_arg(lo=0), default=100)
+    p.add_argument("--temperature", type=float_arg(lo=0), default=0.8, help="0 is greedy decoding")
+    p.add_argument("--top-k", type=int_arg(lo=1), default=None, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=float_arg(lo=0, hi=1, lo_open=True), default=None,
+                   help="sample from the smallest set of tokens whose probability reaches p")
     p.set_defaults(func=run)
 
 
@@ -39,9 +40,14 @@ def run(args) -> int:
         raise MinimoeError("--system needs --chat")
     if args.prompt_ids:
         try:
-            ids = np.array([int(s) for s in args.prompt_ids.split(",")], dtype=np.int64)
+            ids = [int(s) for s in args.prompt_ids.split(",")]
         except ValueError:
             raise MinimoeError(f"--prompt-ids must be comma-separated integers, found {args.prompt_ids!r}") from None
+        V = model.config.vocab_size
+        bad = [i for i in ids if not 0 <= i < V]
+        if bad:
+            raise MinimoeError(f"--prompt-ids: token id {bad[0]} is outside the model's vocabulary 0..{V - 1}")
+        ids = np.array(ids, dtype=np.int64)
     elif tok is None:
         raise MinimoeError(f"{args.model}: this model has no tokenizer.json; pass --prompt-ids")
     elif args.chat:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from minimoe.commands.common import add_model_args, open_model
+from minimoe.commands.common import add_model_args, int_arg, open_model
 from minimoe.errors import MinimoeError
 
 
@@ -34,8 +34,8 @@ def add_parser(sub):
     p.add_argument("--recipes", metavar="A,B,..", help="with --report: the recipes to compare")
     p.add_argument("--data", metavar="PATH", help="with --report: a text file (or 'shakespeare', 'pydoc'); its last 10%% is the val split")
     p.add_argument("--plot", metavar="FILE", help="with --report: save the figure here (e.g. report.png)")
-    p.add_argument("--max-tokens", type=int, metavar="N", help="with --report: evaluate only N val tokens")
-    p.add_argument("--block-size", type=int, metavar="T", help="with --report: window length (default max_seq_len)")
+    p.add_argument("--max-tokens", type=int_arg(lo=1), metavar="N", help="with --report: evaluate only N val tokens")
+    p.add_argument("--block-size", type=int_arg(lo=1), metavar="T", help="with --report: window length (default max_seq_len)")
     p.add_argument("--router-formats", metavar="A,B,..", default="q8_0,q4_0,mxfp4",
                    help="with --report on an MoE model: the formats to try on the router alone ('none': skip)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")

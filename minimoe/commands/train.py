@@ -67,15 +67,21 @@ def add_parser(sub):
 
 
 def parse_sets(items: list[str]) -> dict:
+    """["n_experts=4", "name=x"] -> {"n_experts": 4, "name": "x"}: each value is read as JSON if it
+    is JSON, else as a string; each field must be one of Config's (its value is checked with it)."""
+    from minimoe.config import Config, suggest_field
+    known = {f.name for f in dataclasses.fields(Config)}
     out = {}
     for item in items:
         if "=" not in item:
             raise MinimoeError(f"--set expects FIELD=VALUE, found {item!r}")
-        key, value = item.split("=", 1)
+        key, value = (part.strip() for part in item.split("=", 1))
+        if key not in known:
+            raise MinimoeError(f"--set {item}: {key!r} is not a model Config field{suggest_field(key)}")
         try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
+            out[key] = json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            out[key] = value
     return out
 
 
@@ -90,12 +96,8 @@ def run(args) -> int:
     verbose = not args.quiet
     if args.init and args.preset:
         raise MinimoeError("--init DIR starts from that model; leave out --preset")
-    if args.resume:
-        fixed = sorted(set(given) & {"preset", "data", "tokenizer", "model", "init"})
-        if fixed:
-            raise MinimoeError(f"--resume continues a run with its own {', '.join(fixed)}; drop "
-                               + ", ".join("--" + f for f in fixed))
-        trainer = Trainer.resume(args.resume, verbose=verbose, **given)
+    if args.resume:                      # flags that repeat the run's own settings are fine; others
+        trainer = Trainer.resume(args.resume, verbose=verbose, **given)   # that would change its model are refused
     else:
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         trainer = Trainer.new(TrainConfig(**{k: v for k, v in given.items() if k in known}), verbose=verbose)

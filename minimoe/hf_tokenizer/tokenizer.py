@@ -32,6 +32,7 @@ import numpy as np
 from minimoe.hf_tokenizer import pipeline
 from minimoe.hf_tokenizer.bpe import BPE
 from minimoe.hf_tokenizer.unicode_regex import WHITE_SPACE_CHARS
+from minimoe.io.json_file import read_json
 from minimoe.tokenizer import TokenizerError
 
 WORD_CHAR = re.compile(r"\w")
@@ -105,16 +106,17 @@ class HFTokenizer:
         if model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
             raise TokenizerError(f"{source}: BPE with dropout, continuing_subword_prefix or "
                                  f"end_of_word_suffix is not supported")
-        self.model = BPE(model["vocab"], model["merges"], model.get("unk_token"),
-                         model.get("byte_fallback", False), model.get("fuse_unk", False),
-                         model.get("ignore_merges", False), source)
-        self.normalizer = pipeline.normalizer(spec.get("normalizer"), source)
-        self.pre_tokenizer = pipeline.pre_tokenizer(spec.get("pre_tokenizer"), source)
-        self.post_processor = pipeline.post_processor(spec.get("post_processor"), source)
-        self.decoder = pipeline.decoder(spec.get("decoder"), source)
+        _check_fields(spec, model, source)
+        self.model = _built(source, "model", lambda: BPE(
+            model["vocab"], model["merges"], model.get("unk_token"), model.get("byte_fallback", False),
+            model.get("fuse_unk", False), model.get("ignore_merges", False), source))
+        self.normalizer = _built(source, "normalizer", lambda: pipeline.normalizer(spec.get("normalizer"), source))
+        self.pre_tokenizer = _built(source, "pre_tokenizer", lambda: pipeline.pre_tokenizer(spec.get("pre_tokenizer"), source))
+        self.post_processor = _built(source, "post_processor", lambda: pipeline.post_processor(spec.get("post_processor"), source))
+        self.decoder = _built(source, "decoder", lambda: pipeline.decoder(spec.get("decoder"), source))
 
         self.added = {t["id"]: AddedToken(**{k: t[k] for k in AddedToken.__dataclass_fields__ if k in t})
-                      for t in spec.get("added_tokens", [])}
+                      for t in spec.get("added_tokens") or []}
         # the text each added token is matched as, and decoded to: normalized ones in normalized form
         self.added_text = {i: (self.normalizer(t.content) if t.normalized and self.normalizer else t.content)
                            for i, t in self.added.items()}
@@ -200,17 +202,51 @@ class HFTokenizer:
                 f"added_tokens={len(self.added)}, pre_tokenizer={type(self.pre_tokenizer).__name__})")
 
 
+def _check_fields(spec: dict, model: dict, source: str) -> None:
+    """The fields every step reads, by type: the vocabulary maps strings to ids, the merges are a
+    list, each added token has an int id, a string content and boolean flags, and every pipeline
+    step is an object or null. (Each step checks its own insides; _built names what is left.)"""
+    vocab = model.get("vocab")
+    if not (isinstance(vocab, dict) and vocab and all(type(i) is int and i >= 0 for i in vocab.values())):
+        raise TokenizerError(f"{source}: model.vocab must be a non-empty object of token -> id (an integer >= 0)")
+    if not isinstance(model["merges"], list):
+        raise TokenizerError(f"{source}: model.merges must be a list, found {type(model['merges']).__name__}")
+    for key in ("unk_token",):
+        if model.get(key) is not None and not isinstance(model[key], str):
+            raise TokenizerError(f"{source}: model.{key} must be a string or null, found {model[key]!r}")
+    for key in ("byte_fallback", "fuse_unk", "ignore_merges"):
+        if not isinstance(model.get(key, False), bool):
+            raise TokenizerError(f"{source}: model.{key} must be true or false, found {model[key]!r}")
+    added = spec.get("added_tokens") or []
+    flags = [k for k, f in AddedToken.__dataclass_fields__.items() if f.type == "bool"]
+    if not isinstance(added, list) or not all(
+            isinstance(t, dict) and type(t.get("id")) is int and t["id"] >= 0 and isinstance(t.get("content"), str)
+            and all(isinstance(t.get(k, False), bool) for k in flags) for t in added):
+        raise TokenizerError(f"{source}: added_tokens must be a list of objects with an integer id >= 0, "
+                             f"a string content and true/false flags {flags}")
+    for step in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        if spec.get(step) is not None and not isinstance(spec[step], dict):
+            raise TokenizerError(f"{source}: {step} must be an object or null, found {str(spec[step])[:60]}")
+
+
+def _built(source: str, what: str, make):
+    """make(), with a malformed part of the file (a missing key, a value of the wrong type inside a
+    step) reported as an error naming the step, not a raw exception from deep inside."""
+    try:
+        return make()
+    except TokenizerError:
+        raise
+    except (LookupError, TypeError, ValueError, AttributeError, re.error) as e:
+        raise TokenizerError(f"{source}: the {what} is malformed ({type(e).__name__}: {str(e)[:80]})") from None
+
+
 def read_chat_config(folder: str) -> tuple[str | None, str | None, str | None]:
     """(chat template, bos token, eos token) from tokenizer_config.json, chat_template.jinja or
     chat_template.json in a model folder; None where absent."""
     template = bos = eos = None
     config_path = os.path.join(folder, "tokenizer_config.json")
     if os.path.exists(config_path):
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise TokenizerError(f"{config_path}: not valid JSON ({e})") from None
+        config = read_json(config_path, TokenizerError, expect=dict)
         template = config.get("chat_template")
         if isinstance(template, list):                      # [{"name": "default", "template": ...}, ...]
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -219,14 +255,15 @@ def read_chat_config(folder: str) -> tuple[str | None, str | None, str | None]:
     jinja_path = os.path.join(folder, "chat_template.jinja")
     json_path = os.path.join(folder, "chat_template.json")
     if os.path.exists(jinja_path):
-        with open(jinja_path, encoding="utf-8") as f:
-            template = f.read()
-    elif os.path.exists(json_path):
         try:
-            with open(json_path, encoding="utf-8") as f:
-                template = json.load(f).get("chat_template", template)
-        except (json.JSONDecodeError, AttributeError) as e:
-            raise TokenizerError(f"{json_path}: expected {{\"chat_template\": \"...\"}} ({e})") from None
+            with open(jinja_path, "rb") as f:
+                template = f.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TokenizerError(f"{jinja_path}: cannot read it as UTF-8 text ({type(e).__name__})") from None
+    elif os.path.exists(json_path):
+        template = read_json(json_path, TokenizerError, expect=dict).get("chat_template", template)
+    if template is not None and not isinstance(template, str):
+        raise TokenizerError(f"{folder}: the chat template must be a string, found {type(template).__name__}")
     return template, bos, eos
 
 

@@ -32,9 +32,18 @@ def _figure(w: float, h: float):
 
 
 def save(fig, path: str, dpi: int = 120) -> str:
-    """Write `fig` to `path` (the folder is created); returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    """Write `fig` to `path` atomically (the folder is created), in the format its extension
+    names (.png when it has none); returns the path."""
+    from minimoe.errors import MinimoeError
+    from minimoe.io.atomic import atomic_path
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    formats = fig.canvas.get_supported_filetypes()
+    if ext not in formats:
+        raise MinimoeError(f"{path}: cannot draw a figure as .{ext}; use one of "
+                           f"{', '.join('.' + f for f in sorted(formats))}")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=ext)
     return path
 
 

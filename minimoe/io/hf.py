@@ -30,7 +30,6 @@ in docs/checkpoints.md. Routed experts come in two namings, both read:
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -38,6 +37,7 @@ import numpy as np
 from minimoe.config import ConfigError
 from minimoe.errors import CheckpointError
 from minimoe.io.hf_config import config_from_hf
+from minimoe.io.json_file import read_json
 from minimoe.io.safetensors_file import read_tensors
 
 
@@ -47,11 +47,10 @@ def read_weights(folder: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     single = os.path.join(folder, "model.safetensors")
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: malformed shard index ({e!r})") from None
+        weight_map = read_json(index, CheckpointError, expect=dict).get("weight_map")
+        if not (isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())):
+            raise CheckpointError(f"{index}: weight_map must be a JSON object of tensor name -> shard "
+                                  f"file name, found {str(weight_map)[:80]}")
         files = sorted(set(weight_map.values()))
     elif os.path.exists(single):
         weight_map, files = None, ["model.safetensors"]
@@ -59,21 +58,34 @@ def read_weights(folder: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
     tensors, origin = {}, {}
     for fn in files:
-        path = os.path.join(folder, fn)
-        if not os.path.exists(path):
+        path = shard_path(folder, fn, index)
+        if not os.path.isfile(path):
             raise CheckpointError(f"{index}: lists shard {fn}, which is missing from {folder}")
         arrays, _ = read_tensors(path, to_float32=True)
         for name, arr in arrays.items():
+            if name in tensors:
+                raise CheckpointError(f"{path}: tensor {name!r} is also in {origin[name]}; which one "
+                                      f"is meant is ambiguous")
             if np.issubdtype(arr.dtype, np.floating):
                 arr = arr.astype(np.float32, copy=False)
             tensors[name] = arr
             origin[name] = path
     if weight_map is not None:
         for name, fn in weight_map.items():
-            if name not in tensors:
+            if origin.get(name) != shard_path(folder, fn, index):
                 raise CheckpointError(f"{os.path.join(folder, fn)}: tensor {name!r} listed in "
                                       f"{index} is not in the file")
     return tensors, origin
+
+
+def shard_path(folder: str, name: str, index: str) -> str:
+    """The path of shard `name` of a model folder. A shard index names files inside the folder:
+    an absolute path, or one that climbs out with '..', is refused before anything is opened.
+    (The folder itself, or a shard, may be a symlink, as in the Hugging Face cache.)"""
+    parts = name.replace("\\", "/").split("/")
+    if not name or os.path.isabs(name) or "\0" in name or ".." in parts or ":" in parts[0]:
+        raise CheckpointError(f"{index}: shard {name!r} is not a file name inside the model folder")
+    return os.path.join(folder, *parts)
 
 
 class _Take:
@@ -328,9 +340,9 @@ def check_runnable(raw: dict, source: str) -> None:
                                   f"expected {runs!r}")
 
 
-def load(folder: str, raw_config: dict, dtype=np.float32):
+def load(folder: str, raw_config: dict, dtype=np.float32, check_finite: bool = True):
     """A Hugging Face folder whose config.json is `raw_config` -> Model."""
-    from minimoe.io.checkpoint import _is_packed, check_params
+    from minimoe.io.checkpoint import _is_packed, check_finite_params, check_params
     from minimoe.model import Model
     config_path = os.path.join(folder, "config.json")
     check_runnable(raw_config, config_path)
@@ -343,6 +355,8 @@ def load(folder: str, raw_config: dict, dtype=np.float32):
     params = LOADERS[raw_config["model_type"]](take, cfg)
     take.finish()
     check_params(params, cfg, folder)
+    if check_finite:
+        check_finite_params(params, folder)
     params = {k: v if _is_packed(v) else np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
     tokenizer = None
     if os.path.exists(os.path.join(folder, "tokenizer.json")):     # text in and out (hf_tokenizer/)

@@ -10,23 +10,47 @@ from minimoe.config import Config, ConfigError
 
 
 def _get(d: dict, key: str | tuple, source: str, default=...):
-    """d[key], or the default. `key` may be a tuple of the names transformers treats as one field
-    (its attribute_map: e.g. Qwen3-MoE's Hub configs say num_experts, transformers 5 writes
-    num_local_experts); the first one present wins."""
+    """d[key], or `default` when it is absent or null (no default: the field is required). `key`
+    may be a tuple of the names transformers treats as one field (its attribute_map: e.g.
+    Qwen3-MoE's Hub configs say num_experts, transformers 5 writes num_local_experts); the first
+    one present wins.
+
+    The value must have the JSON type of the default: a number for a number, true/false for a
+    bool, a list for a list (so "false" is not read as true, nor "64" as a width). A required
+    field, or one that defaults to null, is checked where it is used (Config checks every size)."""
     keys = key if isinstance(key, tuple) else (key,)
-    for k in keys:
-        if k in d and d[k] is not None:
-            return d[k]
-    if default is ...:
-        raise ConfigError(f"{source}: missing field {keys[0]!r}")
-    return default
+    present = [k for k in keys if k in d and d[k] is not None]
+    if not present:
+        if default is ...:
+            raise ConfigError(f"{source}: missing field {keys[0]!r}")
+        return default
+    value = d[present[0]]
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, (list, dict)):
+        ok, kind = isinstance(value, type(default)), f"a JSON {'array' if isinstance(default, list) else 'object'}"
+    else:                                                   # required, or null by default
+        ok, kind = True, ""
+    if not ok:
+        raise ConfigError(f"{source}: {present[0]} must be {kind}, found {value!r}")
+    return value
+
+
+def _name(d: dict, family: str) -> str:
+    """A label for the model: its _name_or_path if that is a non-empty string, else the family."""
+    name = d.get("_name_or_path")
+    return name if isinstance(name, str) and name else family
 
 
 def _rope(d: dict, source: str, default_theta: float) -> tuple[float, dict | None]:
     """(rope_theta, rope_scaling) from either the classic fields or transformers v5's rope_parameters."""
-    params = d.get("rope_parameters") or {}
-    theta = d.get("rope_theta", params.get("rope_theta", default_theta))
-    scaling = d.get("rope_scaling") or None
+    params = _get(d, "rope_parameters", source, {})
+    theta = _get(d, "rope_theta", source, _get(params, "rope_theta", source, float(default_theta)))
+    scaling = _get(d, "rope_scaling", source, {}) or None
     if scaling is None and params.get("rope_type", "default") != "default":
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
     if scaling is not None:
@@ -58,8 +82,8 @@ def _mixtral(d: dict, source: str) -> Config:
         sliding_window=_get(d, "sliding_window", source, 0) or 0,
         rope_theta=theta, rope_scaling=scaling,
         norm_eps=_get(d, "rms_norm_eps", source, 1e-5),
-        tie_embeddings=bool(_get(d, "tie_word_embeddings", source, False)),
-        name=d.get("_name_or_path", "") or "mixtral",
+        tie_embeddings=_get(d, "tie_word_embeddings", source, False),
+        name=_name(d, "mixtral"),
     )
 
 
@@ -105,7 +129,7 @@ def _common(d: dict, source: str, family: str) -> dict:
         max_seq_len=_get(d, "max_position_embeddings", source, max_pos),
         rope_theta=theta, rope_scaling=scaling,
         norm_eps=_get(d, "rms_norm_eps", source, eps),
-        tie_embeddings=bool(_get(d, "tie_word_embeddings", source, False)),
+        tie_embeddings=_get(d, "tie_word_embeddings", source, False),
     )
 
 
@@ -123,7 +147,7 @@ def _gpt_oss(d: dict, source: str) -> Config:
     if c["rope_scaling"] is None and "rope_scaling" not in d and "rope_parameters" not in d:
         c["rope_scaling"] = {"type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
                              "truncate": False, "original_max_position_embeddings": 4096}
-    bias = bool(_get(d, "attention_bias", source, True))
+    bias = _get(d, "attention_bias", source, True)
     f = _get(d, "intermediate_size", source, 2880)
     return Config(
         **c, head_dim=_get(d, "head_dim", source, 64),
@@ -137,7 +161,7 @@ def _gpt_oss(d: dict, source: str) -> Config:
         ffn_act="swiglu_oai",
         swiglu_limit=float(_get(d, "swiglu_limit", source, 7.0)),
         swiglu_alpha=float(_get(d, "swiglu_alpha", source, 1.702)),
-        name=d.get("_name_or_path", "") or "gpt_oss",
+        name=_name(d, "gpt_oss"),
     )
 
 
@@ -147,6 +171,8 @@ def _qwen_moe_layers(d: dict, source: str, n_layers: int, n_experts: int) -> lis
         return list(range(n_layers))
     mlp_only = _get(d, "mlp_only_layers", source, [])
     step = _get(d, "decoder_sparse_step", source, 1)
+    if step < 1:
+        raise ConfigError(f"{source}: decoder_sparse_step must be at least 1, found {step}")
     return [i for i in range(n_layers) if i in mlp_only or (i + 1) % step != 0]
 
 
@@ -156,10 +182,10 @@ def _qwen2_moe(d: dict, source: str) -> Config:
     c = _common(d, source, "qwen2_moe")
     n_experts = _get(d, "num_experts", source, 60)
     layers = _qwen_moe_layers(d, source, c["n_layers"], n_experts)
-    qkv_bias = bool(_get(d, "qkv_bias", source, True))
-    window = (_get(d, "sliding_window", source, 4096) or 0) if d.get("use_sliding_window", False) else 0
+    qkv_bias = _get(d, "qkv_bias", source, True)
+    window = (_get(d, "sliding_window", source, 4096) or 0) if _get(d, "use_sliding_window", source, False) else 0
     max_window_layers = _get(d, "max_window_layers", source, 28)
-    layer_types = d.get("layer_types") or [
+    layer_types = _get(d, "layer_types", source, []) or [
         "sliding_attention" if (i + 1) % 2 and i < max_window_layers and window else "full_attention"
         for i in range(c["n_layers"])]
     sliding = [i for i, t in enumerate(layer_types) if t == "sliding_attention"] if window else []
@@ -174,8 +200,8 @@ def _qwen2_moe(d: dict, source: str) -> Config:
         d_expert=_get(d, "moe_intermediate_size", source, 1408),
         n_shared_experts=1, d_shared_expert=_get(d, "shared_expert_intermediate_size", source, 5632),
         shared_expert_gate=True, dense_layers=layers,
-        router="softmax_topk", router_renorm=bool(_get(d, "norm_topk_prob", source, False)),
-        name=d.get("_name_or_path", "") or "qwen2_moe",
+        router="softmax_topk", router_renorm=_get(d, "norm_topk_prob", source, False),
+        name=_name(d, "qwen2_moe"),
     )
 
 
@@ -183,7 +209,7 @@ def _dense(d: dict, source: str, c: dict, family: str, d_ff_default: int, **extr
     """A model of an MoE family whose every layer is dense (num_experts 0, or all mlp_only)."""
     extra.setdefault("head_dim", _get(d, "head_dim", source, None))
     return Config(**c, d_ff=_get(d, "intermediate_size", source, d_ff_default),
-                  name=d.get("_name_or_path", "") or family, **extra)
+                  name=_name(d, family), **extra)
 
 
 def _qwen3_moe(d: dict, source: str) -> Config:
@@ -192,8 +218,8 @@ def _qwen3_moe(d: dict, source: str) -> Config:
     c = _common(d, source, "qwen3_moe")
     n_experts = _get(d, ("num_experts", "num_local_experts"), source, 128)
     layers = _qwen_moe_layers(d, source, c["n_layers"], n_experts)
-    bias = bool(_get(d, "attention_bias", source, False))
-    window = (_get(d, "sliding_window", source, 4096) or 0) if d.get("use_sliding_window", False) else 0
+    bias = _get(d, "attention_bias", source, False)
+    window = (_get(d, "sliding_window", source, 4096) or 0) if _get(d, "use_sliding_window", source, False) else 0
     if len(layers) == c["n_layers"]:
         return _dense(d, source, c, "qwen3_moe", 6144, qkv_bias=bias, o_bias=bias, qk_norm="head",
                       sliding_window=window)
@@ -202,9 +228,9 @@ def _qwen3_moe(d: dict, source: str) -> Config:
         d_ff=_get(d, "intermediate_size", source, 6144),
         n_experts=n_experts, top_k=_get(d, "num_experts_per_tok", source, 8),
         d_expert=_get(d, "moe_intermediate_size", source, 768), dense_layers=layers,
-        router="softmax_topk", router_renorm=bool(_get(d, "norm_topk_prob", source, False)),
+        router="softmax_topk", router_renorm=_get(d, "norm_topk_prob", source, False),
         qkv_bias=bias, o_bias=bias, qk_norm="head", sliding_window=window,
-        name=d.get("_name_or_path", "") or "qwen3_moe",
+        name=_name(d, "qwen3_moe"),
     )
 
 
@@ -215,14 +241,14 @@ def _olmoe(d: dict, source: str) -> Config:
     head_dim = c["d_model"] // c["n_heads"]
     _unsupported(d, source, "head_dim", head_dim,
                  "OLMoE's q_norm is sized by hidden_size, so heads must split the width exactly")
-    bias = bool(_get(d, "attention_bias", source, False))
+    bias = _get(d, "attention_bias", source, False)
     f = _get(d, "intermediate_size", source, 2048)
     return Config(
         **c, head_dim=head_dim, d_ff=f, d_expert=f,
         n_experts=_get(d, ("num_experts", "num_local_experts"), source, 64), top_k=_get(d, "num_experts_per_tok", source, 8),
-        router="softmax_topk", router_renorm=bool(_get(d, "norm_topk_prob", source, False)),
+        router="softmax_topk", router_renorm=_get(d, "norm_topk_prob", source, False),
         qkv_bias=bias, o_bias=bias, qk_norm="full",
-        name=d.get("_name_or_path", "") or "olmoe",
+        name=_name(d, "olmoe"),
     )
 
 
@@ -255,18 +281,18 @@ def _deepseek_v3(d: dict, source: str) -> Config:
     first_dense = _get(d, "first_k_dense_replace", source, 3)
     return Config(
         **c, **_mla(d, source, c, 1536),
-        rope_interleave=bool(_get(d, "rope_interleave", source, True)),
+        rope_interleave=_get(d, "rope_interleave", source, True),
         d_ff=_get(d, "intermediate_size", source, 18432),
         n_experts=n_experts, top_k=_get(d, "num_experts_per_tok", source, 8),
         d_expert=_get(d, "moe_intermediate_size", source, 2048),
         n_shared_experts=_get(d, "n_shared_experts", source, 1),
         dense_layers=list(range(min(first_dense, c["n_layers"]))),
-        router="sigmoid_topk", router_renorm=bool(_get(d, "norm_topk_prob", source, True)),
+        router="sigmoid_topk", router_renorm=_get(d, "norm_topk_prob", source, True),
         router_scale=float(_get(d, "routed_scaling_factor", source, 2.5)),
         router_groups=_get(d, "n_group", source, 8), router_topk_groups=_get(d, "topk_group", source, 4),
         router_correction_bias=True,
         n_mtp_layers=_get(d, ("num_nextn_predict_layers", "num_mtp_layers"), source, 1),
-        name=d.get("_name_or_path", "") or d.get("model_type", "deepseek_v3"),
+        name=_name(d, d["model_type"]),
     )
 
 
@@ -275,11 +301,11 @@ def _llama(d: dict, source: str) -> Config:
     # transformers' LlamaConfig: attention_bias (q, k, v and o) defaults to False.
     c = _common(d, source, "llama")
     _unsupported(d, source, "mlp_bias", False, "minimoe's dense FFN has no biases")
-    bias = bool(_get(d, "attention_bias", source, False))
+    bias = _get(d, "attention_bias", source, False)
     return Config(
         **c, head_dim=_get(d, "head_dim", source, None),
         d_ff=_get(d, "intermediate_size", source, 11008), qkv_bias=bias, o_bias=bias,
-        name=d.get("_name_or_path", "") or "llama",
+        name=_name(d, "llama"),
     )
 
 
@@ -308,7 +334,7 @@ def _deepseek_v2(d: dict, source: str) -> Config:
         router="softmax_topk", router_renorm=False,
         router_scale=float(_get(d, "routed_scaling_factor", source, 1.0)),
         router_groups=groups[0], router_topk_groups=groups[1],
-        name=d.get("_name_or_path", "") or "deepseek_v2",
+        name=_name(d, "deepseek_v2"),
     )
 
 
@@ -347,7 +373,7 @@ def _llama4_text(d: dict, source: str) -> Config:
     rope = d.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]   # 1: RoPE
     chunk = d.get("attention_chunk_size", 8192) or 0
     types = _layer_types(d, source, n, ["chunked_attention" if r and chunk else "full_attention" for r in rope])
-    bias = bool(_get(d, "attention_bias", source, False))
+    bias = _get(d, "attention_bias", source, False)
     f = _get(d, "intermediate_size", source, 8192)
     return Config(
         **c, head_dim=d.get("head_dim", 128), d_ff=_get(d, "intermediate_size_mlp", source, 16384),
@@ -357,7 +383,7 @@ def _llama4_text(d: dict, source: str) -> Config:
         router="sigmoid_topk", router_renorm=False, qkv_bias=bias, o_bias=bias,
         attention_chunk_size=chunk,
         chunked_layers=[i for i, t in enumerate(types) if t == "chunked_attention"] if chunk else None,
-        name=d.get("_name_or_path", "") or "llama4",
+        name=_name(d, "llama4"),
     )
 
 
@@ -374,7 +400,7 @@ def _qwen3_next(d: dict, source: str) -> Config:
                                         for i in range(n)])
     n_experts = _get(d, "num_experts", source, 512)
     layers = _qwen_moe_layers(d, source, n, n_experts)
-    bias = bool(_get(d, "attention_bias", source, False))
+    bias = _get(d, "attention_bias", source, False)
     attn = dict(
         qkv_bias=bias, o_bias=bias, qk_norm="head", attn_output_gate=True,
         linear_layers=[i for i, t in enumerate(types) if t == "linear_attention"],
@@ -392,8 +418,8 @@ def _qwen3_next(d: dict, source: str) -> Config:
         d_expert=_get(d, "moe_intermediate_size", source, 512),
         n_shared_experts=1, d_shared_expert=_get(d, "shared_expert_intermediate_size", source, 512),
         shared_expert_gate=True, dense_layers=layers,
-        router="softmax_topk", router_renorm=bool(_get(d, "norm_topk_prob", source, True)),
-        name=d.get("_name_or_path", "") or "qwen3_next",
+        router="softmax_topk", router_renorm=_get(d, "norm_topk_prob", source, True),
+        name=_name(d, "qwen3_next"),
     )
 
 
@@ -413,12 +439,12 @@ def _glm4_moe(d: dict, source: str) -> Config:
         d_expert=_get(d, "moe_intermediate_size", source, 1408),
         n_shared_experts=_get(d, "n_shared_experts", source, 1),
         dense_layers=list(range(min(first_dense, c["n_layers"]))),
-        router="sigmoid_topk", router_renorm=bool(_get(d, "norm_topk_prob", source, True)),
+        router="sigmoid_topk", router_renorm=_get(d, "norm_topk_prob", source, True),
         router_scale=float(_get(d, "routed_scaling_factor", source, 1.0)),
-        qkv_bias=bool(_get(d, "attention_bias", source, False)), o_bias=False,
+        qkv_bias=_get(d, "attention_bias", source, False), o_bias=False,
         qk_norm="head" if _get(d, "use_qk_norm", source, False) else "none",
         n_mtp_layers=_get(d, "num_nextn_predict_layers", source, 1),
-        name=d.get("_name_or_path", "") or "glm4_moe",
+        name=_name(d, "glm4_moe"),
     )
 
 
@@ -434,7 +460,7 @@ def _phimoe(d: dict, source: str) -> Config:
     # with lm_head_bias, sparsemixer top-2 routing, and a sliding window when sliding_window is set
     # (Phi-3.5-MoE's 131072 is its whole context).
     return _local_experts(d, source, "phimoe", 6400, 16, router="sparsemixer", norm="layernorm",
-                          head_bias=bool(_get(d, "lm_head_bias", source, False)),
+                          head_bias=_get(d, "lm_head_bias", source, False),
                           sliding_window=_get(d, "sliding_window", source, 0) or 0)
 
 
@@ -443,12 +469,12 @@ def _local_experts(d: dict, source: str, family: str, d_ff_default: int, experts
     """Granite MoE and Phi-3.5-MoE: num_local_experts experts of intermediate_size, top-k through
     a bias-free router, attention_bias on q, k, v and o."""
     c = _common(d, source, family)
-    bias = bool(_get(d, "attention_bias", source, False))
+    bias = _get(d, "attention_bias", source, False)
     f = _get(d, "intermediate_size", source, d_ff_default)
     return Config(
         **c, d_ff=f, d_expert=f, n_experts=_get(d, "num_local_experts", source, experts_default),
         top_k=_get(d, "num_experts_per_tok", source, 2), qkv_bias=bias, o_bias=bias,
-        name=d.get("_name_or_path", "") or family, **extra)
+        name=_name(d, family), **extra)
 
 
 CONVERTERS = {
@@ -475,11 +501,11 @@ def config_from_hf(d: dict, source: str = "config.json") -> Config:
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: expected a JSON object, found {type(d).__name__}")
     model_type = d.get("model_type")
-    if model_type not in CONVERTERS:
+    if not isinstance(model_type, str) or model_type not in CONVERTERS:
         raise ConfigError(f"{source}: unknown model_type {model_type!r}; minimoe reads "
                           f"{sorted(CONVERTERS)} (and its own 'minimoe')")
     try:
         return CONVERTERS[model_type](d, source)
-    except (ConfigError, TypeError, ValueError) as e:   # a field of the wrong type or an invalid value
+    except (ConfigError, TypeError, ValueError, ArithmeticError, AttributeError, LookupError) as e:   # a field of the wrong type
         msg = str(e)
         raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None

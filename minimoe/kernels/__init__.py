@@ -37,21 +37,36 @@ from minimoe.kernels.packed import PACKED_FORMATS, KernelInputError, PackedWeigh
 
 
 def matmul(x: np.ndarray, w) -> np.ndarray:
-    """x @ w.T: (..., I) @ (O, I).T -> (..., O). `w` may be a float array, a QTensor or a PackedWeight."""
+    """x @ w.T: (..., I) @ (O, I).T -> (..., O). `w` may be a float array, a QTensor or a PackedWeight.
+    Shapes and dtypes are checked here (KernelInputError), so no input reaches a kernel unchecked."""
     if isinstance(w, np.ndarray):
+        _check_operands(x, w.shape, w.ndim == 2 and w.dtype.kind in "fiub")
         return x @ w.T                                   # (..., I) @ (I, O) -> (..., O), BLAS
     from minimoe.kernels.qmatmul import qmatmul
     if isinstance(w, PackedWeight):
-        return qmatmul(x, w)
+        return qmatmul(x, w)                             # validates w, then x
     fmt = getattr(w, "fmt", None)
-    if fmt in PACKED_FORMATS and getattr(x, "dtype", None) == np.float32:
+    if fmt is None:
+        raise KernelInputError(f"matmul: w must be a float array or a QTensor, found {type(w).__name__}")
+    if getattr(x, "dtype", None) == np.float32 and fmt in PACKED_FORMATS:
         return qmatmul(x, pack(w))                       # fused dequantize-and-multiply
     if fmt in KQUANT_GEMV_FORMATS and getattr(x, "dtype", None) == np.float32 and x.ndim == 2:
         from minimoe.kernels.kquant_matmul import kmatmul
         return kmatmul(x, w)                             # fused, on the GGUF bytes as they are
-    if fmt is None:
-        raise KernelInputError(f"matmul: w must be a float array or a QTensor, found {type(w).__name__}")
+    _check_operands(x, w.shape, len(w.shape) == 2)
+    if x.dtype.kind != "f":                              # weights cast to ints would be wrong
+        raise KernelInputError(f"matmul: x must be a float array to multiply a packed weight, found "
+                               f"{x.dtype}; use x.astype(np.float32)")
     return x @ w.dequantize().astype(x.dtype, copy=False).T  # reference: dequantize, then multiply
+
+
+def _check_operands(x, w_shape: tuple, w_ok: bool) -> None:
+    if not w_ok:
+        raise KernelInputError(f"matmul: w must be a 2-D (O, I) array of numbers, found shape {tuple(w_shape)}")
+    if not isinstance(x, np.ndarray) or x.ndim < 1 or x.shape[-1] != w_shape[-1] or x.dtype.kind not in "fiub":
+        raise KernelInputError(f"matmul: x must be an array (..., {w_shape[-1]}) of numbers to multiply a "
+                               f"weight of shape {tuple(w_shape)}, found "
+                               + (f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__))
 
 
 def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
@@ -84,6 +99,9 @@ def takes_matmul(x, w, b=None, experts=None) -> bool:
 
 
 KQUANT_GEMV_FORMATS = ("q4_k", "q6_k")   # K-quants with fused kernels (kquant_matmul.py)
+# Model.forward runs OpenBLAS on one thread; a float product of at least this many multiply-adds
+# is shared out to minimoe's own worker threads instead (qmatmul.float_matmul).
+THREADS_MIN_MACS = 2**24
 GEMV_ROWS = 4            # rows up to which a stack of float experts is multiplied row by row
 
 __all__ = ["matmul", "backend", "get_backend", "set_backend", "pack", "PackedWeight",

@@ -109,19 +109,3 @@ class Leaf:
 
     def __repr__(self) -> str:
         return f"Leaf({self.__name__}: {self._numba_ref or 'NumPy only'})"
-
-
-@contextlib.contextmanager
-def blas_threads_for(macs: int):
-    """Run a stretch whose largest matrix product has `macs` multiply-adds on one OpenBLAS thread
-    when that is small: waking OpenBLAS's threads then costs more than they save, and when another
-    program holds a core, a call that waits for them can take 100x its time (docs/kernels.md)."""
-    if macs >= BLAS_THREADS_MIN_MACS:
-        yield
-        return
-    from minimoe.kernels.backend import blas_threads
-    with blas_threads(1):
-        yield
-
-
-BLAS_THREADS_MIN_MACS = 2**24

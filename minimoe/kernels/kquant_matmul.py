@@ -161,7 +161,15 @@ def kmatmul(x: np.ndarray, qt, experts: np.ndarray | None = None) -> np.ndarray:
     fmt = qt.fmt
     if fmt not in KQUANT_GEMV_FORMATS:
         raise KernelInputError(f"kmatmul: {qt.name or 'weight'} is {fmt}; this kernel takes {KQUANT_GEMV_FORMATS}")
+    qt.validate()                                   # the kernels trust its bytes to fit its shape
     stacked = experts is not None
+    if stacked:
+        experts = np.asarray(experts)
+        E = qt.shape[0] if len(qt.shape) == 3 else 0
+        if (experts.ndim != 1 or len(experts) != len(x) or not np.issubdtype(experts.dtype, np.integer)
+                or (experts.size and not 0 <= experts.min() <= experts.max() < E)):
+            raise KernelInputError(f"kmatmul: experts must be {len(x)} integers in 0..{E - 1} for a stack "
+                                   f"of shape {qt.shape}, found {experts.dtype} {experts.shape}")
     blocks = qt.blocks if stacked else qt.blocks[None]              # (E, O, nb * BB)
     O, I = qt.shape[-2], qt.shape[-1]
     if x.ndim != 2 or x.shape[1] != I:

@@ -32,6 +32,7 @@ bytes do. QTensors are treated as immutable: writing into `qt.blocks` in place i
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ class KernelInputError(MinimoeError, ValueError):
     """A kernel was handed arrays of the wrong shape or dtype; the message names which and why."""
 
 
+@functools.lru_cache(maxsize=None)
 def group_rows(nb: int) -> int:
     """G, the rows interleaved per group: enough that G*nb >= 128 bytes per inner loop (at most 16)."""
     G = 1
@@ -109,30 +111,47 @@ class PackedWeight:
         return a[:, :self.rows]
 
     def validate(self) -> PackedWeight:
-        """Check that the arrays agree with each other and with `shape` (the kernels trust them)."""
-        E, O, I = (1, *self.shape) if len(self.shape) == 2 else self.shape
-        nb, J = I // BLOCK, (32 if self.fmt == "q8_0" else 16)
-        G = self.G
-        OG = -(-O // G)
-        want_q = np.int8 if self.fmt == "q8_0" else np.uint8
-        what = f"packed {self.fmt} weight of shape {self.shape}"
-        if I % BLOCK or I == 0:
-            raise KernelInputError(f"{what}: input width {I} is not a positive multiple of {BLOCK}")
-        if G != group_rows(nb):
-            raise KernelInputError(f"{what}: rows per group must be {group_rows(nb)}, found {G}")
-        if self.d.shape != (E, OG, G * nb) or self.d.dtype != np.float32:
-            raise KernelInputError(f"{what}: scales must be float32 {(E, OG, G * nb)}, found "
-                                   f"{self.d.dtype} {self.d.shape}")
-        if self.qs.shape != (E, OG, J, G * nb) or self.qs.dtype != want_q:
-            raise KernelInputError(f"{what}: values must be {np.dtype(want_q)} {(E, OG, J, G * nb)}, found "
-                                   f"{self.qs.dtype} {self.qs.shape}")
-        if self.fmt == "q4_1" and (self.m.shape != (E, OG, G * nb) or self.m.dtype != np.float32):
-            raise KernelInputError(f"{what}: minimums must be float32 {(E, OG, G * nb)}, found "
-                                   f"{self.m.dtype} {self.m.shape}")
-        for name in ("d", "m", "qs"):
-            if not getattr(self, name).flags.c_contiguous:
-                raise KernelInputError(f"{what}: {name} must be C-contiguous")
+        """Check that the arrays agree with each other and with `shape`. The kernels trust them
+        (Numba checks no bounds, so a mismatch would read or write outside the arrays), so the
+        checked entry points call this on every call: it is written to cost a couple of microseconds."""
+        fmt, shape, d, m, qs, G = self.fmt, self.shape, self.d, self.m, self.qs, self.G
+        if fmt not in PACKED_FORMATS:
+            raise KernelInputError(f"PackedWeight: format {fmt!r} has no fused kernel "
+                                   f"(fused: {', '.join(PACKED_FORMATS)})")
+        E, O, I = (1, *shape) if type(shape) is tuple and len(shape) == 2 else (
+            shape if type(shape) is tuple and len(shape) == 3 else (0, 0, 0))
+        if not (type(E) is int and type(O) is int and type(I) is int and E > 0 and O > 0 and I > 0):
+            raise KernelInputError(f"PackedWeight: shape must be (O, I) or (E, O, I) of positive ints, "
+                                   f"found {shape!r}")
+        if I % BLOCK:
+            raise KernelInputError(f"{self._what()}: input width {I} is not a positive multiple of {BLOCK}")
+        if not (type(d) is np.ndarray and type(m) is np.ndarray and type(qs) is np.ndarray):
+            raise KernelInputError(f"{self._what()}: d, m and qs must be numpy arrays, found "
+                                   f"{type(d).__name__}, {type(m).__name__}, {type(qs).__name__}")
+        if not (d.flags.c_contiguous and m.flags.c_contiguous and qs.flags.c_contiguous):
+            raise KernelInputError(f"{self._what()}: d, m and qs must be C-contiguous")
+        nb = I // BLOCK
+        if type(G) is not int or G != group_rows(nb):
+            raise KernelInputError(f"{self._what()}: rows per group must be {group_rows(nb)}, found {G!r}")
+        OG, W = -(-O // G), G * nb
+        J, want_q = (32, _I8) if fmt == "q8_0" else (16, _U8)
+        if d.shape != (E, OG, W) or d.dtype != _F32:
+            raise KernelInputError(f"{self._what()}: scales must be float32 {(E, OG, W)}, found "
+                                   f"{d.dtype} {d.shape}")
+        if qs.shape != (E, OG, J, W) or qs.dtype != want_q:
+            raise KernelInputError(f"{self._what()}: values must be {want_q} {(E, OG, J, W)}, found "
+                                   f"{qs.dtype} {qs.shape}")
+        want_m = (E, OG, W) if fmt == "q4_1" else (0, 0, 0)
+        if m.shape != want_m or m.dtype != _F32:
+            raise KernelInputError(f"{self._what()}: minimums must be float32 {want_m}, found "
+                                   f"{m.dtype} {m.shape}")
         return self
+
+    def _what(self) -> str:
+        return f"packed {self.fmt} weight of shape {self.shape}"
+
+
+_F32, _I8, _U8 = np.dtype(np.float32), np.dtype(np.int8), np.dtype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------

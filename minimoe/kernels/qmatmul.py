@@ -508,6 +508,10 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
 
     With a stack W (E, O, I), `experts` (R,) says which matrix each of the R rows of x uses
     (the decode path of an MoE layer): x (R, I) -> (R, O)."""
+    if not isinstance(w, PackedWeight):
+        raise KernelInputError(f"qmatmul: w must be a PackedWeight (minimoe.kernels.pack(qtensor)), "
+                               f"found {type(w).__name__}")
+    w.validate()                                                      # the kernels trust its arrays
     I = w.shape[-1]
     what = f"matmul with a packed {w.fmt} weight of shape {w.shape}"
     _check_x(x, I, what)
@@ -585,6 +589,38 @@ def _prefill(xk: np.ndarray, w: PackedWeight, e: int, out: np.ndarray) -> np.nda
         return out
     with blas_threads(1):
         list(_pool(workers).map(tile_product, starts))
+    return out
+
+
+def float_matmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> np.ndarray:
+    """x (R, I) float32 @ w.T for a float32 w (O, I), or row r times w[experts[r]] of a stack
+    (E, O, I): a prefill's products, shared out to one worker thread per core, each calling a
+    one-thread BLAS (as `_prefill` does for packed weights): by column blocks for one matrix, by
+    expert for a stack. No thread spins waiting for another, so when another program holds a
+    core the product takes at most about twice its time, where OpenBLAS's own spinning threads
+    made it 3-100x (docs/kernels.md)."""
+    R, O = x.shape[0], w.shape[-2]
+    out = np.empty((R, O), x.dtype)
+    workers = min(os.cpu_count() or 1, numba.get_num_threads())
+    if experts is None:
+        step = -(-O // workers)
+        jobs = [(slice(None), o0, None) for o0 in range(0, O, step)]
+    else:
+        jobs = [(np.flatnonzero(experts == e), 0, e) for e in np.unique(experts)]
+
+    def product(job) -> None:
+        rows, o0, e = job
+        if e is None:
+            out[:, o0:o0 + step] = x @ w[o0:o0 + step].T                 # (R, I) @ (I, step)
+        else:
+            out[rows] = x[rows] @ w[e].T                                  # (n_e, I) @ (I, O)
+
+    with blas_threads(1):
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                product(job)
+        else:
+            list(_pool(workers).map(product, jobs))
     return out
 
 

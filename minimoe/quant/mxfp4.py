@@ -99,6 +99,18 @@ def dequantize_blocks(b: np.ndarray) -> np.ndarray:
         return np.ldexp(E2M1_VALUES[q], e[:, None] - E8M0_BIAS)      # (N, 32) * 2^(N, 1) -> (N, 32)
 
 
+def nonfinite_blocks(b: np.ndarray) -> np.ndarray:
+    """uint8 (N, 17) -> bool (N,): the blocks that decode to a NaN or inf. A value is
+    E2M1 * 2^(e - 127) with |E2M1| <= 6, which overflows float32 only when e >= 254; those few
+    blocks are decoded to see."""
+    b = as_byte_blocks(b, NAME, BLOCK_BYTES)
+    out = np.zeros(len(b), dtype=bool)                               # (N,)
+    big = np.flatnonzero(b[:, 0] >= 254)                             # (n,) blocks with a huge scale
+    if big.size:
+        out[big] = ~np.isfinite(dequantize_blocks(b[big])).all(axis=1)
+    return out
+
+
 def dequantize_block_loop(block) -> np.ndarray:
     """The readable oracle: decode ONE 17-byte block with a plain loop and the value table."""
     block = bytes(block)

@@ -93,6 +93,13 @@ def dequantize_blocks(b: np.ndarray) -> np.ndarray:
     return absmax[:, None] * NF4_VALUES[q]                                 # (N, 1) * (N, 64) -> (N, 64)
 
 
+def nonfinite_blocks(b: np.ndarray) -> np.ndarray:
+    """uint8 (N, 36) -> bool (N,): the blocks that decode to a NaN or inf. The values are
+    absmax * NF4[q] with |NF4| <= 1, so exactly those whose float32 absmax is not finite."""
+    b = as_byte_blocks(b, NAME, BLOCK_BYTES)
+    return ~np.isfinite(np.ascontiguousarray(b[:, 0:4]).view("<f4")[:, 0])   # (N, 4) -> (N,)
+
+
 def dequantize_block_loop(block) -> np.ndarray:
     """The readable oracle: decode ONE 36-byte block with a plain loop and the value table."""
     block = bytes(block)

@@ -93,6 +93,13 @@ def dequantize_blocks(b: np.ndarray) -> np.ndarray:
     return d[:, None] * Q4_0_VALUES[q]               # (N, 1) * (N, 32) -> (N, 32)
 
 
+def nonfinite_blocks(b: np.ndarray) -> np.ndarray:
+    """uint8 (N, 18) -> bool (N,): the blocks that decode to a NaN or inf. The values are d * (q - 8)
+    with q in 0..15, so exactly those whose fp16 scale d is not finite."""
+    b = as_byte_blocks(b, NAME, BLOCK_BYTES)
+    return ~np.isfinite(fp16_from_bytes(b[:, 0:2]))    # (N, 2) -> (N,)
+
+
 def dequantize_block_loop(block) -> np.ndarray:
     """The readable oracle: decode ONE 18-byte block with a plain loop and the value table."""
     block = bytes(block)

@@ -74,6 +74,14 @@ def dequantize_blocks(b: np.ndarray) -> np.ndarray:
     return (d[:, None] * Q4_1_VALUES[q]) + m[:, None]    # (N, 1) * (N, 32) + (N, 1) -> (N, 32)
 
 
+def nonfinite_blocks(b: np.ndarray) -> np.ndarray:
+    """uint8 (N, 20) -> bool (N,): the blocks that decode to a NaN or inf. The values are d * q + m
+    with q in 0..15 and fp16 d, m (too small to overflow float32), so exactly those whose d or m
+    is not finite."""
+    b = as_byte_blocks(b, NAME, BLOCK_BYTES)
+    return ~(np.isfinite(fp16_from_bytes(b[:, 0:2])) & np.isfinite(fp16_from_bytes(b[:, 2:4])))
+
+
 def dequantize_block_loop(block) -> np.ndarray:
     """The readable oracle: decode ONE 20-byte block with a plain loop and the value table."""
     block = bytes(block)

@@ -70,6 +70,13 @@ def dequantize_blocks(b: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * d[:, None]                        # (N, 32) * (N, 1) -> (N, 32)
 
 
+def nonfinite_blocks(b: np.ndarray) -> np.ndarray:
+    """uint8 (N, 34) -> bool (N,): the blocks that decode to a NaN or inf. The values are d * q with q
+    an int8, so exactly those whose fp16 scale d is not finite."""
+    b = as_byte_blocks(b, NAME, BLOCK_BYTES)
+    return ~np.isfinite(fp16_from_bytes(b[:, 0:2]))                # (N, 2) -> (N,)
+
+
 def dequantize_block_loop(block) -> np.ndarray:
     """The readable oracle: decode ONE 34-byte block with a plain loop."""
     block = bytes(block)

@@ -15,6 +15,7 @@ Every format module (q8_0.py, q4_0.py, q4_1.py, mxfp4.py, nf4.py) is a plain mod
     quantize_blocks(x: float32 (N, BS)) -> uint8 (N, BB)
     dequantize_blocks(b: uint8 (N, BB)) -> float32 (N, BS)
     dequantize_block_loop(one_block: BB bytes) -> float32 (BS,)   # the readable oracle
+    nonfinite_blocks(b: uint8 (N, BB)) -> bool (N,)               # which decode to NaN/inf, cheaply
 and FORMATS maps the name to the module. This file knows nothing about any one format.
 """
 from __future__ import annotations

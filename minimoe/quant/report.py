@@ -142,14 +142,11 @@ def plot_report(rows: list[dict], path, title: str | None = None) -> str:
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle(title or "what quantization costs: grey fp32, blue one format, red mixed recipes")
     fig.tight_layout()
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    from minimoe.io.atomic import atomic_path
-    ext = os.path.splitext(path)[1].lstrip(".") or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format=ext)
-    plt.close(fig)
-    return path
+    from minimoe.inspect.plots import save
+    try:
+        return save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -148,13 +148,15 @@ def encode(tokenizer, text: str) -> np.ndarray:
     tokenizer's own encode is a Python loop, slow on megabytes); the result is the same."""
     if isinstance(tokenizer, CharTokenizer):
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)         # (n,) code points
-        table = np.array([ord(c) for c in tokenizer.chars], dtype=np.uint32)     # (V,) sorted
-        ids = np.searchsorted(table, codes)                                      # (n,)
-        ok = (ids < len(table)) & (table[np.minimum(ids, len(table) - 1)] == codes)
+        table = np.array([ord(c) for c in tokenizer.chars], dtype=np.uint32)     # (V,) id -> code point
+        order = np.argsort(table)                                                # (V,) ids by code point
+        pos = np.searchsorted(table[order], codes)                               # (n,) place in that order
+        pos = np.minimum(pos, len(table) - 1)
+        ok = table[order][pos] == codes
         if not ok.all():
             bad = chr(codes[np.argmin(ok)])
             raise DataError(f"character {bad!r} is not in the tokenizer's {tokenizer.vocab_size} characters")
-        return ids.astype(np.int64)
+        return order[pos].astype(np.int64)
     return tokenizer.encode(text)
 
 

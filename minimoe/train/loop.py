@@ -27,8 +27,9 @@ A run folder (`--out DIR`) holds:
         optimizer.safetensors                                AdamW's m and v, "m.<param>", "v.<param>"
         train_state.json                                     step, RNG state, settings, history
 
-A checkpoint is written in full into a temporary folder, renamed to step-NNNNNN, and only then
-named in LATEST (an atomic rename of a one-line file); older checkpoints are deleted after that.
+A checkpoint is written in full into a temporary folder, renamed to step-NNNNNN (step-NNNNNN-2
+when that step was saved before: nothing is ever renamed over a checkpoint), and only then named
+in LATEST (an atomic rename of a one-line file); older checkpoints are deleted after that.
 A crash at any moment therefore leaves LATEST naming a complete checkpoint. `--resume DIR` reads
 it and continues bit for bit: the same parameters, optimizer moments, learning rate and random
 batches as if the run had never stopped.
@@ -45,9 +46,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from minimoe.checks import check_int, check_number
 from minimoe.config import Config
 from minimoe.errors import CheckpointError, DataError, MinimoeError
-from minimoe.io.atomic import atomic_path, atomic_write_text
+from minimoe.io.atomic import (atomic_path, atomic_write_text, is_stale_temp, remove_stale_temps, temp_name,
+                               writing)
+from minimoe.io.json_file import read_json
+from minimoe.io.safetensors_file import write_safetensors
 from minimoe.model import Model
 from minimoe.nn import moe
 from minimoe.train import balance, losses
@@ -122,22 +127,29 @@ class TrainConfig:
         return tc
 
     def validate(self) -> None:
+        """Check every setting's type and range (a MinimoeError naming it), before any work."""
         for name in ("max_iters", "batch_size", "grad_accum", "eval_iters"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise MinimoeError(f"{name} must be a positive integer, found {v!r}")
+            check_int(name, getattr(self, name), lo=1)
         for name in ("block_size", "warmup_iters", "lr_decay_iters", "eval_interval", "ckpt_interval",
-                     "sample_tokens", "threads"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise MinimoeError(f"{name} must be a non-negative integer, found {v!r}")
+                     "sample_tokens", "threads", "seed"):
+            check_int(name, getattr(self, name), lo=0)
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "aux_loss_coef", "z_loss_coef",
-                     "bias_update_rate"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise MinimoeError(f"{name} must be a finite number >= 0, found {v!r}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise MinimoeError(f"betas must be in [0, 1), found ({self.beta1}, {self.beta2})")
+                     "sample_temperature", "bias_update_rate"):
+            check_number(name, getattr(self, name), lo=0)
+        check_number("eps", self.eps, lo=0, lo_open=True)
+        if not 0 < check_number("val_fraction", self.val_fraction) < 1:
+            raise MinimoeError(f"val_fraction must be between 0 and 1 (exclusive), found {self.val_fraction}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= check_number(name, getattr(self, name), lo=0) < 1:
+                raise MinimoeError(f"{name} must be in [0, 1), found {getattr(self, name)}")
+        for name in ("preset", "data", "tokenizer", "out", "aux_loss_form", "init"):
+            if not isinstance(getattr(self, name), str):
+                raise MinimoeError(f"{name} must be a string, found {getattr(self, name)!r}")
+        if not isinstance(self.model, dict):
+            raise MinimoeError(f"model (the Config overrides) must be a dict, found {self.model!r}")
+        for name in ("decay_embeddings", "decay_norms"):
+            if not isinstance(getattr(self, name), bool):
+                raise MinimoeError(f"{name} must be true or false, found {getattr(self, name)!r}")
         if self.aux_loss_form not in losses.FORMS:
             raise MinimoeError(f"aux_loss_form must be one of {list(losses.FORMS)}, found {self.aux_loss_form!r}")
 
@@ -146,6 +158,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "train config") -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: train_config must be a JSON object, found {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -179,6 +193,10 @@ class Trainer:
                  rng: np.random.Generator | None = None, history: list | None = None,
                  totals: dict | None = None, verbose: bool = True):
         self.tc, self.model, self.data, self.opt = tc, model, dataset, opt
+        if tc.bias_update_rate and not model.config.router_correction_bias:
+            raise MinimoeError(f"bias_update_rate={tc.bias_update_rate} moves the routers' correction bias, "
+                               f"but this model has none (router_correction_bias=False, router="
+                               f"{model.config.router!r}); start a run with it, or leave the rate at 0")
         self.step = step                                   # iterations completed
         self.rng = rng if rng is not None else np.random.default_rng([tc.seed, 1])  # train batches
         self.history = history if history is not None else []   # one record per evaluation
@@ -221,19 +239,21 @@ class Trainer:
         from minimoe.io.safetensors_file import read_tensors
         ckpt = latest_checkpoint(folder)
         state_path = os.path.join(ckpt, "train_state.json")
-        state = read_json(state_path)
-        if state.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"{state_path}: not a minimoe training state (format {state.get('format')!r})")
+        state = read_state(state_path)
         tc = TrainConfig.from_dict(state["train_config"], source=state_path)
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
         if unknown:
             raise MinimoeError(f"unknown training setting(s) {unknown}")
+        overrides = _agreeing_overrides(folder, tc, overrides)
         tc = dataclasses.replace(tc, **overrides)
         if "out" not in overrides:
             tc.out = folder
         if not tc.threads:                                 # a state from before --threads: one shard
             tc.threads = 1
-        tc.validate()
+        try:
+            tc.validate()
+        except MinimoeError as e:
+            raise CheckpointError(f"{state_path}: {e}") from None
         model = load(ckpt)
         dataset = build_dataset(tc.data, model.tokenizer, tc.block_size, tc.val_fraction)
         if dataset.md5 != state["data"]["md5"]:
@@ -244,8 +264,12 @@ class Trainer:
         tensors, _ = read_tensors(os.path.join(ckpt, "optimizer.safetensors"))
         opt.load_state(tensors, state["optimizer"], source=os.path.join(ckpt, "optimizer.safetensors"))
         rng = np.random.default_rng()
-        rng.bit_generator.state = state["rng"]
-        trainer = cls(tc, model, dataset, opt, step=int(state["step"]), rng=rng,
+        try:
+            rng.bit_generator.state = state["rng"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{state_path}: rng is not a state of NumPy's {type(rng.bit_generator).__name__} "
+                                  f"({e})") from None
+        trainer = cls(tc, model, dataset, opt, step=state["step"], rng=rng,
                       history=state["history"], totals=state["totals"], verbose=verbose)
         trainer.last_checkpoint = ckpt
         return trainer
@@ -448,25 +472,34 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def save_checkpoint(self) -> str:
-        """Write a complete checkpoint of this step, then point LATEST at it (see the module doc)."""
-        from safetensors.numpy import save_file
+        """Write a complete checkpoint of this step, then point LATEST at it (see the module doc).
+        Nothing is deleted before LATEST names the new checkpoint, so a crash at any moment leaves
+        the last good one loadable; the next save deletes what a killed one left behind."""
         root = os.path.join(self.tc.out, CHECKPOINT_DIR)
+        with writing(root):
+            os.makedirs(root, exist_ok=True)
+        remove_stale_temps(root)                                   # what killed saves left behind
         name = f"step-{self.step:06d}"
+        taken = set(os.listdir(root))
+        for n in range(2, 1 << 30):                                # a re-save of the same step gets a
+            if name not in taken:                                  # new name: the old one stays whole
+                break                                              # until LATEST moves on
+            name = f"step-{self.step:06d}-{n}"
         final = os.path.join(root, name)
-        tmp = os.path.join(root, f".tmp-{name}-{os.getpid()}")
-        os.makedirs(root, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save(tmp)                                       # config, tokenizer, model
-        with atomic_path(os.path.join(tmp, "optimizer.safetensors")) as p:
-            save_file({k: np.ascontiguousarray(v) for k, v in self.opt.state_tensors().items()}, p,
-                      metadata={"format": "minimoe-adamw", "t": str(self.opt.t)})
-        atomic_write_text(os.path.join(tmp, "train_state.json"), json.dumps(self.state(), indent=1) + "\n")
-        if os.path.exists(final):                                  # a re-save of the same step
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        tmp = os.path.join(root, temp_name(name))
+        try:
+            self.model.save(tmp)                                   # config, tokenizer, model
+            with atomic_path(os.path.join(tmp, "optimizer.safetensors")) as p:
+                write_safetensors(p, self.opt.state_tensors(), metadata={"format": "minimoe-adamw", "t": str(self.opt.t)})
+            atomic_write_text(os.path.join(tmp, "train_state.json"), json.dumps(self.state(), indent=1) + "\n")
+            with writing(final):
+                os.replace(tmp, final)                             # a new name: nothing is replaced
+        except BaseException:                                      # an error or Ctrl-C: drop the half
+            shutil.rmtree(tmp, ignore_errors=True)                 # (a kill -9 leaves it to the next save)
+            raise
         atomic_write_text(os.path.join(root, "LATEST"), name + "\n")   # the commit point
-        for old in os.listdir(root):                               # older checkpoints, stale temps
-            if old not in (name, "LATEST") and (old.startswith("step-") or old.startswith(".tmp-")):
+        for old in os.listdir(root):                               # now the older checkpoints can go
+            if old != name and (old.startswith("step-") or is_stale_temp(old)):
                 shutil.rmtree(os.path.join(root, old), ignore_errors=True)
         self.model.save(self.tc.out)                               # the run's model, for generate/info
         self.last_checkpoint = final
@@ -608,25 +641,63 @@ def make_optimizer(tc: TrainConfig, model: Model) -> AdamW:
                  decay_embeddings=tc.decay_embeddings, decay_norms=tc.decay_norms)
 
 
-def read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+def read_state(path: str) -> dict:
+    """A checkpoint's train_state.json, its fields' types checked (CheckpointError naming them)."""
+    state = read_json(path, CheckpointError, expect=dict)
+    if state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a minimoe training state (format {str(state.get('format'))[:40]!r})")
+    for key, kind in (("step", int), ("train_config", dict), ("rng", dict), ("optimizer", dict),
+                      ("data", dict), ("history", list), ("totals", dict)):
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise CheckpointError(f"{path}: {key} must be a JSON {_KIND[kind]}, found {str(state.get(key))[:60]}")
+    if state["step"] < 0 or not isinstance(state["optimizer"].get("t"), int) or not isinstance(
+            state["data"].get("md5"), str):
+        raise CheckpointError(f"{path}: step, optimizer.t and data.md5 must be a count, a count and a string")
+    for key, kind in (("train_s", (int, float)), ("wall_s", (int, float)), ("tokens", int), ("iters_timed", int)):
+        if not isinstance(state["totals"].get(key), kind):
+            raise CheckpointError(f"{path}: totals.{key} must be a number, found {state['totals'].get(key)!r}")
+    return state
+
+
+_KIND = {int: "integer", dict: "object", list: "array"}
+
+
+def _agreeing_overrides(folder: str, tc: TrainConfig, overrides: dict) -> dict:
+    """The overrides of a resume, without the ones that repeat the run's own settings. A run's
+    preset, tokenizer and --set fields define its model, so a flag that changes one is refused;
+    one that repeats it (a scheduler rerunning the same command line with --resume) is fine.
+    --data may name the same text by another path: build_dataset's md5 check decides."""
+    out = dict(overrides)
+    for name, flag in (("preset", "--preset"), ("tokenizer", "--tokenizer"), ("model", "--set"),
+                       ("init", "--init")):
+        if name not in out:
+            continue
+        given, stored = out.pop(name), getattr(tc, name)
+        same = (given.lower() == stored.lower()) if name == "preset" and isinstance(given, str) else given == stored
+        if not same:
+            shown = (lambda d: " ".join(f"{k}={json.dumps(v)}" for k, v in d.items()) or "(none)") if name == "model" else repr
+            raise MinimoeError(f"--resume {folder}: the run was trained with {flag} {shown(stored)}; "
+                               f"{flag} {shown(given)} would change its model. Leave the flag out, or "
+                               f"give the run's own value")
+    return out
 
 
 def latest_checkpoint(folder: str) -> str:
     """The folder of the newest complete checkpoint of a run (named by DIR/checkpoint/LATEST)."""
-    pointer = os.path.join(folder, CHECKPOINT_DIR, "LATEST")
+    root = os.path.join(folder, CHECKPOINT_DIR)
+    pointer = os.path.join(root, "LATEST")
     if not os.path.exists(pointer):
         raise CheckpointError(f"{folder}: no training checkpoint to resume ({pointer} is missing)")
-    with open(pointer, encoding="utf-8") as f:
-        name = f.read().strip()
-    ckpt = os.path.join(folder, CHECKPOINT_DIR, name)
-    if not name or not os.path.isdir(ckpt):
+    try:
+        with open(pointer, "rb") as f:
+            name = f.read(256).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        name = None
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise CheckpointError(f"{pointer}: must hold the name of a checkpoint folder beside it "
+                              f"(such as step-000500)")
+    ckpt = os.path.join(root, name)
+    if not os.path.isdir(ckpt):
         raise CheckpointError(f"{pointer} names {name!r}, but {ckpt} is not a folder")
     return ckpt
 

@@ -168,7 +168,7 @@ class Shards:
         ctx = mp.get_context("fork")
         for w in range(1, self.n):
             ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(self, w, theirs), daemon=True,
+            proc = ctx.Process(target=_worker_main, args=(self, w, theirs, ours), daemon=True,
                                name=f"minimoe-shard-{w}")
             proc.start()
             theirs.close()
@@ -267,11 +267,16 @@ def _stop_workers(workers) -> None:
         pipe.close()
 
 
-def _worker_main(shards: Shards, w: int, pipe) -> None:
-    """A worker's loop: forward its rows on "F", backward on "B", exit on "Q" (or when the
-    trainer's end of the pipe closes)."""
+def _worker_main(shards: Shards, w: int, pipe, trainer_end) -> None:
+    """A worker's loop: forward its rows on "F", backward on "B", exit on "Q", or when the trainer
+    is gone: its end of the pipe closed, or (if anything else still holds that end open) the
+    worker re-parented to another process."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)         # Ctrl-C is the trainer's to handle
+    trainer_end.close()                                  # fork copied the trainer's ends of this pipe
+    for _, other in shards.workers:                      # and of the earlier workers' pipes: while
+        other.close()                                    # any copy is open, no EOF would ever come
+    trainer = os.getppid()
     model, arena, T = shards.model, shards.arena, shards.T
     fns = openblas_threads()
     if fns is not None:
@@ -279,6 +284,10 @@ def _worker_main(shards: Shards, w: int, pipe) -> None:
     fwd, rows = None, None
     while True:
         try:
+            if not pipe.poll(1.0):
+                if os.getppid() != trainer:
+                    return
+                continue
             msg = pipe.recv_bytes()
         except (EOFError, OSError):
             return
