@@ -180,6 +180,11 @@ def speed(names: list[str], args, rounds: int = 5, steps: int = 10) -> str:
     for n in names:
         m = float(np.median(times[n]))
         lines.append(f"| {n} | {m:.0f} | {m / base:.2f}x |")
+    lines += ["", "one 12 x 64 training batch in this process (no shards), ms, median of 5:", "",
+              "| setting | forward | backward | AdamW step |", "|---|---|---|---|"]
+    for name, t in trainers.items():
+        fwd, bwd, opt = phase_times(t)
+        lines.append(f"| {name} | {fwd:.1f} | {bwd:.1f} | {opt:.1f} |")
     lines += ["", "forward pass of one 12 x 64 training batch, traced (minimoe.trace), ms by kind of op "
               "(median of 5):", "", "| setting | " + " | ".join(KINDS) + " | total |",
               "|---|" + "---|" * (len(KINDS) + 1)]
@@ -189,6 +194,28 @@ def speed(names: list[str], args, rounds: int = 5, steps: int = 10) -> str:
                      + f" | {sum(by_kind.values()):.1f} |")
         t.shards.close()
     return "\n".join(lines)
+
+
+def phase_times(trainer, repeat: int = 5) -> tuple[float, float, float]:
+    """(forward, backward, AdamW) ms of one training batch, run in this process, median of `repeat`.
+    The AdamW step is timed on a copy of the parameters, so the run is not changed."""
+    from minimoe.nn import loss
+    from minimoe.train.optim import AdamW
+    model = trainer.model
+    x, y = trainer.data.batch("train", 12, 64, np.random.default_rng(0))
+    params = {k: v.copy() for k, v in model.params.items()}
+    opt = AdamW(params)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        logits, cache = model.forward(x, train=True)
+        t1 = time.perf_counter()
+        _, ce_cache = loss.forward(logits, y)
+        grads = model.backward(loss.backward(1.0, ce_cache), cache)
+        t2 = time.perf_counter()
+        opt.step(grads, 1e-4)
+        times.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
+    return tuple(1e3 * float(np.median([t[i] for t in times])) for i in range(3))
 
 
 KINDS = ("matmul", "attention", "softmax", "activation", "norm", "rope", "route", "dispatch", "combine",
