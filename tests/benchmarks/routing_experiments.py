@@ -3,7 +3,7 @@
 This is an experiment, not a test: it trains one model per (setting, seed), then writes a results
 table and a figure (docs/experiments.md shows them). The defaults are the full protocol of issue 18:
 
-    python scripts/routing_experiments.py --data /work/shared/data/tinyshakespeare.txt
+    python tests/benchmarks/routing_experiments.py --data /work/shared/data/tinyshakespeare.txt
 
     settings   dense            shakespeare-dense, d_ff 344: the MoE's active parameters and FLOPs
                dense-wide       d_ff 1376: the MoE's total parameters
