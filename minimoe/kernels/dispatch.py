@@ -95,10 +95,7 @@ class Leaf:
         return self.numpy
 
     def __call__(self, *args, name: str | None = None):
-        if _BACKEND[0] == "numba" and self._numba_ref is not None and self.when(*args):   # = self.pick(*args)
-            fn = self._numba or self.numba
-        else:
-            fn = self.numpy
+        fn = self.pick(*args)
         tr = tracing.ACTIVE                               # None unless inside `with minimoe.trace()`
         if tr is None or self.kind is None:               # (kind None: a backward, never traced)
             return fn(*args)
