@@ -12,6 +12,7 @@ from minimoe.inspect.estimate import estimate
 from minimoe.inspect.tracing import trace
 from minimoe.io.checkpoint import load
 from minimoe.kernels import backend, get_backend, matmul, set_backend
+from minimoe.kernels.backend import get_activation_precision, set_activation_precision
 from minimoe.model import Model
 from minimoe.quant.model import quantize_model as quantize
 from minimoe.tokenizer import ByteTokenizer, CharTokenizer, load_tokenizer

@@ -75,6 +75,44 @@ class Kernel:
         return f"Kernel({self.name})"
 
 
+# ----------------------------------------------------------------------------------------------
+# The activations' precision in the decode GEMVs of packed weights
+# ----------------------------------------------------------------------------------------------
+
+PRECISIONS = ("auto", "float", "int8")
+
+
+def _check_precision(name, where: str) -> str:
+    if not isinstance(name, str) or name.lower() not in PRECISIONS:
+        raise BackendError(f"{where}: activation precision must be one of {', '.join(PRECISIONS)}, "
+                           f"found {name!r}")
+    return name.lower()
+
+
+_precision = [_check_precision(os.environ.get("MINIMOE_ACTIVATIONS", "auto") or "auto", "$MINIMOE_ACTIVATIONS")]
+
+
+def get_activation_precision() -> str:
+    """"auto", "float" or "int8": how a decode step multiplies packed weights (see set_activation_precision)."""
+    return _precision[0]
+
+
+def set_activation_precision(name: str) -> str:
+    """How the decode GEMVs of packed (q4_0, q4_1, q8_0, mxfp4) weights treat the activations;
+    returns the previous setting. Also $MINIMOE_ACTIVATIONS, read at import.
+
+        "float"  x stays float32; the weights' codes are turned into floats (kernels/qmatmul.py)
+        "int8"   x is rounded to int8 per block of 32, as llama.cpp does, and multiplied with the
+                 codes in integers (kernels/int8matmul.py), with the CPU's dot-product instruction
+                 where it has one (kernels/vnni.py), else plain integer loops
+        "auto"   (the default) "int8" where the CPU has the instruction, else "float"
+
+    Prefill (more rows) and the NumPy backend's reference path (nn/linear.py) are not affected."""
+    previous = _precision[0]
+    _precision[0] = _check_precision(name, "set_activation_precision")
+    return previous
+
+
 def twin(numpy_fn):
     """Decorator: `@twin(f_numpy)` above `@njit def f(...)` makes `f` a Kernel pairing the two."""
     def pair(numba_fn):

@@ -41,7 +41,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from minimoe.kernels.backend import Kernel, blas_threads, configure_numba, twin
+from minimoe.kernels.backend import Kernel, blas_threads, configure_numba, get_activation_precision, twin
 from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, check_experts, to_kernel_order
 
 configure_numba()
@@ -498,6 +498,16 @@ def _check_x(x: np.ndarray, I: int, what: str) -> None:
                                f"width {I}, found {x.shape}")
 
 
+def int8_activations() -> bool:
+    """Whether the decode GEMVs round x to int8 (minimoe.set_activation_precision): "int8", or
+    "auto" on a CPU with an integer dot-product instruction (kernels/vnni.py)."""
+    precision = get_activation_precision()
+    if precision == "auto":
+        from minimoe.kernels.vnni import has_int8_dot
+        return has_int8_dot()
+    return precision == "int8"
+
+
 def block_sums(xk: np.ndarray) -> np.ndarray:
     """xk (R, 32, nb) -> xs (R, nb): the sum of x over each block."""
     return xk.sum(axis=1)
@@ -530,7 +540,12 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
         return out.reshape(*lead, O)
     if R <= GEMV_MAX_ROWS:                                            # decode: GEMV over the bytes
         ex = _NO_EXPERT[:R] if experts is None else experts
-        kernel = GEMV[w.fmt] if R * O * I >= PARALLEL_MIN_WEIGHTS else GEMV[w.fmt].serial
+        parallel = R * O * I >= PARALLEL_MIN_WEIGHTS
+        if int8_activations():                                        # x rounded to int8 (int8matmul.py)
+            from minimoe.kernels.int8matmul import imatmul_into
+            imatmul_into(np.ascontiguousarray(X), w, ex, out, parallel)
+            return out.reshape(*lead, O)
+        kernel = GEMV[w.fmt] if parallel else GEMV[w.fmt].serial
         kernel(np.ascontiguousarray(X), w.d, w.m, w.qs, w.G, ex, out)
         return out.reshape(*lead, O)
     return _prefill(to_kernel_order(X).reshape(R, -1), w, 0, out).reshape(*lead, O)

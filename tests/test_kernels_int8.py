@@ -1,0 +1,356 @@
+"""The int8-activation decode path (minimoe/kernels/int8matmul.py, vnni.py): llama.cpp's Q8_0
+activations, integer block dot products, the VNNI instruction and its portable fallback.
+
+Oracles: ggml's own quantizers and vec_dot functions (tests/fixtures/int8_dots_ggml.npz, made by
+make_int8_dots_ggml.py), NumPy's float16 rounding, and integer sums computed here by hand."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import minimoe
+from minimoe import quant
+from minimoe.errors import MinimoeError
+from minimoe.kernels import backend, pack
+from minimoe.kernels import int8matmul as im
+from minimoe.kernels import qmatmul as qm
+from minimoe.kernels import vnni
+from minimoe.kernels.backend import BackendError
+from minimoe.quant import QTensor
+
+FORMATS = ("q4_0", "q4_1", "q8_0", "mxfp4")
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "int8_dots_ggml.npz")
+# the portable loops, and the instruction this CPU runs if it has one (the other VNNI width is
+# checked on one call in test_vnni_instruction_is_emitted_where_the_cpu_has_it: each compiled
+# variant costs seconds)
+HOST_DOTS = ["portable"] + ([vnni.int8_dot()] if vnni.int8_dot() != "portable" else [])
+SHAPES = [(1, 1, 32), (3, 37, 96), (2, 130, 4128), (4, 9, 544)]     # R, O, I: ragged, G from 16 to 1
+
+
+def rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def quantized(x):
+    R, I = x.shape
+    qx, dx, sx = np.empty((R, I), np.int8), np.empty((R, I // 32), np.float32), np.empty((R, I // 32), np.float32)
+    return qx, dx, sx
+
+
+# --- 1. activations to Q8_0 ------------------------------------------------------------------------
+
+def test_activation_quantization_is_ggmls_reference_bit_for_bit():
+    f = np.load(FIXTURE)
+    x = f["x"]
+    R, I = x.shape
+    for kernel in (im.quantize_q8_0.numba, im.quantize_q8_0.numpy):
+        qx, dx, sx = quantized(x)
+        kernel(x, qx, dx, sx)
+        q8_0, q8_1 = f["q8_0"], f["q8_1"]                                  # (R, nb, 34), (R, nb, 36)
+        np.testing.assert_array_equal(qx.reshape(R, -1, 32), q8_0[:, :, 2:].view(np.int8))
+        np.testing.assert_array_equal(dx.astype(np.float16).view(np.uint16), q8_0[:, :, :2].view(np.uint16)[..., 0])
+        np.testing.assert_array_equal(q8_1[:, :, 4:].view(np.int8), q8_0[:, :, 2:].view(np.int8))
+        np.testing.assert_array_equal(sx.astype(np.float16).view(np.uint16), q8_1[:, :, 2:4].view(np.uint16)[..., 0])
+
+
+def test_activation_quantization_numba_equals_twin_on_hard_values():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 256)).astype(np.float32) * 10.0 ** rng.uniform(-9, 6, (6, 8)).repeat(32, 1).astype(np.float32)
+    x[0, :32] = 0
+    x[1, :32] = np.arange(32) - 15.5                                   # halves after scaling
+    x[2, :32] = rng.integers(-254, 255, 32) / 2.0
+    x[2, 0] = 127.0                                                    # d = 1: exact ties, away from zero
+    a, b = quantized(x), quantized(x)
+    im.quantize_q8_0.numba(x, *a)
+    im.quantize_q8_0.numpy(x, *b)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    assert a[0][2, 1:32].tolist() == im.round_half_away(x[2, 1:32]).astype(np.int8).tolist()
+    assert np.abs(a[0]).max() <= 127
+
+
+def test_fp16_rounding_in_numba_is_numpys_float16():
+    rng = np.random.default_rng(1)
+    v = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.uniform(-9, 5.5, 2000),
+                        [0.0, 65504.0, 65519.0, 65520.0, 1e9, 2 ** -24, 2 ** -25, 3 * 2 ** -26, 2 ** -14]])
+    v = v.astype(np.float32)
+    x = np.zeros((1, 32 * len(v)), np.float32)
+    x[0, ::32] = v * 127                                                # amax = 127 v: d = v
+    qx, dx, sx = quantized(x)
+    im.quantize_q8_0.numba(x, qx, dx, sx)
+    expect = (np.abs(v) * np.float32(127) / np.float32(127)).astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(dx[0], expect)
+
+
+# --- 2. the integer block sums --------------------------------------------------------------------
+
+def stack(fmt, E, O, I, seed=0):
+    w = rand(E, O, I, seed=seed) * 0.1
+    return w, pack(quant.quantize(w, fmt))
+
+
+@pytest.mark.parametrize("dot", HOST_DOTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_block_integer_sums_equal_the_twin_and_a_hand_sum(fmt, dot):
+    for i, (R, O, I) in enumerate(SHAPES):
+        _, pw = stack(fmt, 3, O, I, seed=i)
+        qw = im.quad_words(pw)
+        x = rand(R, I, seed=10 + i) * np.float32(3.0)
+        experts = np.arange(R, dtype=np.int64) % 3
+        got, twin = (np.empty((R, qw.shape[1], qw.shape[3]), np.int32) for _ in range(2))
+        k = im.variant("block_isums", dot)
+        k.numba(x, qw, pw.G, experts, FORMATS.index(fmt), got)
+        k.numpy(x, qw, pw.G, experts, FORMATS.index(fmt), twin)
+        np.testing.assert_array_equal(got, twin)
+        # by hand: the weight's integer codes (from the float values and scales) times qx, per block
+        qx, _, _ = quantized(x)
+        im.quantize_q8_0.numpy(x, qx, *quantized(x)[1:])
+        w_deq = qm.dequantize(pw)                                          # (3, O, I)
+        dw = pw.ungrouped("d")                                             # (3, O, nb)
+        v = w_deq.reshape(3, O, -1, 32)
+        if pw.m.size:
+            v = v - pw.ungrouped("m")[..., None]
+        v = np.rint(v / np.where(dw == 0, 1, dw)[..., None]).astype(np.int64)   # (3, O, nb, 32) codes
+        hand = np.einsum("robj,rbj->rob", v[experts], qx.reshape(R, -1, 32).astype(np.int64))
+        nb = I // 32
+        kernel_order = got[:, :, :pw.G * nb].reshape(R, -1, nb)[:, :O]       # (R, O, nb)
+        np.testing.assert_array_equal(kernel_order, hand)
+
+
+def test_integer_sums_match_ggmls_activation_blocks():
+    """Our integers, recomputed from ggml's own Q8_0 blocks and weight bytes, give ggml's dot."""
+    f = np.load(FIXTURE)
+    x, R, I = f["x"], f["x"].shape[0], f["x"].shape[1]
+    for fmt in FORMATS:
+        w = f[f"w_{fmt}"]
+        pw = pack(QTensor(fmt, (w.shape[0], I), w))
+        O, nb = w.shape[0], I // 32
+        qw = im.quad_words(pw)
+        isum = np.empty((R, qw.shape[1], qw.shape[3]), np.int32)
+        im.variant("block_isums").numba(x, qw, pw.G, np.zeros(R, np.int64), FORMATS.index(fmt), isum)
+        isum = isum[:, :, :pw.G * nb].reshape(R, -1, nb)[:, :O].astype(np.float32)
+        act = f["q8_1"] if fmt == "q4_1" else f["q8_0"]
+        dx = act[:, :, :2].view(np.float16)[..., 0].astype(np.float32)   # (R, nb)
+        y = np.einsum("rob,ob,rb->ro", isum, pw.ungrouped("d")[0], dx)
+        if fmt == "q4_1":
+            sx = act[:, :, 2:4].view(np.float16)[..., 0].astype(np.float32)
+            y = y + np.einsum("ob,rb->ro", pw.ungrouped("m")[0], sx)
+        np.testing.assert_allclose(y, f[f"dot_{fmt}_generic"], rtol=2e-6, atol=2e-6)
+
+
+# --- 3. the GEMVs -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_int8_gemv_equals_ggml_vec_dot(fmt):
+    f = np.load(FIXTURE)
+    x = f["x"]
+    w = f[f"w_{fmt}"]
+    pw = pack(QTensor(fmt, (w.shape[0], x.shape[1]), w))
+    with minimoe.kernels.backend("numba"):
+        previous = minimoe.set_activation_precision("int8")
+        try:
+            y = np.concatenate([qm.qmatmul(x[r:r + 1], pw) for r in range(x.shape[0])])
+        finally:
+            minimoe.set_activation_precision(previous)
+    scale = np.abs(f[f"dot_{fmt}"]).max()
+    np.testing.assert_allclose(y, f[f"dot_{fmt}"], rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("dot", HOST_DOTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_int8_gemv_numba_equals_twin_on_stacks(fmt, dot):
+    for i, (R, O, I) in enumerate(SHAPES):
+        w, pw = stack(fmt, 3, O, I, seed=i)
+        x = rand(R, I, seed=20 + i)
+        experts = (np.arange(R, dtype=np.int64) * 2) % 3
+        qw = im.quad_words(pw)
+        outs = []
+        kernels = [im.variant(fmt, dot, parallel=False).numba]
+        if dot != "portable":
+            kernels.append(im.variant(fmt, dot).numba)                     # on all cores too
+        for kernel in kernels + [im.variant(fmt, dot).numpy]:
+            out = np.full((R, O), np.nan, np.float32)
+            kernel(x, pw.d, pw.m, qw, pw.G, experts, out)
+            outs.append(out)
+        scale = np.einsum("roi,ri->ro", np.abs(w[experts]), np.abs(x)).max()
+        for out in outs[:-1]:
+            np.testing.assert_allclose(out, outs[-1], rtol=0, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_int8_path_stays_within_the_documented_error_of_the_float_path(fmt):
+    """|y_int8 - y_float| <= 2^-8 sum_i |w_i x_i| (one int8 rounding of x: at most half a step of
+    amax/127 per value); on Gaussian x it is far smaller."""
+    R, O, I = 2, 64, 512
+    w, pw = stack(fmt, 1, O, I)
+    x = rand(R, I, seed=3)
+    experts = np.zeros(R, np.int64)
+    y8 = np.empty((R, O), np.float32)
+    im.variant(fmt).numba(x, pw.d, pw.m, im.quad_words(pw), pw.G, experts, y8)
+    yf = np.empty((R, O), np.float32)
+    qm.GEMV[fmt].numba(x, pw.d, pw.m, pw.qs, pw.G, experts, yf)
+    bound = np.abs(qm.dequantize(pw)[0]) @ np.abs(x).T                  # (O, R)
+    assert np.all(np.abs(y8 - yf) <= 2 ** -8 * bound.T)
+    assert np.abs(y8 - yf).max() < 0.05 * np.abs(yf).max()
+
+
+# --- 4. the switches --------------------------------------------------------------------------------
+
+def test_the_cpu_feature_picks_the_instruction(monkeypatch):
+    monkeypatch.delenv("MINIMOE_INT8_DOT", raising=False)
+    monkeypatch.delenv("MINIMOE_SIMD_WIDTH", raising=False)
+    assert vnni.int8_dot({"avx512vnni", "avx512vl", "avx512bw", "avx512f"}) == "vnni512"
+    assert vnni.int8_dot({"avxvnni", "avx2"}) == "vnni256"
+    assert vnni.int8_dot({"avx512f", "avx2"}) == "portable"
+    assert vnni.int8_dot({"neon", "dotprod"}) == "portable"              # arm64: the fallback
+    monkeypatch.setenv("MINIMOE_SIMD_WIDTH", "256")
+    assert vnni.int8_dot({"avx512vnni", "avx512vl", "avx512bw"}) == "vnni256"
+    monkeypatch.setenv("MINIMOE_INT8_DOT", "portable")
+    assert vnni.int8_dot({"avx512vnni", "avx512vl", "avx512bw"}) == "portable"
+    monkeypatch.setenv("MINIMOE_INT8_DOT", "vnni512")
+    with pytest.raises(MinimoeError, match="MINIMOE_INT8_DOT"):
+        vnni.int8_dot({"avx2"})                                            # refused, not an LLVM crash
+    monkeypatch.setenv("MINIMOE_INT8_DOT", "sdot4")
+    with pytest.raises(MinimoeError, match="must be one of"):
+        vnni.int8_dot(set())
+
+
+def test_numba_cpu_settings_are_what_the_choice_reads(monkeypatch):
+    import numba
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,-avx512vnni,+avxvnni")
+    assert vnni.cpu_features() == {"avx2", "avxvnni"}
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "")
+    monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
+    assert vnni.cpu_features() == set()
+
+
+class Spy:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, *args, **kw):
+        self.calls.append((args, kw))
+        return self.fn(*args, **kw)
+
+
+def _decode_once(fmt="q4_0"):
+    w, pw = stack(fmt, 1, 40, 256)
+    return qm.qmatmul(rand(1, 256, seed=9), pw[0])
+
+
+def test_the_int8_path_is_used_where_the_cpu_has_the_instruction(monkeypatch):
+    monkeypatch.delenv("MINIMOE_INT8_DOT", raising=False)
+    spy = Spy(im.variant)
+    monkeypatch.setattr(im, "variant", spy)
+    monkeypatch.setattr(vnni, "_chosen", {})
+    monkeypatch.setattr(vnni, "cpu_features", lambda: set(HOST_DOTS) and
+                        ({"avx512vnni", "avx512vl", "avx512bw"} if "vnni512" in HOST_DOTS else
+                         {"avxvnni"} if "vnni256" in HOST_DOTS else set()))
+    with backend("numba"):
+        previous = minimoe.set_activation_precision("auto")
+        try:
+            _decode_once()
+        finally:
+            minimoe.set_activation_precision(previous)
+    if HOST_DOTS[-1] == "portable":                                        # no VNNI here: auto = float
+        assert spy.calls == []
+    else:
+        assert len(spy.calls) == 1 and vnni.int8_dot() == HOST_DOTS[-1]
+
+
+def test_without_the_instruction_auto_is_float_and_int8_runs_the_portable_loops(monkeypatch):
+    monkeypatch.delenv("MINIMOE_INT8_DOT", raising=False)
+    monkeypatch.setattr(vnni, "_chosen", {})
+    monkeypatch.setattr(vnni, "cpu_features", lambda: {"avx2", "fma"})    # an older CPU, simulated
+    spy = Spy(im.variant)
+    monkeypatch.setattr(im, "variant", spy)
+    with backend("numba"):
+        previous = minimoe.set_activation_precision("auto")
+        try:
+            y_auto = _decode_once()
+            assert spy.calls == []                                         # the float kernels
+            minimoe.set_activation_precision("int8")
+            y_int8 = _decode_once()
+        finally:
+            minimoe.set_activation_precision(previous)
+    assert len(spy.calls) == 1 and vnni.int8_dot() == "portable"
+    np.testing.assert_allclose(y_int8, y_auto, rtol=0.05, atol=0.05 * np.abs(y_auto).max())
+
+
+def test_precision_switch_names_and_errors(monkeypatch):
+    assert minimoe.get_activation_precision() in ("auto", "float", "int8")
+    previous = minimoe.set_activation_precision("FLOAT")
+    try:
+        assert minimoe.get_activation_precision() == "float"
+        with pytest.raises(BackendError, match="activation precision"):
+            minimoe.set_activation_precision("int4")
+    finally:
+        minimoe.set_activation_precision(previous)
+
+
+def test_environment_variable_sets_the_precision(tmp_path):
+    import subprocess
+    import sys
+    code = ("import minimoe, sys; print(minimoe.get_activation_precision(), 'numba' in sys.modules)")
+    env = dict(os.environ, MINIMOE_ACTIVATIONS="float", PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["float", "False"]
+    env["MINIMOE_ACTIVATIONS"] = "int16"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and "MINIMOE_ACTIVATIONS" in out.stderr
+
+
+@pytest.mark.parametrize("width", ["vnni512", "vnni256"])
+def test_vnni_instruction_is_emitted_where_the_cpu_has_it(width):
+    can = {"vnni512": ["vnni512", "vnni256"], "vnni256": ["vnni256"]}.get(vnni.int8_dot(), [])
+    if width not in can:
+        pytest.skip(f"no {width} on this CPU")
+    from numba import njit
+    dot4 = vnni.DOT4[width]
+
+    @njit
+    def one(acc, a, b):
+        dot4(acc, 16, a, 1, b, 2)                        # acc[16:32] += dot4(a[1:17], b[2:18])
+
+    rng = np.random.default_rng(0)
+    acc = rng.integers(-99, 99, 40).astype(np.int32)
+    a = rng.integers(0, 2 ** 32, 20, dtype=np.uint64).astype(np.uint32)
+    b = rng.integers(-2 ** 31, 2 ** 31, 20).astype(np.int32)
+    before, twin = acc.copy(), acc.copy()
+    one(acc, a, b)
+    vnni.dot4_numpy(twin, 16, a, 1, b, 2)
+    np.testing.assert_array_equal(acc, twin)
+    bytes_a = a[1:17].view(np.uint8).reshape(16, 4).astype(np.int64)    # (16, 4) 0..255
+    bytes_b = b[2:18].view(np.int8).reshape(16, 4).astype(np.int64)     # (16, 4) -128..127
+    np.testing.assert_array_equal(acc[16:32] - before[16:32], (bytes_a * bytes_b).sum(axis=1))
+    np.testing.assert_array_equal(np.delete(acc, np.s_[16:32]), np.delete(before, np.s_[16:32]))
+    assert "vpdpbusd" in next(iter(one.inspect_asm().values()))
+
+
+# --- 5. a model -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("recipe", ["q4_0", "q8_0", "mxfp4"])
+def test_model_logits_int8_within_tolerance_of_float_and_numpy_backend_unchanged(recipe):
+    cfg = minimoe.Config.preset("tiny-moe")
+    qmodel = minimoe.quantize(minimoe.Model(cfg, seed=0), recipe)
+    tokens = np.array([3, 1, 4], np.int64)                                 # 3 rows: the decode GEMVs
+    logits = {}
+    with backend("numba"):
+        for precision in ("float", "int8"):
+            previous = minimoe.set_activation_precision(precision)
+            try:
+                logits[precision] = qmodel(tokens)
+            finally:
+                minimoe.set_activation_precision(previous)
+    with backend("numpy"):
+        previous = minimoe.set_activation_precision("int8")                # the reference path: float
+        try:
+            ref = qmodel(tokens)
+        finally:
+            minimoe.set_activation_precision(previous)
+    spread = logits["float"].std()
+    assert np.abs(logits["int8"] - logits["float"]).max() < 0.02 * spread   # docs/kernels.md
+    assert np.abs(logits["int8"] - logits["float"]).max() > 0                # it did run in integers
+    np.testing.assert_allclose(ref, logits["float"], rtol=1e-4, atol=1e-4 * spread)
