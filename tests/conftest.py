@@ -11,6 +11,17 @@ FIXTURES = ROOT / "tests" / "fixtures"
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
+@pytest.fixture(autouse=True)
+def float_activations():
+    """Tests compare the kernels with float references, so they run the float-activation decode
+    GEMVs; the int8 path (the default on a CPU with VNNI) is tested against its own oracles in
+    tests/test_kernels_int8.py, which sets the precision per test."""
+    from minimoe.kernels.backend import set_activation_precision
+    previous = set_activation_precision("float")
+    yield
+    set_activation_precision(previous)
+
+
 @pytest.fixture
 def shakespeare_path():
     if not SHAKESPEARE.exists():
