@@ -449,9 +449,8 @@ _quads: dict = {}
 
 def quad_words(w: PackedWeight) -> np.ndarray:
     """qw (E, OG, KQ, Wp) uint32: w.qs regrouped 4 bytes of a block to a word (q8_0's bytes + 128)."""
-    key = (w.qs.__array_interface__["data"][0], w.qs.shape, w.fmt)
-    hit = _quads.get(key)
-    if hit is not None and hit[0]() is not None:
+    hit = _quads.get(id(w.qs))
+    if hit is not None and hit[0]() is w.qs:
         return hit[1]
     E, OG, J, W = w.qs.shape
     Wp = -(-W // LANES) * LANES
@@ -461,14 +460,13 @@ def quad_words(w: PackedWeight) -> np.ndarray:
         b[..., :W] ^= 0x80                                              # u = q + 128
     qw = np.ascontiguousarray(b.reshape(E, OG, J // 4, 4, Wp).transpose(0, 1, 2, 4, 3)).view(np.uint32)
     qw = qw.reshape(E, OG, J // 4, Wp)
-    root = w.qs
-    while isinstance(root.base, np.ndarray):
-        root = root.base
-    _quads[key] = (weakref.ref(root), qw)
-    weakref.finalize(root, _quads.pop, key, None)
+    key = id(w.qs)
+    _quads[key] = (weakref.ref(w.qs), qw)
+    weakref.finalize(w.qs, _quads.pop, key, None)                       # forget it with the bytes
     return qw
 
 
 def imatmul_into(x: np.ndarray, w: PackedWeight, experts: np.ndarray, out: np.ndarray, parallel: bool) -> None:
     """out (R, O) = x (R, I) @ W[experts[r]].T through the int8 path (arguments checked by qmatmul)."""
-    variant(w.fmt, parallel=parallel)(x, w.d, w.m, quad_words(w), w.G, experts, out)
+    kernel = _variants.get((w.fmt, vnni.int8_dot(), parallel)) or variant(w.fmt, parallel=parallel)
+    kernel(x, w.d, w.m, quad_words(w), w.G, experts, out)

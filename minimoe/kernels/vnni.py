@@ -146,15 +146,16 @@ _chosen: dict = {}
 
 def int8_dot(features: set | None = None) -> str:
     """"vnni512", "vnni256" or "portable": the dot4 this CPU runs, chosen from its features
-    (`features` as cpu_features() gives them). $MINIMOE_INT8_DOT names one instead ("auto" is
-    the default); naming a VNNI form the CPU lacks is refused rather than crashing LLVM."""
-    if features is None:                 # this CPU: remembered per setting (the features take ~0.1 ms)
+    (`features` as cpu_features() gives them; by default this CPU's, read once). $MINIMOE_INT8_DOT
+    names one instead ("auto" is the default); naming a VNNI form the CPU lacks is refused rather
+    than crashing LLVM."""
+    if features is None:                 # this CPU: decided once per Numba CPU setting, on first use
         import numba
-        key = (numba.config.CPU_NAME, numba.config.CPU_FEATURES, os.environ.get("MINIMOE_INT8_DOT"),
-               os.environ.get("MINIMOE_SIMD_WIDTH"))
-        if key not in _chosen:
-            _chosen[key] = int8_dot(cpu_features())
-        return _chosen[key]
+        key = (numba.config.CPU_NAME, numba.config.CPU_FEATURES)
+        hit = _chosen.get(key)
+        if hit is None:
+            hit = _chosen[key] = int8_dot(cpu_features())
+        return hit
     can = ["portable"]
     if "avx512vnni" in features and "avx512vl" in features and "avx512bw" in features:
         can += ["vnni256", "vnni512"]
