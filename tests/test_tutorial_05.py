@@ -7,9 +7,10 @@ def test_tutorial_05_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIMOE_CACHE", str(tmp_path / "cache"))     # never the user's machine.json
     out = run_tutorial("05_kernels_and_roofline.py", tmp_path, timeout=300)
     for line in ("python loop (q4_0)", "NumPy twin (q4_0)", "Numba fused (q4_0)", "float32 BLAS",
-                 "fused q4_0 vs float32 BLAS", "copy bandwidth", "ceiling tok/s"):
+                 "fused q4_0 vs float32 BLAS", "copy bandwidth", "ceiling tok/s",
+                 "dx = amax/127", "lane 0: -100", "int8 fused (q4_0)", "int8 vs float activations"):
         assert line in out
-    for fig in ("05_roofline.png", "05_bandwidth.png", "05_cache_curve.png"):
+    for fig in ("05_roofline.png", "05_bandwidth.png", "05_cache_curve.png", "05_int8.png"):
         assert (tmp_path / fig).stat().st_size > 10_000
     assert (tmp_path / "cache" / "machine.json").exists()
 

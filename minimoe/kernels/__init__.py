@@ -22,6 +22,9 @@ Files (the Numba modules are imported on a kernel's first use, not by `import mi
     dispatch.py  `Leaf`: the one place that picks a kernel or its twin, and that traces
     packed.py    the kernels' layout of a QTensor (float32 scales, value bytes block-index-last)
     qmatmul.py   fused GEMV (decode) and tile-dequantize + BLAS (prefill), per format
+    int8matmul.py  the decode GEMVs with x rounded to int8, in integers, as llama.cpp does
+                 (minimoe.set_activation_precision; the default on a CPU with VNNI)
+    vnni.py      the integer dot-product instruction (vpdpbusd) reached from Numba, and its fallback
     kquant_matmul.py  the same for the K-quants q4_k and q6_k, on the GGUF bytes as stored
     halfmatmul.py  bf16 / fp16 weights as stored: GEMV kernels and tile-widen + BLAS (not wired yet)
     moe.py       MoE dispatch (group assignments by expert), gather, combine (weighted scatter-add)
