@@ -355,3 +355,20 @@ def test_model_logits_int8_within_tolerance_of_float_and_numpy_backend_unchanged
     assert np.abs(logits["int8"] - logits["float"]).max() < 0.02 * spread   # docs/kernels.md
     assert np.abs(logits["int8"] - logits["float"]).max() > 0                # it did run in integers
     np.testing.assert_allclose(ref, logits["float"], rtol=1e-4, atol=1e-4 * spread)
+
+
+@pytest.mark.parametrize("precision", ["float", "int8"])
+def test_concatenated_rows_are_one_call_for_weights_sharing_an_input(precision):
+    from minimoe.kernels.packed import KernelInputError, concat_rows
+    q, k, v = (pack(quant.quantize(rand(O, 96, seed=O), "q4_0")) for O in (32, 16, 13))
+    x = rand(2, 96, seed=1)
+    previous = minimoe.set_activation_precision(precision)
+    try:
+        with backend("numba"):
+            y = qm.qmatmul(x, concat_rows(q, k, v))                          # (2, 61), one call
+            parts = np.concatenate([qm.qmatmul(x, w) for w in (q, k, v)], axis=1)
+    finally:
+        minimoe.set_activation_precision(previous)
+    np.testing.assert_array_equal(y, parts)
+    with pytest.raises(KernelInputError, match="multiple of the 16 rows"):
+        concat_rows(v, q)
