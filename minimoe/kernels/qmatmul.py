@@ -450,7 +450,10 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
     if R > GEMV_MAX_ROWS or FLOAT_GEMV == "blas":
         if not stacked:
             return x @ w.T                                         # (R, I) @ (I, O) -> (R, O), BLAS
-        return np.stack([w[e] @ x[r] for r, e in enumerate(experts)]) if R else np.empty((0, w.shape[1]), np.float32)
+        out = np.empty((R, w.shape[1]), np.float32)
+        for r in range(R):
+            np.matmul(w[experts[r]], x[r], out=out[r])             # (O, I) @ (I,) -> (O,)
+        return out
     out = np.empty((R, w.shape[-2]), np.float32)
     kernel = gemv_f32 if R * out.shape[1] * x.shape[1] >= PARALLEL_MIN_FLOAT_WEIGHTS else gemv_f32.serial
     kernel(np.ascontiguousarray(x), w if stacked else w[None], experts if stacked else _NO_EXPERT[:R], out)
