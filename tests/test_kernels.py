@@ -456,7 +456,7 @@ def test_malformed_inputs_raise_clear_errors():
 
 def test_float_gemv_rejects_bad_inputs():
     w = rand(3, 8, 16)
-    with pytest.raises(KernelInputError, match=r"a stack needs experts, int64 of shape \(2,\)"):
+    with pytest.raises(KernelInputError, match=r"a stack of matrices needs `experts`, one index per row"):
         qm.fmatmul(rand(2, 16), w)
     with pytest.raises(KernelInputError, match=r"experts must lie in 0\.\.2, found 1\.\.5"):
         qm.fmatmul(rand(2, 16), w, np.array([1, 5]))
@@ -499,7 +499,7 @@ def test_float_products_shared_out_to_threads(experts, rows, monkeypatch):
     w2 = w[0] if ex is None else w
     calls = []
     real = qm.float_matmul
-    monkeypatch.setattr(qm, "float_matmul", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(qm, "float_matmul", lambda *a: calls.append(a) or real(*a))   # (kernels reads it from the module)
     monkeypatch.setattr(kernels, "THREADS_MIN_MACS", 10**12)          # only the decode rule can apply
     monkeypatch.setattr(kernels, "THREADS_MIN_GEMV_WEIGHTS", 10**12)
     kernels.matmul_leaf(x, w2, None, ex)

@@ -72,14 +72,13 @@ def _check_operands(x, w_shape: tuple, w_ok: bool) -> None:
 def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
     """The compiled side of minimoe/nn/linear.py's `matmul`, with its signature: x (N, I) float32
     @ w (O, I).T (+ b), or row n times w[experts[n]] of a stack (E, O, I) (+ b[experts[n]])."""
-    from minimoe.kernels.qmatmul import qmatmul
-    if getattr(w, "fmt", None) in KQUANT_GEMV_FORMATS:
-        from minimoe.kernels.kquant_matmul import kmatmul
-        y = kmatmul(x, w, experts)                                        # (N, O)
-    elif isinstance(w, np.ndarray):
+    qm, km = _compiled()
+    if type(w) is np.ndarray:
         y = float_product(x, w, experts)                                  # (N, O)
+    elif w.fmt in KQUANT_GEMV_FORMATS:
+        y = km.kmatmul(x, w, experts)                                     # (N, O), on the GGUF bytes
     else:
-        y = qmatmul(x, pack(w), experts)                                  # (N, O)
+        y = qm.qmatmul(x, pack(w), experts)                               # (N, O)
     if b is None:
         return y
     return y + (b if experts is None else b[experts])                     # + (O,) or (N, O)
@@ -95,17 +94,31 @@ def float_product(x: np.ndarray, w: np.ndarray, experts=None) -> np.ndarray:
         a few rows over a stack of experts     -> fmatmul, row by row
         otherwise                              -> one BLAS call (one matrix), or one per expert
     """
-    from minimoe.kernels.qmatmul import _check_x, float_matmul, fmatmul
+    qm = _compiled()[0]
     N, O, I = x.shape[0], w.shape[-2], w.shape[-1]
-    _check_x(x, I, f"matmul with a float weight of shape {w.shape}")
+    if x.ndim != 2 or x.shape[1] != I:
+        raise KernelInputError(f"matmul with a float weight of shape {w.shape}: x must be (N, {I}), "
+                               f"found {x.shape}")
     if N * O * I >= THREADS_MIN_MACS or (N <= GEMV_ROWS and O * I >= THREADS_MIN_GEMV_WEIGHTS):
-        return float_matmul(x, w, experts)
+        return qm.float_matmul(x, w, experts)
     if experts is None:
         return x @ w.T                                                    # (N, I) @ (I, O)
     if N <= GEMV_ROWS:
-        return fmatmul(x, w, experts)                                     # row by row
+        return qm.fmatmul(x, w, experts)                                  # row by row
     from minimoe.nn.linear import matmul as by_expert                     # BLAS, one matrix at a time:
     return by_expert(x, w, None, experts)                                 # the twin's own loop
+
+
+_MODULES: list = []     # [qmatmul, kquant_matmul], once the first matmul has imported them
+
+
+def _compiled() -> list:
+    """qmatmul.py and kquant_matmul.py, imported on the first matmul (importing them loads Numba)
+    and kept: an import statement inside matmul_leaf would cost about a microsecond per call."""
+    if not _MODULES:
+        from minimoe.kernels import kquant_matmul, qmatmul
+        _MODULES.extend((qmatmul, kquant_matmul))
+    return _MODULES
 
 
 def takes_matmul(x, w, b=None, experts=None) -> bool:

@@ -437,13 +437,7 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
         raise KernelInputError(f"{what}: w must be a C-contiguous float32 (O, I) or (E, O, I) array, "
                                f"found {w.dtype} with {w.ndim} axes")
     R = x.shape[0]
-    if stacked:
-        experts = np.asarray(experts) if experts is not None else None
-        if experts is None or experts.shape != (R,) or experts.dtype != np.int64:
-            raise KernelInputError(f"{what}: a stack needs experts, int64 of shape ({R},)")
-        if R and (experts.min() < 0 or experts.max() >= w.shape[0]):
-            raise KernelInputError(f"{what}: experts must lie in 0..{w.shape[0] - 1}, found "
-                                   f"{experts.min()}..{experts.max()}")
+    experts = check_experts(experts, R, w.shape[0], stacked, what)
     if FLOAT_GEMV not in ("blas", "numba"):
         raise KernelInputError(f"minimoe.kernels.qmatmul.FLOAT_GEMV ($MINIMOE_FLOAT_GEMV) must be 'blas' or "
                                f"'numba', found {FLOAT_GEMV!r}")
