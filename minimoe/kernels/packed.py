@@ -295,6 +295,15 @@ def clear_cache() -> None:
     _cache.clear()
 
 
+def int_range(a: np.ndarray) -> tuple[int, int]:
+    """(min, max) of a non-empty integer array, as Python ints. A decode step's arrays hold a few
+    values, which Python compares faster than two NumPy reductions (a microsecond or more each)."""
+    if a.size <= 16:
+        values = a.ravel().tolist()
+        return min(values), max(values)
+    return int(a.min()), int(a.max())
+
+
 def check_experts(experts, R: int, E: int, stacked: bool, what: str):
     """The `experts` argument of a matmul over R rows of x: None for one matrix; for a stack of E
     matrices, int64 (R,) with every index in 0..E-1 (one matrix per row)."""
@@ -306,9 +315,8 @@ def check_experts(experts, R: int, E: int, stacked: bool, what: str):
     if experts.shape != (R,) or experts.dtype != np.int64:
         raise KernelInputError(f"{what}: experts must be int64 of shape ({R},), one per row of x, "
                                f"found {experts.dtype} {experts.shape}")
-    if R:                                              # a decode step's few rows: as Python ints,
-        few = experts.tolist() if R <= 16 else None    # cheaper than two NumPy reductions
-        lo, hi = (min(few), max(few)) if few else (int(experts.min()), int(experts.max()))
+    if R:
+        lo, hi = int_range(experts)
         if lo < 0 or hi >= E:
             raise KernelInputError(f"{what}: experts must lie in 0..{E - 1}, found {lo}..{hi}")
     return experts
