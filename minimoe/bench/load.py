@@ -4,8 +4,10 @@ for the cores, quiet against loaded, in one run.
 Shape legend: P prompt tokens.
 
 Students share lab machines and course servers, so minimoe must stay steady when another job runs
-beside it. For each model this times many single calls, first on a quiet machine, then with each
-competitor running in another process:
+beside it. For each model this times many single calls with nothing else running ("quiet") and
+with each competitor running in another process, in alternating rounds (each competitor is
+started once and paused between its blocks), so that a machine whose own speed drifts moves the
+quiet and the loaded calls alike:
 
     busy    one core spinning in a Python loop (`while True: pass`): one of the two cores of a
             2-core machine is gone, so 2x is the floor for anything that used both
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,25 +40,47 @@ MODELS = {"shakespeare-moe": 64, "mixtral-mini": 256}     # preset -> prompt tok
 
 
 @contextlib.contextmanager
-def competitor(kind: str):
-    """Run the competitor in another process for the duration of the block."""
-    if kind == "quiet":
-        yield
-        return
+def paused_competitors(kinds):
+    """Start each competitor once, in another process, and hold it paused (SIGSTOP); yield
+    {kind: resume}, where `with resume():` lets that one run for the block. "quiet" runs nothing.
+    Pausing instead of restarting lets quiet and loaded blocks alternate in rounds, so a machine
+    whose own speed drifts (a shared or virtual one) moves both sides alike."""
     with tempfile.TemporaryDirectory(prefix="minimoe-load-") as tmp:
-        if kind == "busy":
-            cmd = [sys.executable, "-c", "while True: pass"]
-        else:
-            cmd = [sys.executable, "-c", "from minimoe.cli import main; main()", "train", "--quiet",
-                   "--max-iters", "1000000", "--eval-interval", "1000000", "--ckpt-interval", "1000000",
-                   "--out", os.path.join(tmp, "run")]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs, switches = [], {}
         try:
-            time.sleep(3.0 if kind == "train" else 0.5)  # let it get going (train: compile, load data)
+            for kind in kinds:
+                if kind == "quiet":
+                    switches[kind] = contextlib.nullcontext
+                    continue
+                if kind == "busy":
+                    cmd = [sys.executable, "-c", "while True: pass"]
+                else:
+                    cmd = [sys.executable, "-c", "from minimoe.cli import main; main()", "train", "--quiet",
+                           "--max-iters", "1000000", "--eval-interval", "1000000", "--ckpt-interval",
+                           "1000000", "--out", os.path.join(tmp, "run")]
+                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                procs.append(proc)
+                time.sleep(3.0 if kind == "train" else 0.5)  # let it get going (train: compile, load data)
+                proc.send_signal(signal.SIGSTOP)
+                switches[kind] = _resumer(proc)
+            yield switches
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+
+
+def _resumer(proc):
+    @contextlib.contextmanager
+    def resume():
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.3)                                   # back at full speed
+        try:
             yield
         finally:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGSTOP)
+    resume.pid = proc.pid
+    return resume
 
 
 def time_calls(model, P: int, calls: int) -> dict:
@@ -77,28 +102,35 @@ def time_calls(model, P: int, calls: int) -> dict:
     return out
 
 
-def bench_load(presets=("shakespeare-moe", "mixtral-mini"), competitors=COMPETITORS, calls: int = 40) -> dict:
+def bench_load(presets=("shakespeare-moe", "mixtral-mini"), competitors=COMPETITORS, calls: int = 40,
+               rounds: int = 4) -> dict:
     """{preset: {competitor: {op: {"median_ms", "worst_ms", "median_x", "worst_x"}}}}: each
-    against the quiet median of the same op."""
+    against the quiet median of the same op. The calls are split into `rounds` rounds, and in each
+    round every competitor gets its block of calls in turn (quiet, busy, train, quiet, ...)."""
     import minimoe
     results = {}
+    per_round = max(1, -(-calls // rounds))
     for preset in presets:
         model = minimoe.Model(minimoe.Config.preset(preset), seed=0)
         P = min(MODELS.get(preset, 64), model.config.max_seq_len)
         time_calls(model, P, 3)                           # warm up: kernels loaded, caches filled
-        results[preset] = {}
-        for kind in competitors:
-            print(f"  {preset}: {kind} ...", file=sys.stderr, flush=True)
-            with competitor(kind):
-                times = time_calls(model, P, calls)
-            results[preset][kind] = {op: {"median_ms": 1e3 * float(np.median(t)), "worst_ms": 1e3 * float(max(t))}
-                                     for op, t in times.items()}
+        times = {kind: {"prefill": [], "decode": []} for kind in competitors}
+        with paused_competitors(competitors) as switches:
+            for r in range(rounds):
+                print(f"  {preset}: round {r + 1} of {rounds}: {', '.join(competitors)}", file=sys.stderr, flush=True)
+                for kind in competitors:
+                    with switches[kind]():
+                        for op, t in time_calls(model, P, per_round).items():
+                            times[kind][op] += t
+        results[preset] = {kind: {op: {"median_ms": 1e3 * float(np.median(t)), "worst_ms": 1e3 * float(max(t))}
+                                  for op, t in ops.items()} for kind, ops in times.items()}
         quiet = results[preset].get("quiet")
         for kind, ops in results[preset].items():
             for op, r in ops.items():
                 base = quiet[op]["median_ms"] if quiet else float("nan")
                 r["median_x"], r["worst_x"] = r["median_ms"] / base, r["worst_ms"] / base
     return results
+
 
 
 def format_load(results: dict) -> str:
