@@ -62,10 +62,11 @@ def main() -> None:
     print(f"{O} x {I}, {args.rounds} rounds; {m['cpu']}, {m['cores']} cores; dot4 = {vnni.int8_dot()}")
     for (name, cores), v in times.items():
         med = statistics.median(v)
+        cores = "all cores" if cores == "all" else "one core"
         if "vs" in name or "/" in name:
-            print(f"  {name:<28}{cores:>4} cores  {med:6.2f}x   (rounds {min(v):.2f}-{max(v):.2f})")
+            print(f"  {name:<28}{cores:>9}  {med:6.2f}x   (rounds {min(v):.2f}-{max(v):.2f})")
         else:
-            print(f"  {name:<28}{cores:>4} cores  {med * 1e3:6.2f} ms  {O * I / med / 1e9:5.1f} G weights/s")
+            print(f"  {name:<28}{cores:>9}  {med * 1e3:6.2f} ms  {O * I / med / 1e9:5.1f} G weights/s")
 
 
 if __name__ == "__main__":
