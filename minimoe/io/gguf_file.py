@@ -164,7 +164,7 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
     arch = arch_for(cfg)
     path = os.fspath(path)
     with atomic_path(path) as tmp:
-        w = gguf.GGUFWriter(tmp, arch=arch)
+        w = _writer(gguf, tmp, arch)
         w.add_name(f"minimoe {cfg.name}")
         w.add_file_type(_file_type(gguf, recipe))
         w.add_vocab_size(cfg.vocab_size)
@@ -250,8 +250,24 @@ def gguf_vocabulary(tok, vocab_size: int):
     return tokens, [int(t) for t in types], merges
 
 
+def _writer(gguf, path: str, arch: str):
+    """gguf.GGUFWriter, able to write an empty array as well. gguf 0.19 refuses one ("Empty
+    array"), and its add_array skips one silently; but llama.cpp's "gpt2" tokenizer stops with
+    "cannot find tokenizer merges in model file" when tokenizer.ggml.merges is absent, and
+    minimoe's byte tokenizer has no merges. GGUF itself allows a count of 0: an array is
+    (element type u32, count u64, elements)."""
+    class Writer(gguf.GGUFWriter):
+        def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+            if vtype == gguf.GGUFValueType.ARRAY and sub_type is not None and len(val) == 0:
+                return (self._pack("I", vtype) if add_vtype else b"") + self._pack("I", sub_type) \
+                    + self._pack("Q", 0)
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+    return Writer(path, arch=arch)
+
+
 def add_vocabulary(w, tok, vocab_size: int) -> None:
     """Write the tokenizer.ggml.* keys (and minimoe's own tokenizer JSON) to GGUFWriter `w`."""
+    import gguf
     vocab = gguf_vocabulary(tok, vocab_size) if tok is not None else None
     if vocab is None:
         w.add_tokenizer_model("none")            # llama.cpp: vocab_size dummy tokens; ids in, logits out
@@ -261,7 +277,8 @@ def add_vocabulary(w, tok, vocab_size: int) -> None:
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges(merges)
+    w.add_key_value(gguf.Keys.Tokenizer.MERGES, merges, gguf.GGUFValueType.ARRAY,   # even when empty
+                    sub_type=gguf.GGUFValueType.STRING)
     w.add_add_bos_token(False)
     special = getattr(tok, "special_tokens", None) or []
     if special and 256 < vocab_size and tokens[256] == special[0]:
