@@ -10,10 +10,16 @@ Architectures written (arch_for picks one from the config's q/k norm; docs/expor
     llama      Mixtral: what convert_hf_to_gguf.py writes for one (llama with experts)
     qwen3moe   Qwen3-MoE: q/k RMSNorm per head, top-k renormalised
     olmoe      OLMoE: q/k RMSNorm over the whole projection, top-k not renormalised
+    gpt-oss    gpt-oss (llama.cpp's LLM_ARCH_OPENAI_MOE, src/models/openai-moe-iswa.cpp): biases on
+               q, k, v, o, the router and the experts, one attention sink per head, a sliding
+               window on the even layers, the clamped SwiGLU (limit 7, alpha 1.702, which
+               llama.cpp hard-codes), top-k then softmax over the k, YaRN
 Metadata keys are {arch}.block_count, {arch}.expert_count, {arch}.expert_used_count, ... (and
-qwen3moe.expert_feed_forward_length); tensors token_embd, blk.N.attn_{norm,q,k,v,output},
-blk.N.attn_{q,k}_norm, blk.N.ffn_norm, blk.N.ffn_gate_inp (router), blk.N.ffn_{gate,up,down}_exps
-(E stacked), output_norm, output. gpt-oss ("gpt-oss") and DeepSeek ("deepseek2") are NOT written.
+{arch}.expert_feed_forward_length, gpt-oss's attention.sliding_window and rope.scaling.*); tensors
+token_embd, blk.N.attn_{norm,q,k,v,output} (+ .bias), blk.N.attn_{q,k}_norm, blk.N.attn_sinks,
+blk.N.ffn_norm (gpt-oss: blk.N.post_attention_norm), blk.N.ffn_gate_inp (router, + .bias),
+blk.N.ffn_{gate,up,down}_exps (E stacked, + .bias), output_norm, output. DeepSeek ("deepseek2")
+is NOT written.
 
 Two conventions differ from minimoe's (and Hugging Face's):
   * RoPE: llama.cpp's "llama" architecture rotates neighbouring pairs (x0, x1), (x2, x3), ...;
@@ -58,6 +64,11 @@ ARCHS = {
     "llama": dict(qk_norm="none", router_renorm=True, dense_layers=[], tie_embeddings=False),
     "qwen3moe": dict(qk_norm="head", router_renorm=True, dense_layers=[]),
     "olmoe": dict(qk_norm="full", router_renorm=False, dense_layers=[], tie_embeddings=False),
+    # openai-moe-iswa.cpp; the window and YaRN are checked in arch_for
+    "gpt-oss": dict(qk_norm="none", dense_layers=[], tie_embeddings=False, router="topk_softmax",
+                    router_bias=True, expert_bias=True, qkv_bias=True, o_bias=True, attn_sinks=True,
+                    ffn_act="swiglu_oai", swiglu_limit=7.0, swiglu_alpha=1.702, sliding_window=...,
+                    rope_scaling=...),
 }
 PLAIN = dict(router="softmax_topk", router_bias=False, router_scale=1.0, expert_bias=False,
              attention="gqa", qkv_bias=False, o_bias=False, attn_sinks=False, sliding_window=0,
@@ -74,16 +85,37 @@ def arch_for(cfg) -> str:
         raise GGUFError(f"config {cfg.name!r} has no experts (n_experts={cfg.n_experts}); the GGUF export "
                         f"writes MoE models")
     arch = {"none": "llama", "head": "qwen3moe", "full": "olmoe"}.get(cfg.qk_norm)
+    if cfg.attn_sinks or cfg.ffn_act == "swiglu_oai":
+        arch = "gpt-oss"
     if arch is None:
         raise GGUFError(f"config {cfg.name!r}: qk_norm={cfg.qk_norm!r} has no llama.cpp architecture")
     for key, want in {**PLAIN, **ARCHS[arch]}.items():
-        if getattr(cfg, key, want) != want:
+        if want is not ... and getattr(cfg, key, want) != want:
             raise GGUFError(f"config {cfg.name!r}: {key}={getattr(cfg, key)!r}; the GGUF '{arch}' export "
                             f"needs {key}={want!r} (docs/export.md)")
     if arch == "olmoe" and (cfg.n_kv_heads != cfg.n_heads or cfg.head_dim * cfg.n_heads != cfg.d_model):
         raise GGUFError(f"config {cfg.name!r}: llama.cpp's olmoe sizes q_norm and k_norm by d_model, so it "
                         f"needs n_kv_heads == n_heads and head_dim * n_heads == d_model")
+    if arch == "gpt-oss":
+        check_gpt_oss(cfg)
     return arch
+
+
+def check_gpt_oss(cfg) -> None:
+    """llama.cpp's gpt-oss: a sliding window on exactly the even layers (its swa pattern 2), and
+    RoPE plain or YaRN with the default attention factor 1 + 0.1 ln(factor)."""
+    even = [i for i in range(cfg.n_layers) if i % 2 == 0]
+    if not cfg.sliding_window or [i for i in range(cfg.n_layers) if cfg.window(i)] != even:
+        raise GGUFError(f"config {cfg.name!r}: sliding_window={cfg.sliding_window}, sliding_layers="
+                        f"{cfg.sliding_layers}; llama.cpp's gpt-oss slides a window over the even layers "
+                        f"{even} and no other")
+    rs = cfg.rope_scaling
+    if rs is not None:
+        kind = rs.get("type", rs.get("rope_type"))
+        extra = sorted(k for k in ("attention_factor", "mscale", "mscale_all_dim") if rs.get(k) is not None)
+        if kind != "yarn" or extra:
+            raise GGUFError(f"config {cfg.name!r}: rope_scaling={rs!r}; the GGUF gpt-oss export writes "
+                            f"YaRN with its default attention factor (no {', '.join(extra) or kind})")
 
 
 def check_llama_moe(cfg) -> None:
@@ -119,7 +151,8 @@ def _permute(t, n_heads, fn):
 
 
 def tensor_names(cfg) -> list[tuple[str, str, bool]]:
-    """(GGUF name, minimoe param name, packed by a recipe) for a llama-architecture MoE."""
+    """(GGUF name, minimoe param name, packed by a recipe) for a MoE of one of ARCHS; biases and
+    sinks where the config has them (gpt-oss)."""
     out = [("token_embd.weight", "embed.weight", False)]
     for i in range(cfg.n_layers):
         ours, blk = f"layers.{i}.", f"blk.{i}."
@@ -127,15 +160,24 @@ def tensor_names(cfg) -> list[tuple[str, str, bool]]:
                 (blk + "attn_q.weight", ours + "attn.q.weight", True),
                 (blk + "attn_k.weight", ours + "attn.k.weight", True),
                 (blk + "attn_v.weight", ours + "attn.v.weight", True),
+                *([(blk + f"attn_{x}.bias", ours + f"attn.{x}.bias", False) for x in "qkv"]
+                  if cfg.qkv_bias else []),
                 (blk + "attn_output.weight", ours + "attn.o.weight", True),
+                *([(blk + "attn_output.bias", ours + "attn.o.bias", False)] if cfg.o_bias else []),
                 *([(blk + "attn_q_norm.weight", ours + "attn.q_norm.weight", False),
                    (blk + "attn_k_norm.weight", ours + "attn.k_norm.weight", False)]
                   if cfg.qk_norm != "none" else []),
-                (blk + "ffn_norm.weight", ours + "ffn_norm.weight", False),
+                *([(blk + "attn_sinks.weight", ours + "attn.sinks", False)] if cfg.attn_sinks else []),
+                # gpt-oss's checkpoint calls the norm before the MoE post_attention_layernorm
+                (blk + ("post_attention_norm.weight" if cfg.attn_sinks else "ffn_norm.weight"),
+                 ours + "ffn_norm.weight", False),
                 (blk + "ffn_gate_inp.weight", ours + "moe.router.weight", False),
+                *([(blk + "ffn_gate_inp.bias", ours + "moe.router.bias", False)] if cfg.router_bias else []),
                 (blk + "ffn_gate_exps.weight", ours + "moe.experts.gate", True),
                 (blk + "ffn_up_exps.weight", ours + "moe.experts.up", True),
-                (blk + "ffn_down_exps.weight", ours + "moe.experts.down", True)]
+                (blk + "ffn_down_exps.weight", ours + "moe.experts.down", True),
+                *([(blk + f"ffn_{x}_exps.bias", ours + f"moe.experts.{x}_bias", False)
+                   for x in ("gate", "up", "down")] if cfg.expert_bias else [])]
     out += [("output_norm.weight", "norm.weight", False)]
     if not cfg.tie_embeddings:                   # tied (qwen3moe may be): llama.cpp reuses token_embd
         out += [("output.weight", "head.weight", True)]
@@ -171,9 +213,11 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
         w.add_context_length(cfg.max_seq_len)
         w.add_embedding_length(cfg.d_model)
         w.add_block_count(cfg.n_layers)
-        w.add_feed_forward_length(cfg.d_ff if arch == "qwen3moe" else cfg.d_expert)
-        if arch == "qwen3moe":
+        w.add_feed_forward_length(cfg.d_ff if arch in ("qwen3moe", "gpt-oss") else cfg.d_expert)
+        if arch in ("qwen3moe", "gpt-oss"):
             w.add_expert_feed_forward_length(cfg.d_expert)
+        if arch == "gpt-oss":
+            add_gpt_oss_keys(gguf, w, cfg)
         w.add_head_count(cfg.n_heads)
         w.add_head_count_kv(cfg.n_kv_heads)
         w.add_key_length(cfg.head_dim)
@@ -206,6 +250,42 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
         w.write_tensors_to_file()
         w.close()
     return path
+
+
+TRUNCATE_KEY = "minimoe.rope.scaling.truncate"   # YaRN's correction range floored/ceiled or not
+
+
+def add_gpt_oss_keys(gguf, w, cfg) -> None:
+    """The window and YaRN keys of llama.cpp's gpt-oss, as convert_hf_to_gguf.py writes them.
+    llama.cpp 0.3.36 always floors and ceils YaRN's correction range (ggml_rope_yarn_corr_dims),
+    as rope_scaling.truncate=true does; a config with truncate=false (gpt-oss's own) is written
+    all the same, with TRUNCATE_KEY so that minimoe reads it back exactly (docs/export.md)."""
+    w.add_sliding_window(cfg.sliding_window)
+    rs = cfg.rope_scaling
+    if rs is None:
+        return
+    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    w.add_rope_scaling_factor(float(rs["factor"]))
+    w.add_rope_scaling_orig_ctx_len(int(rs["original_max_position_embeddings"]))
+    w.add_rope_scaling_yarn_beta_fast(float(rs.get("beta_fast", 32.0)))
+    w.add_rope_scaling_yarn_beta_slow(float(rs.get("beta_slow", 1.0)))
+    w.add_bool(TRUNCATE_KEY, bool(rs.get("truncate", True)))
+
+
+def gpt_oss_fields(field, a: str, n_layers: int) -> dict:
+    """The Config fields of a gpt-oss GGUF that its metadata does not name one by one."""
+    window = int(field(a + "attention.sliding_window"))
+    out = dict(router="topk_softmax", router_bias=True, expert_bias=True, qkv_bias=True, o_bias=True,
+               attn_sinks=True, ffn_act="swiglu_oai", sliding_window=window,
+               sliding_layers=[i for i in range(n_layers) if i % 2 == 0])
+    if field(a + "rope.scaling.type", required=False) == "yarn":
+        truncate = field(TRUNCATE_KEY, required=False)
+        out["rope_scaling"] = {"type": "yarn", "factor": float(field(a + "rope.scaling.factor")),
+                               "beta_fast": float(field(a + "rope.scaling.yarn_beta_fast", required=False) or 32.0),
+                               "beta_slow": float(field(a + "rope.scaling.yarn_beta_slow", required=False) or 1.0),
+                               "truncate": True if truncate is None else bool(truncate),
+                               "original_max_position_embeddings": int(field(a + "rope.scaling.original_context_length"))}
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,7 +367,7 @@ def add_vocabulary(w, tok, vocab_size: int) -> None:
 
 
 def load_gguf(path: str):
-    """A GGUF of a llama (Mixtral), qwen3moe or olmoe MoE -> Model. Tensors in a minimoe format
+    """A GGUF of a llama (Mixtral), qwen3moe, olmoe or gpt-oss MoE -> Model. Tensors in a minimoe format
     (q8_0, q4_0, q4_1, mxfp4, q2_k ... q6_k) stay packed; F32, F16 and BF16 become float32."""
     gguf = _gguf()
     from minimoe import quant
@@ -318,15 +398,18 @@ def load_gguf(path: str):
     d_model = int(field(a + "embedding_length"))
     n_ff = int(field(a + "feed_forward_length"))
     vocab = field(a + "vocab_size", required=False) or int(tensors["token_embd.weight"].shape[-1])
+    n_layers = int(field(a + "block_count"))
+    extra = gpt_oss_fields(field, a, n_layers) if arch == "gpt-oss" else {}
     cfg = Config(name=os.path.basename(path).removesuffix(".gguf"), vocab_size=int(vocab),
-                 d_model=d_model, n_layers=int(field(a + "block_count")), n_heads=n_heads, n_kv_heads=n_kv,
+                 d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
                  head_dim=int(field(a + "attention.key_length", required=False) or d_model // n_heads),
                  d_ff=n_ff, d_expert=int(field(a + "expert_feed_forward_length", required=False) or n_ff),
                  n_experts=int(field(a + "expert_count")), top_k=int(field(a + "expert_used_count")),
                  max_seq_len=int(field(a + "context_length")), rope_theta=float(field(a + "rope.freq_base")),
                  norm_eps=float(field(a + "attention.layer_norm_rms_epsilon")),
-                 qk_norm=ARCHS[arch]["qk_norm"], router_renorm=ARCHS[arch]["router_renorm"],
-                 tie_embeddings="output.weight" not in tensors)
+                 qk_norm=ARCHS[arch]["qk_norm"],
+                 **{k: ARCHS[arch][k] for k in ("router_renorm",) if k in ARCHS[arch]},
+                 tie_embeddings="output.weight" not in tensors, **extra)
     params = {}
     for gname, ours, _ in tensor_names(cfg):
         if gname not in tensors:
