@@ -124,3 +124,53 @@ def test_the_tokenizer_goes_with_it(tmp_path, tok):
         assert tokens[256] == "<|endoftext|>" and reader.fields["tokenizer.ggml.eos_token_id"].contents() == 256
     else:
         assert tokens[:7] == ["a", "b", "c", "Ġ", "d", "e", "Ċ"] and tokens[7] == "[PAD7]"
+    assert reader.fields["tokenizer.ggml.merges"].contents() == []   # present, if empty: llama.cpp needs the key
+
+
+def tiny_gpt_oss(truncate=False, **over):
+    import dataclasses
+    cfg = minimoe.Config.preset("tiny-gpt-oss")
+    cfg = dataclasses.replace(cfg, rope_scaling={**cfg.rope_scaling, "truncate": truncate}, **over)
+    model = minimoe.Model(cfg, seed=2)
+    rng = np.random.default_rng(5)
+    for name, w in model.params.items():
+        if name.endswith(("sinks", "bias")):                       # nonzero, so a lost one shows
+            w[...] = rng.standard_normal(w.shape).astype(w.dtype)
+    return model
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+@pytest.mark.parametrize("recipe", ["f32", "mxfp4"])
+def test_gpt_oss_round_trip(tmp_path, recipe, truncate):
+    model = tiny_gpt_oss(truncate)
+    path = model.save_gguf(str(tmp_path / "gpt-oss.gguf"), recipe=recipe)
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.architecture"].contents() == "gpt-oss"
+    assert reader.fields["gpt-oss.attention.sliding_window"].contents() == 8
+    assert reader.fields["gpt-oss.rope.scaling.type"].contents() == "yarn"
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.attn_sinks.weight", "blk.1.post_attention_norm.weight", "blk.0.ffn_gate_inp.bias",
+            "blk.0.ffn_down_exps.bias", "blk.1.attn_output.bias"} <= names   # convert_hf_to_gguf.py's names
+    back = minimoe.load(path)
+    assert back.config == minimoe.Config(**{**model.config.__dict__, "name": back.config.name})
+    for name, ours in model.params.items():
+        theirs = back.params[name]
+        expect = ours if isinstance(theirs, np.ndarray) else quant.quantize(ours, recipe)
+        np.testing.assert_array_equal(theirs if isinstance(theirs, np.ndarray) else theirs.blocks,
+                                      expect if isinstance(expect, np.ndarray) else expect.blocks, err_msg=name)
+    tokens = np.array([[1, 5, 9, 33, 2, 7, 7, 9, 100, 3, 4]])
+    if recipe == "f32":
+        np.testing.assert_array_equal(back(tokens), model(tokens))
+
+
+def test_gpt_oss_refuses_what_llama_cpp_cannot_say(tmp_path):
+    with pytest.raises(gguf_file.GGUFError, match="even layers"):
+        tiny_gpt_oss(sliding_layers=[1]).save_gguf(str(tmp_path / "x.gguf"))
+    with pytest.raises(gguf_file.GGUFError, match="swiglu_limit"):
+        tiny_gpt_oss(swiglu_limit=5.0).save_gguf(str(tmp_path / "x.gguf"))
+    with pytest.raises(gguf_file.GGUFError, match="attention_factor"):
+        import dataclasses
+        m = tiny_gpt_oss()
+        cfg = dataclasses.replace(m.config, rope_scaling={**m.config.rope_scaling, "attention_factor": 1.5})
+        minimoe.Model(cfg, seed=0).save_gguf(str(tmp_path / "x.gguf"))
+    assert not (tmp_path / "x.gguf").exists()

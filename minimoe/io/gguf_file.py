@@ -272,6 +272,12 @@ def add_gpt_oss_keys(gguf, w, cfg) -> None:
     w.add_bool(TRUNCATE_KEY, bool(rs.get("truncate", True)))
 
 
+def f32_value(x) -> float:
+    """A float32 metadata value as the decimal it was written from: 1e-05, not 9.999999747e-06
+    (the shortest decimal that rounds to that float32)."""
+    return float(str(np.float32(x)))
+
+
 def gpt_oss_fields(field, a: str, n_layers: int) -> dict:
     """The Config fields of a gpt-oss GGUF that its metadata does not name one by one."""
     window = int(field(a + "attention.sliding_window"))
@@ -280,9 +286,9 @@ def gpt_oss_fields(field, a: str, n_layers: int) -> dict:
                sliding_layers=[i for i in range(n_layers) if i % 2 == 0])
     if field(a + "rope.scaling.type", required=False) == "yarn":
         truncate = field(TRUNCATE_KEY, required=False)
-        out["rope_scaling"] = {"type": "yarn", "factor": float(field(a + "rope.scaling.factor")),
-                               "beta_fast": float(field(a + "rope.scaling.yarn_beta_fast", required=False) or 32.0),
-                               "beta_slow": float(field(a + "rope.scaling.yarn_beta_slow", required=False) or 1.0),
+        out["rope_scaling"] = {"type": "yarn", "factor": f32_value(field(a + "rope.scaling.factor")),
+                               "beta_fast": f32_value(field(a + "rope.scaling.yarn_beta_fast", required=False) or 32.0),
+                               "beta_slow": f32_value(field(a + "rope.scaling.yarn_beta_slow", required=False) or 1.0),
                                "truncate": True if truncate is None else bool(truncate),
                                "original_max_position_embeddings": int(field(a + "rope.scaling.original_context_length"))}
     return out
@@ -310,8 +316,8 @@ def gguf_vocabulary(tok, vocab_size: int):
     from minimoe.hf_tokenizer.bpe import bytes_to_chars
     from minimoe.io.hf_export import tokenizer_json
     spec = tokenizer_json(tok)
-    if spec is None or spec.get("model", {}).get("type") != "BPE":
-        return None
+    if spec is None or spec.get("model", {}).get("type") != "BPE" or spec["model"].get("byte_fallback"):
+        return None                       # SentencePiece-style (Mixtral, Llama 2): not a gpt2 vocabulary
     pre = spec.get("pre_tokenizer") or {}
     pres = pre.get("pretokenizers", [pre]) if pre else []
     byte_level = any(p.get("type") == "ByteLevel" for p in pres)
@@ -345,6 +351,30 @@ def _writer(gguf, path: str, arch: str):
     return Writer(path, arch=arch)
 
 
+# llama.cpp's name (tokenizer.ggml.pre) for the pre-tokenizer regexes minimoe.hf_tokenizer knows:
+# how llama.cpp splits text into words before the merges (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_*)
+PRE_TOKENIZERS = [
+    ("gpt-4o", r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"),  # o200k: gpt-oss
+    ("llama-bpe", r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"),        # Llama 3
+    ("qwen2", r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"),                 # Qwen2/3
+    ("deepseek-v3", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"),                               # DeepSeek-V3
+]
+
+
+def pre_tokenizer_name(spec: dict) -> str:
+    """tokenizer.ggml.pre for a tokenizer.json: "gpt-2" for GPT-2's ByteLevel regex, the entry of
+    PRE_TOKENIZERS whose regex the Split pre-tokenizers start with, else "default"."""
+    pre = spec.get("pre_tokenizer") or {}
+    pres = pre.get("pretokenizers", [pre]) if pre else []
+    regexes = [p.get("pattern", {}).get("Regex", "") for p in pres if p.get("type") == "Split"]
+    for name, start in PRE_TOKENIZERS:
+        if any(r.startswith(start) for r in regexes):
+            return name
+    if any(p.get("type") == "ByteLevel" and p.get("use_regex", True) for p in pres):
+        return "gpt-2"
+    return "default"
+
+
 def add_vocabulary(w, tok, vocab_size: int) -> None:
     """Write the tokenizer.ggml.* keys (and minimoe's own tokenizer JSON) to GGUFWriter `w`."""
     import gguf
@@ -353,8 +383,9 @@ def add_vocabulary(w, tok, vocab_size: int) -> None:
         w.add_tokenizer_model("none")            # llama.cpp: vocab_size dummy tokens; ids in, logits out
         return
     tokens, types, merges = vocab
+    from minimoe.io.hf_export import tokenizer_json
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre(pre_tokenizer_name(tokenizer_json(tok)))
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_key_value(gguf.Keys.Tokenizer.MERGES, merges, gguf.GGUFValueType.ARRAY,   # even when empty
@@ -405,8 +436,8 @@ def load_gguf(path: str):
                  head_dim=int(field(a + "attention.key_length", required=False) or d_model // n_heads),
                  d_ff=n_ff, d_expert=int(field(a + "expert_feed_forward_length", required=False) or n_ff),
                  n_experts=int(field(a + "expert_count")), top_k=int(field(a + "expert_used_count")),
-                 max_seq_len=int(field(a + "context_length")), rope_theta=float(field(a + "rope.freq_base")),
-                 norm_eps=float(field(a + "attention.layer_norm_rms_epsilon")),
+                 max_seq_len=int(field(a + "context_length")), rope_theta=f32_value(field(a + "rope.freq_base")),
+                 norm_eps=f32_value(field(a + "attention.layer_norm_rms_epsilon")),
                  qk_norm=ARCHS[arch]["qk_norm"],
                  **{k: ARCHS[arch][k] for k in ("router_renorm",) if k in ARCHS[arch]},
                  tie_embeddings="output.weight" not in tensors, **extra)
