@@ -193,7 +193,8 @@ def _file_type(gguf, recipe):
 
 
 def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = False) -> str:
-    """Write `model` as a llama.cpp "llama" GGUF; `recipe` packs the matrices (f32 = none).
+    """Write `model` as a llama.cpp GGUF of the architecture arch_for picks; `recipe` packs the
+    matrices (f32 = none).
     A matrix already packed in the model is written as it is, whatever the recipe.
     pack_embedding: pack token_embd too (llama.cpp's "all weights" files; minimoe dequantizes it
     when it loads the file, so the round trip is then exact only up to that quantization)."""
