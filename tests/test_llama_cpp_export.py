@@ -255,3 +255,21 @@ def hf_tokenizer_agreement(name: str, folder_out: str) -> tuple[int, int, int, i
 def test_llama_cpp_tokenizes_like_the_hugging_face_tokenizer(tmp_path, name):
     same, n, _, _ = hf_tokenizer_agreement(name, str(tmp_path))
     assert same >= HF_TOKENIZERS[name], f"{name}: {same}/{n} texts tokenized the same"
+
+
+@pytest.mark.parametrize("fixture", ["hf_gpt_oss_mxfp4", "hf_gpt_oss_window"])
+def test_llama_cpp_runs_gpt_oss_loaded_from_hugging_face(tmp_path, fixture):
+    """gpt-oss as minimoe loads it from a Hugging Face folder (MXFP4 experts stay packed), out to
+    GGUF. Its YaRN is set to truncate=true, what llama.cpp computes (docs/export.md); logits are
+    larger here (up to ~16), so the bound is relative: 1e-6 of the largest (measured 6.7e-6, 4.3e-6)."""
+    import os
+    model = minimoe.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", fixture))
+    cfg = dataclasses.replace(model.config, rope_scaling={**model.config.rope_scaling, "truncate": True})
+    path = minimoe.Model(cfg, params=model.params).save_gguf(str(tmp_path / "gpt-oss.gguf"))
+    ours = minimoe.load(path)
+    tokens = np.array([1, 17, 42, 9, 7] + list(range(10, 40)))
+    theirs = llama_cpp_logits(path, tokens.tolist())
+    with q8_0_activations():
+        emulated = ours(tokens)
+    delta, scale = float(np.abs(theirs - emulated).max()), float(np.abs(emulated).max())
+    assert delta <= 1e-6 * max(1.0, scale), f"{fixture}: max |llama.cpp - minimoe| = {delta:.3g} (logits up to {scale:.3g})"

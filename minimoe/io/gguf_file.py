@@ -271,6 +271,11 @@ def add_gpt_oss_keys(gguf, w, cfg) -> None:
     w.add_rope_scaling_yarn_beta_fast(float(rs.get("beta_fast", 32.0)))
     w.add_rope_scaling_yarn_beta_slow(float(rs.get("beta_slow", 1.0)))
     w.add_bool(TRUNCATE_KEY, bool(rs.get("truncate", True)))
+    if not rs.get("truncate", True):
+        import warnings
+        warnings.warn(f"config {cfg.name!r}: rope_scaling.truncate is false; llama.cpp floors and ceils "
+                      f"YaRN's correction range all the same, so it will compute other logits than minimoe "
+                      f"(docs/export.md, 'gpt-oss and YaRN's truncate')", RuntimeWarning, stacklevel=4)
 
 
 def f32_value(x) -> float:
