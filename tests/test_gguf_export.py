@@ -127,6 +127,29 @@ def test_the_tokenizer_goes_with_it(tmp_path, tok):
     assert reader.fields["tokenizer.ggml.merges"].contents() == []   # present, if empty: llama.cpp needs the key
 
 
+def test_a_sentencepiece_style_tokenizer_is_written_as_llama_cpp_spm(tmp_path):
+    """Mixtral's tokenizer.json (BPE with byte fallback, "▁" for spaces) -> tokenizer.ggml.model
+    "llama": the tokens as they are, <0xXX> as BYTE, a merged token's score minus its merge rank."""
+    import os
+    tok = minimoe.load_tokenizer(os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers", "mixtral",
+                                              "tokenizer.json"))
+    model = tiny_moe(vocab_size=1024)
+    model.tokenizer = tok
+    path = model.save_gguf(str(tmp_path / "m.gguf"))
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    scores = reader.fields["tokenizer.ggml.scores"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    vocab = tok.spec["model"]["vocab"]
+    first = tok.spec["model"]["merges"][0]
+    first = first.replace(" ", "") if isinstance(first, str) else "".join(first)
+    assert scores[vocab[first]] == 0.0 and tokens[vocab[first]] == first          # merge rank 0
+    assert types[vocab["<0x41>"]] == gguf.TokenType.BYTE and tokens[1] == "<s>"
+    assert reader.fields["tokenizer.ggml.bos_token_id"].contents() == 1
+    np.testing.assert_array_equal(minimoe.load(path).tokenizer.encode("Hello world"), tok.encode("Hello world"))
+
+
 def tiny_gpt_oss(truncate=False, **over):
     import dataclasses
     cfg = minimoe.Config.preset("tiny-gpt-oss")

@@ -225,12 +225,15 @@ def test_llama_cpp_tokenizes_like_minimoe(tmp_path, tok):
 
 # Hugging Face tokenizers (the committed fixtures, tests/fixtures/tokenizers/) through a GGUF
 # vocabulary: texts without added tokens, which llama.cpp and `tokenizers` match differently.
-# Measured 2026-12-05 with llama-cpp-python 0.3.36: gpt2, llama3 and deepseek-v3 all equal; gpt-oss
-# 465/473 (a few whole words the trimmed fixture vocabulary holds without the merges that build
-# them: `tokenizers` takes them whole, as o200k's ignore_merges says, llama.cpp's gpt-4o does not)
-# and qwen2 448/466 (llama.cpp does not apply Qwen2's NFC normalizer). With tokenizer.ggml.pre
-# "default" instead of the pre-tokenizer's name, 376-391 of each are equal.
-HF_TOKENIZERS = {"gpt2": 473, "llama3": 467, "deepseek-v3": 452, "gpt-oss": 465, "qwen2": 448}
+# Measured 2026-12-05 with llama-cpp-python 0.3.36: gpt2, llama3, deepseek-v3 and llama2 all equal;
+# gpt-oss 465/473 (a few whole words the trimmed fixture vocabulary holds without the merges that
+# build them: `tokenizers` takes them whole, as o200k's ignore_merges says, llama.cpp's gpt-4o does
+# not), qwen2 448/466 (llama.cpp does not apply Qwen2's NFC normalizer), mixtral 320/468 (all 148
+# others start with a space: Mixtral's Metaspace(prepend_scheme="first") adds no "▁" before one,
+# llama.cpp's SPM tokenizer always does). With tokenizer.ggml.pre "default" instead of the
+# pre-tokenizer's name, 376-391 of the first five were equal.
+HF_TOKENIZERS = {"gpt2": 473, "llama3": 467, "deepseek-v3": 452, "gpt-oss": 465, "qwen2": 448,
+                 "llama2": 454, "mixtral": 320}
 
 
 def hf_tokenizer_agreement(name: str, folder_out: str) -> tuple[int, int, int, int]:

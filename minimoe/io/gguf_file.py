@@ -381,15 +381,63 @@ def pre_tokenizer_name(spec: dict) -> str:
     return "default"
 
 
+def spm_vocabulary(spec: dict, vocab_size: int):
+    """A SentencePiece-style BPE tokenizer.json (Mixtral's, Llama 2's: "▁" for spaces, byte
+    fallback to <0xXX> tokens) -> (tokens, scores, token types) for llama.cpp's "llama" model, or
+    None. llama.cpp's SPM tokenizer merges the adjacent pair whose joined text is the token with
+    the highest score, so a token's score is minus the rank of the merge that makes it (gguf-py's
+    LlamaHfVocab writes -1000 for all); single characters and bytes get 0."""
+    import gguf
+    model = spec.get("model", {})
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        return None
+    rank = {}
+    for r, m in enumerate(model.get("merges", [])):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        rank.setdefault(a + b, r)
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    scores = [0.0] * vocab_size
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for text, i in model["vocab"].items():
+        if i < vocab_size:
+            byte = len(text) == 6 and text.startswith("<0x") and text.endswith(">")
+            tokens[i], scores[i] = text, -float(rank.get(text, 0 if len(text) == 1 or byte else 1e9))
+            types[i] = gguf.TokenType.BYTE if byte else gguf.TokenType.NORMAL
+    if model.get("unk_token") in model["vocab"] and model["vocab"][model["unk_token"]] < vocab_size:
+        types[model["vocab"][model["unk_token"]]] = gguf.TokenType.UNKNOWN
+    for added in spec.get("added_tokens", []):
+        if added["id"] < vocab_size:
+            tokens[added["id"]], scores[added["id"]] = added["content"], 0.0
+            types[added["id"]] = (gguf.TokenType.UNKNOWN if added["content"] == model.get("unk_token") else
+                                  gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED)
+    return tokens, scores, [int(t) for t in types]
+
+
 def add_vocabulary(w, tok, vocab_size: int) -> None:
     """Write the tokenizer.ggml.* keys (and minimoe's own tokenizer JSON) to GGUFWriter `w`."""
     import gguf
+    from minimoe.io.hf_export import tokenizer_json
     vocab = gguf_vocabulary(tok, vocab_size) if tok is not None else None
+    spm = spm_vocabulary(tokenizer_json(tok), vocab_size) if tok is not None and vocab is None else None
+    if spm is not None:
+        tokens, scores, types = spm
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        ids = {t: i for i, t in enumerate(tokens)}
+        for name, add in (("<s>", w.add_bos_token_id), ("</s>", w.add_eos_token_id), ("<unk>", w.add_unk_token_id)):
+            if name in ids:
+                add(ids[name])
+        w.add_add_bos_token(False)           # minimoe's encode adds none; llama.cpp's tokenize(add_bos=True) still can
+        w.add_string(TOKENIZER_KEY, tok.to_json())
+        return
     if vocab is None:
         w.add_tokenizer_model("none")            # llama.cpp: vocab_size dummy tokens; ids in, logits out
+        if tok is not None:
+            w.add_string(TOKENIZER_KEY, tok.to_json())
         return
     tokens, types, merges = vocab
-    from minimoe.io.hf_export import tokenizer_json
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre_tokenizer_name(tokenizer_json(tok)))
     w.add_token_list(tokens)
