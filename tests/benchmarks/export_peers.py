@@ -99,6 +99,7 @@ def same(a, b) -> int:
 
 def tokenizer_part(out: str) -> None:
     try:
+        import llama_cpp  # noqa: F401  (first: without it the test module raises pytest's Skipped)
         import test_llama_cpp_export as T
     except ImportError as e:
         print(f"tokenizers in llama.cpp: skipped ({e})")
