@@ -38,7 +38,7 @@ from minimoe import quant
 from minimoe.quant.mxfp4 import E2M1_VALUES
 
 FAST = os.environ.get("MINIMOE_FAST") == "1"
-OUT = os.environ.get("MINIMOE_TUTORIAL_OUT", os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+OUT = os.environ.get("MINIMOE_TUTORIAL_OUT") or os.path.join(os.getcwd(), "minimoe_out")
 os.makedirs(OUT, exist_ok=True)
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 

@@ -43,7 +43,7 @@ from minimoe.kernels import pack
 from minimoe.kernels.qmatmul import dequantize, qmatmul
 
 FAST = os.environ.get("MINIMOE_FAST") == "1"
-OUT = os.environ.get("MINIMOE_TUTORIAL_OUT", os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+OUT = os.environ.get("MINIMOE_TUTORIAL_OUT") or os.path.join(os.getcwd(), "minimoe_out")
 os.makedirs(OUT, exist_ok=True)
 
 O, I = (1024, 1024) if FAST else (14336, 4096)       # one Mixtral-8x7B expert projection in full mode
