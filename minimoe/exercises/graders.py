@@ -131,7 +131,8 @@ def grade_router_backward(fn) -> list[Check]:
         R = rng.standard_normal((N, K))
         _, experts, _, _ = select(logits, K, rule, renorm, 1.0)
         dlogits = fn(R.copy(), logits.copy(), experts.copy(), rule, renorm)
-        out += _fd(f"router {rule}{' renorm' if renorm else ''}",
+        label = f"router {rule}" + ("" if rule != "softmax_topk" else " renorm" if renorm else " no renorm")
+        out += _fd(label,
                    lambda: float(np.sum(select(logits, K, rule, renorm, 1.0)[0] * R)),
                    {"logits": logits}, {"logits": dlogits})
     return out
