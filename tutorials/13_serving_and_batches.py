@@ -31,13 +31,12 @@
 
 # %%
 import os
-import time
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
 import minimoe
+from minimoe.bench.timing import best_time
 from minimoe.inspect.estimate import estimate
 from minimoe.inspect.serving import expected_distinct_experts
 from minimoe.train.loop import TrainConfig, Trainer
@@ -171,17 +170,7 @@ P = 64 if FAST else 256
 prompt = np.random.default_rng(1).integers(0, 256, (1, P))
 
 
-def best(fn, repeat=3):
-    fn()                                                     # warm-up: compiles, caches
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-t_prefill = best(lambda: big.forward(prompt, big.new_kv_cache(1, P + 1)))
+t_prefill = best_time(lambda: big.forward(prompt, big.new_kv_cache(1, P + 1)), repeat=3)
 print(f"{preset}: prefill of {P} tokens {t_prefill * 1e3:.1f} ms = {P / t_prefill:,.0f} tokens/s")
 
 decode_rows = []
@@ -193,7 +182,7 @@ for B in ([1, 2, 4, 8] if FAST else [1, 2, 4, 8, 16, 32]):
     def step():
         big.forward(nxt, kv)
         kv.length -= 1                                       # undo: measure the same position again
-    t = best(step, repeat=5)
+    t = best_time(step, repeat=5)                            # the fastest of 5, after a warm-up call
     decode_rows.append((B, t))
     print(f"decode B={B:>2}: {t * 1e3:7.2f} ms per step = {B / t:8,.0f} tokens/s")
 
