@@ -7,7 +7,7 @@
 # ---
 
 # %% [markdown]
-# # 03 · Train a tiny Mixture-of-Experts on Shakespeare, and watch the router learn
+# # 03 · Train a tiny Mixture-of-Experts on Shakespeare (if found), and watch the router learn
 #
 # We train the `shakespeare-moe` preset from scratch: 4 layers, width 128, and 8 experts of
 # width 172 per layer, of which each token uses 2. That is nanoGPT's CPU recipe for
@@ -18,8 +18,9 @@
 # curves, and how the tokens spread over the experts of each layer as training goes on.
 #
 # With `MINIMOE_FAST=1` (the tests) both runs are cut to a few dozen steps. Without it, each run
-# is the full 2000 steps: the whole tutorial took about 4.5 minutes on 2 cores of a shared
-# machine (tutorials/README.md has the measured times), so start it and read on.
+# is the full 2000 steps. That is not "a minute or two": the whole tutorial took 4.5 minutes on 2
+# cores in one measurement, and ran at 0.6 steps/s (over an hour for both runs) on the same 2
+# cores while other jobs loaded them (tutorials/README.md). Start it, and read on while it trains.
 #
 # Shape legend: B batch, T block length, V vocab, E experts, K top-k.
 
