@@ -60,9 +60,12 @@ def test_a_decode_step_without_the_new_key_fails():
     assert not all(c.passed for c in checks)
 
 
-def test_the_grader_reports_an_exception_in_the_students_code():
-    checks = run_grader("top_k_routing", lambda logits, K: 1 / 0)
+def test_the_grader_reports_an_exception_in_the_students_code(tmp_path):
+    path = tmp_path / "top_k_routing.py"
+    path.write_text('EXERCISE = "top_k_routing"\n\n\ndef top_k_routing(logits, K):\n    return 1 / 0\n')
+    checks = run_grader(*load_exercise(str(path)))
     assert len(checks) == 1 and "ZeroDivisionError" in checks[0].detail
+    assert "(at top_k_routing.py:5)" in checks[0].detail
 
 
 def test_minimoe_grade_cli_start_then_grade(tmp_path):
