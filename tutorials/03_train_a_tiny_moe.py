@@ -19,8 +19,8 @@
 #
 # With `MINIMOE_FAST=1` (the tests) both runs are cut to a few dozen steps. Without it, each run
 # is the full 2000 steps. That is not "a minute or two": the whole tutorial took 4.5 minutes on 2
-# cores in one measurement, and ran at 0.6 steps/s (over an hour for both runs) on the same 2
-# cores while other jobs loaded them (tutorials/README.md). Start it, and read on while it trains.
+# cores in one measurement, and ran at 0.6 steps/s (over an hour for both runs) on 2 cores that
+# other jobs loaded (tutorials/README.md). Start it, and read on while it trains.
 #
 # Shape legend: B batch, T block length, V vocab, E experts, K top-k.
 
