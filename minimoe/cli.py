@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "minimoe.commands.estimate",
     "minimoe.commands.bench",
     "minimoe.commands.data",
+    "minimoe.commands.grade",
 ]
 
 

@@ -39,7 +39,7 @@ from minimoe.train import losses
 from minimoe.train.gradcheck import check_gradients, directional_derivative
 
 FAST = os.environ.get("MINIMOE_FAST") == "1"
-OUT = os.environ.get("MINIMOE_TUTORIAL_OUT", os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+OUT = os.environ.get("MINIMOE_TUTORIAL_OUT") or os.path.join(os.getcwd(), "minimoe_out")
 os.makedirs(OUT, exist_ok=True)
 rng = np.random.default_rng(0)
 F64 = np.float64
@@ -407,6 +407,7 @@ ax.axvline(1e-6, color="red", lw=1, label="tolerance 1e-6")
 ax.set_yticks(range(len(names)), names, fontsize=6)
 ax.invert_yaxis()
 ax.set_xlabel("relative error, hand-written vs finite difference")
+ax.set_title("Whole-model gradient check, float64: every parameter below the tolerance")
 ax.legend()
 fig.tight_layout()
 fig.savefig(os.path.join(OUT, "02_model_gradcheck.png"), dpi=110)

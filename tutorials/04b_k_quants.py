@@ -40,7 +40,7 @@ from minimoe import quant
 from minimoe.quant import k_quants, q4_k
 
 FAST = os.environ.get("MINIMOE_FAST") == "1"
-OUT = os.environ.get("MINIMOE_TUTORIAL_OUT", os.path.join(os.getcwd(), "minimoe_out"))
+OUT = os.environ.get("MINIMOE_TUTORIAL_OUT") or os.path.join(os.getcwd(), "minimoe_out")
 os.makedirs(OUT, exist_ok=True)
 rng = np.random.default_rng(0)
 

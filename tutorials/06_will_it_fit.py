@@ -35,7 +35,7 @@ from minimoe.inspect.hardware import HARDWARE
 from minimoe.params import count_params, param_shapes
 
 FAST = os.environ.get("MINIMOE_FAST") == "1"
-OUT = os.environ.get("MINIMOE_TUTORIAL_OUT", "out")   # figures go under the working directory
+OUT = os.environ.get("MINIMOE_TUTORIAL_OUT") or os.path.join(os.getcwd(), "minimoe_out")
 os.makedirs(OUT, exist_ok=True)
 
 cfg = minimoe.Config.preset("gpt-oss-120b")   # its Hugging Face config.json, as a minimoe Config

@@ -39,7 +39,7 @@ import minimoe
 from minimoe.inspect import plots, views
 
 FAST = os.environ.get("MINIMOE_FAST") == "1"
-OUT = os.environ.get("MINIMOE_TUTORIAL_OUT", os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+OUT = os.environ.get("MINIMOE_TUTORIAL_OUT") or os.path.join(os.getcwd(), "minimoe_out")
 os.makedirs(OUT, exist_ok=True)
 
 # %% [markdown]

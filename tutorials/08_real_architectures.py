@@ -43,7 +43,7 @@ from minimoe.nn import mla
 from minimoe.train.loop import TrainConfig, Trainer
 
 FAST = os.environ.get("MINIMOE_FAST") == "1"
-OUT = os.environ.get("MINIMOE_TUTORIAL_OUT", os.path.join(os.getcwd(), "minimoe_out"))
+OUT = os.environ.get("MINIMOE_TUTORIAL_OUT") or os.path.join(os.getcwd(), "minimoe_out")
 os.makedirs(OUT, exist_ok=True)
 
 # %% [markdown]

@@ -26,7 +26,8 @@
 #
 # and we look at a fourth knob that is often mistaken for a fix, the **capacity factor**.
 #
-# Every figure is written under `./minimoe_out/09/` in the working directory. `MINIMOE_FAST=1`
+# Every figure is written under `./minimoe_out/09/` in the working directory (or under
+# `$MINIMOE_TUTORIAL_OUT/09/`). `MINIMOE_FAST=1`
 # (what the tests run) trains each model for 150 steps; without it, 400 steps. Either way a run
 # takes seconds.
 #
@@ -45,7 +46,7 @@ if os.environ.get("MPLBACKEND") is None and not hasattr(__builtins__, "__IPYTHON
     matplotlib.use("Agg")
 FAST = os.environ.get("MINIMOE_FAST") == "1"
 STEPS = 150 if FAST else 400
-OUT = os.path.join("minimoe_out", "09")
+OUT = os.path.join(os.environ.get("MINIMOE_TUTORIAL_OUT") or "minimoe_out", "09")
 os.makedirs(OUT, exist_ok=True)
 
 # %% [markdown]

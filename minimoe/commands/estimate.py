@@ -5,6 +5,8 @@
     minimoe estimate --compare                     # every preset, then each lab's figures beside ours
     minimoe estimate glm-4.5 --with-mtp            # count the MTP layer the checkpoint stores
     minimoe estimate gpt-oss-120b --plot memory.png
+    minimoe estimate mixtral-8x7b --dtype q4_0 --batch 32 --hardware h100   # distinct experts per step
+    minimoe estimate gpt-oss-120b --recipe experts-mxfp4 --offload-experts --hardware rtx-4090 --host ddr5-desktop
 """
 from __future__ import annotations
 
@@ -29,7 +31,15 @@ def add_parser(sub):
     prec.add_argument("--recipe", metavar="NAME", help=f"a mixed recipe: {', '.join(RECIPES)}")
     p.add_argument("--context", type=int_arg(lo=1), default=DEFAULT_CONTEXT, metavar="N",
                    help=f"tokens in the KV cache (default {DEFAULT_CONTEXT})")
-    p.add_argument("--batch", type=int_arg(lo=1), default=1, metavar="N", help="sequences in the KV cache (default 1)")
+    p.add_argument("--batch", type=int_arg(lo=1), default=1, metavar="N",
+                   help="sequences in the KV cache and decoded together (default 1); the report then "
+                        "counts the distinct experts a step touches, E (1 - (1 - K/E)^N)")
+    p.add_argument("--offload-experts", action="store_true",
+                   help="keep the routed experts in host RAM (--host) and the rest on the --hardware GPU")
+    p.add_argument("--host", default="ddr5-desktop", metavar="NAME",
+                   help="with --offload-experts: the host's memory, a hardware name (default ddr5-desktop)")
+    p.add_argument("--link", default="pcie4-x16", metavar="NAME",
+                   help="with --offload-experts: the GPU's link (pcie3-x16, pcie4-x16, pcie5-x16)")
     p.add_argument("--kv-dtype", default="bf16", metavar="FMT", help="KV cache format: fp32, bf16, fp16")
     p.add_argument("--hardware", metavar="NAME", help=f"one device: {', '.join(HARDWARE)} (default: all)")
     p.add_argument("--memory-gb", type=float_arg(lo=0, lo_open=True), metavar="GB", help="a custom device's memory")
@@ -68,7 +78,8 @@ def run(args) -> int:
                            "folder, or --config PATH; or use --compare")
     r = est.estimate(target, dtype=args.dtype, recipe=args.recipe, context=args.context,
                      batch=args.batch, hardware=args.hardware, memory_gb=args.memory_gb,
-                     bandwidth_gbs=args.bandwidth_gbs, kv_dtype=args.kv_dtype, with_mtp=args.with_mtp)
+                     bandwidth_gbs=args.bandwidth_gbs, kv_dtype=args.kv_dtype, with_mtp=args.with_mtp,
+                     offload_experts=args.offload_experts, host=args.host, link=args.link)
     if args.plot:
         devices = None
         if args.hardware or args.memory_gb or args.bandwidth_gbs:

@@ -21,6 +21,9 @@ def add_parser(sub):
                    "model's chat template (harmony for gpt-oss, ChatML, Llama 3, Mistral, DeepSeek); "
                    "print the reply up to the end of the turn")
     p.add_argument("--system", metavar="TEXT", help="with --chat: a system message before the prompt")
+    p.add_argument("--recipe", metavar="NAME", default=None,
+                   help="pack the weights first with this quantization recipe (q4_0, mxfp4, q4_0-moe, ...; "
+                        "see `minimoe quantize --help`), so generation runs the packed kernels")
     p.add_argument("--max-new-tokens", type=int_arg(lo=0), default=100)
     p.add_argument("--temperature", type=float_arg(lo=0), default=0.8, help="0 is greedy decoding")
     p.add_argument("--top-k", type=int_arg(lo=1), default=None, help="sample from the k most likely tokens")
@@ -31,6 +34,9 @@ def add_parser(sub):
 
 def run(args) -> int:
     model = open_model(args)
+    if args.recipe not in (None, "fp32"):
+        import minimoe
+        model = minimoe.quantize(model, args.recipe)
     tok = model.tokenizer
     hf = getattr(tok, "kind", None) == "hf"
     if args.chat and not hf:

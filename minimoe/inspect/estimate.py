@@ -45,7 +45,8 @@ import numpy as np
 
 from minimoe.config import Config, ConfigError
 from minimoe.errors import MinimoeError
-from minimoe.inspect.hardware import HARDWARE, Hardware, get_hardware
+from minimoe.inspect import serving
+from minimoe.inspect.hardware import HARDWARE, Hardware, get_hardware, get_link
 from minimoe.params import COMPONENTS, component, count_params, param_shapes, role
 
 
@@ -386,7 +387,8 @@ def _model_plan(model) -> dict[str, dict]:
 def estimate(target, *, dtype: str | None = None, recipe=None, context: int = DEFAULT_CONTEXT,
              batch: int = 1, hardware: str | None = None, memory_gb: float | None = None,
              bandwidth_gbs: float | None = None, kv_dtype: str = "bf16",
-             overhead: float = OVERHEAD_FRACTION, with_mtp: bool = False) -> dict:
+             overhead: float = OVERHEAD_FRACTION, with_mtp: bool = False,
+             offload_experts: bool = False, host: str = "ddr5-desktop", link: str = "pcie4-x16") -> dict:
     """Parameters, weight bytes, KV cache, FLOPs and hardware verdicts for a model.
 
     target    a preset name ("gpt-oss-120b"), a config.json path (minimoe or Hugging Face), a
@@ -401,6 +403,12 @@ def estimate(target, *, dtype: str | None = None, recipe=None, context: int = DE
     with_mtp  count the config's multi-token-prediction layers as part of the model (their weights,
               their KV cache, their FLOPs): the released checkpoints store them. Without it they
               are reported apart (mtp_params, mtp_weight_bytes)
+    offload_experts  keep the routed experts in `host` RAM (a HARDWARE name) and the rest on the
+              one GPU `hardware` names, joined by `link` (minimoe.inspect.hardware.LINKS); adds
+              result["offload"] (minimoe/inspect/serving.py)
+
+    result["batched_decode"] is one decode step of `batch` sequences: the distinct experts it
+    touches, E (1 - (1 - K/E)^batch) per layer, its bytes and each device's tokens/s bound.
     """
     for what, v in (("context", context), ("batch", batch)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -441,6 +449,8 @@ def estimate(target, *, dtype: str | None = None, recipe=None, context: int = DE
     per_token = weights_per_token + kv_read + state_traffic
     f = flops(cfg, counts, context, with_mtp)
 
+    parts = serving.split_touched(cfg, plan, touched_bytes)
+    step = serving.batched_step(cfg, parts, batch, kv_read, state_traffic)
     if hardware is None and memory_gb is None and bandwidth_gbs is None:
         devices = list(HARDWARE.values())
     else:
@@ -478,6 +488,16 @@ def estimate(target, *, dtype: str | None = None, recipe=None, context: int = DE
                             "prefill_total": f["prefill_total"]},
         "hardware": verdicts,
     }
+    step["tokens_per_s_upper"] = {hw.name: hw.bandwidth_gbs * 1e9 * batch / step["step_bytes"] for hw in devices}
+    result["batched_decode"] = step
+    if offload_experts:
+        if len(devices) != 1:
+            raise EstimateError("offload_experts needs one GPU: give hardware (e.g. rtx-4090) or "
+                                "memory_gb and bandwidth_gbs")
+        if not cfg.n_experts:
+            raise EstimateError(f"offload_experts: {cfg.name or 'this model'} has no routed experts")
+        result["offload"] = serving.offload_experts(plan, parts, step, kv, state, overhead, devices[0],
+                                                    get_hardware(host), get_link(link))
     if model is not None:
         result["measured_weight_bytes"] = sum(
             e.get("actual_bytes", e["bytes"]) for e in plan.values()) if rules is None else None
@@ -641,7 +661,41 @@ def report(r: dict) -> str:
                      f"{v['devices_needed']:>9}{v['decode_tokens_per_s_upper']:>17,.1f}")
     lines.append("(decode bound: one device's bandwidth / bytes per token; tensor parallelism over n "
                  "devices could at best multiply it by n)")
+    lines += _serving_report(r)
     return "\n".join(lines)
+
+
+def _serving_report(r: dict) -> list[str]:
+    """The batched-decode and offload sections of the report (minimoe/inspect/serving.py)."""
+    s, lines = r["batched_decode"], []
+    cfg = r["config"]
+    if s["batch"] > 1:
+        lines += ["", f"batched decode, {s['batch']} sequences per step:"]
+        if cfg["n_experts"]:
+            E, K = cfg["n_experts"], cfg["top_k"]
+            lines.append(f"  distinct experts per MoE layer ~ E (1 - (1 - K/E)^B) = {E} (1 - (1 - {K}/{E})^{s['batch']}) "
+                         f"= {s['distinct_experts_per_layer']:.2f} of {E} (uniform routing)")
+        lines += [f"  bytes per step: weights {_gb(s['weight_bytes'])} + KV cache {_gb(s['kv_bytes'])}"
+                  + (f" + state {_gb(s['state_bytes'])}" if s["state_bytes"] else "")
+                  + f" = {_gb(s['step_bytes'])}, {_gb(s['bytes_per_token'])} per token",
+                  f"  {'hardware':<38}{'decode tok/s <= (all sequences)':>32}"]
+        for name, tps in s["tokens_per_s_upper"].items():
+            lines.append(f"  {name:<38}{tps:>32,.1f}")
+    o = r.get("offload")
+    if o:
+        lines += ["", f"experts offloaded: routed experts in {o['host']}, the rest on {o['gpu']}, "
+                      f"link {o['link_gbs']:g} GB/s",
+                  f"  GPU holds {_gb(o['gpu_bytes'])} (non-expert weights + KV cache + state + "
+                  f"{r['overhead_fraction']:.0%}) of {_gb(o['gpu_usable_bytes'])}: "
+                  + ("fits" if o["gpu_fits"] else "does NOT fit"),
+                  f"  host RAM holds {_gb(o['host_bytes'])} of experts of {_gb(o['host_usable_bytes'])}: "
+                  + ("fits" if o["host_fits"] else "does NOT fit")
+                  + " (leave room for the operating system)",
+                  f"  per step: GPU reads {_gb(o['gpu_bytes_per_step'])}, experts {_gb(o['expert_bytes_per_step'])}",
+                  f"  decode tok/s <= {o['tokens_per_s_upper_experts_on_cpu']:,.1f} with the experts computed "
+                  f"on the CPU (llama.cpp --n-cpu-moe), {o['tokens_per_s_upper_experts_over_link']:,.1f} if "
+                  f"they were copied over the link each step"]
+    return lines
 
 
 def compare_names() -> list[str]:

@@ -61,6 +61,23 @@ HARDWARE: dict[str, Hardware] = {
 }
 
 
+# Links between a host's memory and a GPU, GB/s in one direction (for expert offload,
+# minimoe/inspect/serving.py): lanes x transfer rate x 128/130 (the line code) / 8 bits.
+LINKS: dict[str, float] = {
+    "pcie3-x16": 15.75,     # 8 GT/s x 16 lanes x 128/130 / 8
+    "pcie4-x16": 31.5,      # 16 GT/s
+    "pcie5-x16": 63.0,      # 32 GT/s
+}
+
+
+def get_link(name: str) -> float:
+    """A link's bandwidth in GB/s by name (pcie4-x16, ...)."""
+    bw = {_key(k): v for k, v in LINKS.items()}.get(_key(name))
+    if bw is None:
+        raise HardwareError(f"unknown link {name!r}; known: {', '.join(LINKS)}")
+    return bw
+
+
 def _key(name: str) -> str:
     """'RTX 4090', 'rtx_4090' and 'rtx-4090' are all 'rtx4090'."""
     return re.sub(r"[^a-z0-9]", "", str(name).lower())

@@ -176,9 +176,15 @@ def roofline(trace: Trace, machine: dict | None = None, title: str | None = None
         if pts:
             ax.scatter([r["intensity"] for r in pts], [max(r["achieved_gflops"], 1e-4) for r in pts],
                        s=18, color=COMPONENT_COLORS[comp], label=comp, alpha=0.8)
-    for r in sorted(rows, key=lambda r: -r["time_s"])[:label_top]:
-        ax.annotate(r["name"], (r["intensity"], max(r["achieved_gflops"], 1e-4)),
-                    fontsize=7, xytext=(3, 3), textcoords="offset points")
+    # the slowest ops get a number beside their point and a line in a key: names never overlap
+    labelled = sorted(rows, key=lambda r: -r["time_s"])[:label_top]
+    for k, r in enumerate(labelled, 1):
+        ax.annotate(str(k), (r["intensity"], max(r["achieved_gflops"], 1e-4)), fontsize=7,
+                    xytext=(3, 2), textcoords="offset points", fontweight="bold")
+    if labelled:
+        key = "\n".join(f"{k}  {r['name']}" for k, r in enumerate(labelled, 1))
+        ax.text(0.99, 0.02, "slowest ops\n" + key, transform=ax.transAxes, fontsize=6.5, ha="right",
+                va="bottom", multialignment="left", family="monospace", bbox=dict(facecolor="white", edgecolor="#cccccc", alpha=0.9))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOPs per byte of weights + activations + KV)")

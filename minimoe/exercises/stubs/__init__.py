@@ -1,0 +1,1 @@
+"""The exercise files students copy and fill in (`minimoe grade --start NAME`)."""
