@@ -220,6 +220,9 @@ def test_the_cpu_feature_picks_the_instruction(monkeypatch):
 
 def test_numba_cpu_settings_are_what_the_choice_reads(monkeypatch):
     import numba
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)              # kernels run as Python
+    assert vnni.int8_dot() == "portable" and not vnni.has_int8_dot()
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", False)
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,-avx512vnni,+avxvnni")
     assert vnni.cpu_features() == {"avx2", "avxvnni"}
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "")

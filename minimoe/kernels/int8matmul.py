@@ -135,7 +135,7 @@ def _quantize_rows(x, qx, dx, sx):
             s = 0
             for j in range(32):
                 t = x[r, b * 32 + j] * inv                 # float32 product, as ggml's x * id
-                q = math.trunc(t)
+                q = np.trunc(t)
                 if abs(t - q) >= 0.5:
                     q += 1.0 if t > 0 else -1.0
                 qx[r, b * 32 + j] = np.int8(q)

@@ -148,9 +148,12 @@ def int8_dot(features: set | None = None) -> str:
     """"vnni512", "vnni256" or "portable": the dot4 this CPU runs, chosen from its features
     (`features` as cpu_features() gives them; by default this CPU's, read once). $MINIMOE_INT8_DOT
     names one instead ("auto" is the default); naming a VNNI form the CPU lacks is refused rather
-    than crashing LLVM."""
+    than crashing LLVM. Under NUMBA_DISABLE_JIT=1 the kernels run as Python: "portable", so
+    that "auto" activations are float there and a debugger steps into qmatmul.py's kernels."""
     if features is None:                 # this CPU: decided once per Numba CPU setting, on first use
         import numba
+        if numba.config.DISABLE_JIT:     # kernels run as Python (to step through): no instruction
+            return "portable"
         key = (numba.config.CPU_NAME, numba.config.CPU_FEATURES)
         hit = _chosen.get(key)
         if hit is None:
