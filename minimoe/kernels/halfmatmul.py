@@ -5,6 +5,8 @@ Formats: see minimoe/quant/bf16.py (bf16 is the top half of a float32; fp16 has 
 
     matmul_bf16(x, w, experts=None)    x (..., I) float32, w (O, I) uint16 bf16 bits -> (..., O)
     matmul_fp16(x, w, experts=None)    x (..., I) float32, w (O, I) float16          -> (..., O)
+    matmul_half(x, qt, experts=None)   qt a bf16 or fp16 QTensor (minimoe/quant/bf16.py, fp16.py):
+                                       the model's weights as a memory-mapped checkpoint holds them
 
 With a stack w (E, O, I), `experts` (R,) int64 says which matrix each row of x (R, I) uses: an
 MoE layer's decode-step gather, one call for all K experts of a token.
@@ -111,6 +113,7 @@ for _k in (gemv_bf16, gemv_fp16):     # kernel.serial: one core, for GEMVs under
     _one_core(_k)
 
 GEMV = {"bf16": gemv_bf16, "fp16": gemv_fp16}
+HALF_FORMATS = tuple(GEMV)
 
 
 def widen(w: np.ndarray, fmt: str) -> np.ndarray:
@@ -138,6 +141,15 @@ def matmul_fp16(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None)
         raise KernelInputError(f"matmul_fp16: w must be a float16 array, found "
                                f"{getattr(w, 'dtype', type(w).__name__)}")
     return _half_matmul(x, w.view(np.uint16), experts, "fp16")
+
+
+def matmul_half(x: np.ndarray, qt, experts: np.ndarray | None = None) -> np.ndarray:
+    """x (..., I) float32 @ qt.T for a bf16 or fp16 QTensor qt of shape (O, I) or (E, O, I), read
+    as stored: its bytes are the values' 16 bits, little-endian."""
+    if qt.fmt not in HALF_FORMATS:
+        raise KernelInputError(f"matmul_half: {qt.name or 'weight'} is {qt.fmt}; this kernel takes {HALF_FORMATS}")
+    bits = qt.blocks.view("<u2").reshape(qt.shape)                          # (..., O, I) uint16, no copy
+    return _half_matmul(x, bits, experts, qt.fmt)
 
 
 def _half_matmul(x, w, experts, fmt):
