@@ -322,7 +322,7 @@ def format_report(r: dict) -> str:
         ("held by the model (bytes)", gb(m["held_bytes"]), gb(e["weight_bytes"]) + " (weights)"),
         ("peak RSS, load + decode", gb(m["peak_rss"]), gb(e["memory_bytes"]) + " (weights + KV + 10%)"),
         ("bytes read per token", gb(m["traced_bytes_per_token"]) + " (traced)", gb(e["bytes_per_token"])),
-        ("tokens/s (decode)", f"{m['tok_per_s']:.2f}", f"{e['tok_per_s_upper']:.2f} (bandwidth bound)"),
+        ("tokens/s (decode, median)", f"{m['tok_per_s_median']:.2f}", f"{e['tok_per_s_upper']:.2f} (bandwidth bound)"),
     ]
     w = max(len(a) for a, _, _ in rows)
     lines = [f"bench big: {r['preset']} ({r['note']}), recipe {r['recipe']}, {r['folder']} "
@@ -345,5 +345,6 @@ def format_report(r: dict) -> str:
               + (f"; partly (the neighbours of routed ones: the kernel maps whole page-cache folios): "
                  f"{m['experts_partly_paged_per_layer']}" if any(m['experts_partly_paged_per_layer']) else ""),
               f"decode seconds per token: {', '.join(f'{t:.2f}' for t in m['decode_s'])} "
-              f"(the second one traced)"]
+              f"(the second one traced; mean {m['tok_per_s']:.2f} tokens/s: a token whose experts "
+              f"are not in the page cache waits for the disk)"]
     return "\n".join(lines)

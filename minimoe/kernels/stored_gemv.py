@@ -9,11 +9,11 @@ making it reads every expert of the stack from the file, and keeps a second copy
 in memory. So a packed weight whose bytes are memory-mapped is multiplied here, from the GGUF
 blocks as the file holds them (minimoe/quant/q4_0.py, q8_0.py, mxfp4.py draw their bytes):
 
-  decode (R <= GEMV_MAX_ROWS): a GEMV that walks each used row's blocks once, decoding the scale
+  decode (R <= 4 rows): a GEMV that walks each used row's blocks once, decoding the scale
       and the 16 or 32 value bytes in registers. Only the rows of the experts the router picked
       are read, so only their pages come in from the file.
-  prefill (R > GEMV_MAX_ROWS): per matrix used, TILE_ROWS rows at a time decoded to float32
-      with the format's NumPy decoder, then BLAS.
+  prefill (R > 4): per matrix used, 256 rows at a time decoded to float32 with the format's
+      NumPy decoder, then BLAS (the frame both share: halfmatmul.py's stack_matmul).
 
     gemv_stored(x, blocks, experts, fmt_id, out)   x (R, I) float32, blocks (E, O, nb*BB) uint8,
                                                    experts (R,) int64, out (R, O) float32
@@ -32,13 +32,12 @@ import numpy as np
 from numba import njit, prange
 
 from minimoe.kernels.backend import twin
-from minimoe.kernels.packed import KernelInputError, check_experts
+from minimoe.kernels.halfmatmul import stack_matmul
+from minimoe.kernels.packed import KernelInputError
 from minimoe.kernels.qmatmul import PARALLEL_MIN_WEIGHTS, _one_core
 from minimoe.quant import format_module
 
-GEMV_MAX_ROWS = 4
-CHUNK = 16                 # output rows per parallel work item
-TILE_ROWS = 256            # rows decoded at a time in the prefill path
+CHUNK = 16                 # output rows per parallel work item (GEMV_MAX_ROWS, TILE_ROWS: halfmatmul.py)
 STORED_FORMATS = ("q4_0", "q8_0", "mxfp4")
 FMT_ID = {f: i for i, f in enumerate(STORED_FORMATS)}
 MXFP4_X2 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
@@ -115,28 +114,15 @@ def matmul_stored(x: np.ndarray, qt, experts: np.ndarray | None = None) -> np.nd
         raise KernelInputError(f"matmul_stored: {qt.name or 'weight'} is {qt.fmt}; this kernel takes "
                                f"{', '.join(STORED_FORMATS)}")
     what = f"matmul with a stored {qt.fmt} weight of shape {qt.shape}"
-    I = qt.shape[-1]
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 1 or x.shape[-1] != I:
-        raise KernelInputError(f"{what}: x must be float32 of shape (..., {I}), found "
-                               f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
-    lead = x.shape[:-1]
-    X = np.ascontiguousarray(x.reshape(-1, I))                                # (R, I)
-    R = X.shape[0]
     stack = qt.blocks if len(qt.shape) == 3 else qt.blocks[None]               # (E, O, nb*BB)
-    E, O = stack.shape[:2]
-    experts = check_experts(experts, R, E, len(qt.shape) == 3, what)
-    if experts is None:
-        experts = np.zeros(R, np.int64)
-    out = np.empty((R, O), np.float32)
-    if R <= GEMV_MAX_ROWS:                                                     # decode: GEMV
+    I, spec = qt.shape[-1], qt.format
+
+    def gemv(X, experts, out):
+        R, O = out.shape
         kernel = gemv_stored if R * O * I >= PARALLEL_MIN_WEIGHTS else gemv_stored.serial
         kernel(X, stack, experts, FMT_ID[qt.fmt], out)
-        return out.reshape(*lead, O)
-    spec = qt.format
-    for e in np.unique(experts):                                               # prefill: per matrix,
-        rows = np.flatnonzero(experts == e)                                    # decode tiles, then BLAS
-        for o0 in range(0, O, TILE_ROWS):
-            tile = stack[e, o0:o0 + TILE_ROWS]                                 # (T, nb*BB) bytes
-            w = spec.dequantize_blocks(tile.reshape(-1, spec.BLOCK_BYTES)).reshape(tile.shape[0], I)
-            out[rows, o0:o0 + tile.shape[0]] = X[rows] @ w.T                   # (r, I) @ (I, T)
-    return out.reshape(*lead, O)
+
+    def tile(e, o0, o1):                                                       # (T, I) float32
+        return spec.dequantize_blocks(stack[e, o0:o1].reshape(-1, spec.BLOCK_BYTES)).reshape(o1 - o0, I)
+
+    return stack_matmul(x, stack.shape[:2], I, experts, len(qt.shape) == 3, what, gemv, tile)
