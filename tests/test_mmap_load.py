@@ -204,3 +204,31 @@ def test_stored_gemv_and_its_twin_agree_with_dequantize(fmt, rows):
     gemv_stored.numpy(x, w.blocks, experts, FMT_ID[fmt], twin)
     np.testing.assert_allclose(twin, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(matmul_stored(x[:1], w[3]), x[:1] @ dense[3].T, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_big_refuses_an_unknown_preset_by_name(capsys):
+    from minimoe.cli import main
+    assert main(["bench", "big", "--preset", "mixtral-8x7b", "--dir", "/nonexistent"]) == 1
+    err = capsys.readouterr().err
+    assert "--preset must be one of gpt-oss-20b, olmoe-1b-7b, qwen3-30b-a3b" in err and "mixtral-8x7b" in err
+
+
+def test_load_with_an_unknown_recipe_names_the_recipes(half_ckpt):
+    with pytest.raises(minimoe.MinimoeError, match="(?s)unknown recipe 'q3_0'.*experts-mxfp4"):
+        minimoe.load(half_ckpt, recipe="q3_0")
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+def test_half_formats_decode_every_bit_pattern_as_their_oracle(fmt):
+    """bf16.py and fp16.py as QTensor formats: all 65,536 values, against the readable loop."""
+    from minimoe.quant import format_module
+    spec = format_module(fmt)
+    blocks = np.arange(65536, dtype="<u2").view(np.uint8).reshape(-1, 2)          # (65536, 2)
+    got = spec.dequantize_blocks(blocks)[:, 0]
+    want = np.array([spec.dequantize_block_loop(b)[0] for b in blocks[::97]])     # a spread of them
+    np.testing.assert_array_equal(got[::97], want)
+    np.testing.assert_array_equal(spec.nonfinite_blocks(blocks), ~np.isfinite(got))
+    x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
+    from minimoe.quant.bf16 import bf16_to_float32, float32_to_bf16
+    rounded = x.astype(np.float16).astype(np.float32) if fmt == "fp16" else bf16_to_float32(float32_to_bf16(x))
+    np.testing.assert_array_equal(quantize(x, fmt).dequantize(), rounded)     # round to nearest even

@@ -88,8 +88,8 @@ def as_stored(name: str, arr: np.ndarray):
     from minimoe.quant import QTensor
     from minimoe.quant.model import is_matrix
     half = {np.dtype(np.uint16): "bf16", np.dtype(np.float16): "fp16"}.get(arr.dtype)
-    if half is None:
-        return arr                                                        # F32 / F64: the mapped view
+    if half is None:                                                      # F32 / F64: the mapped view (a
+        return np.ascontiguousarray(arr)                                  # strided one is copied, as below)
     if not (is_matrix(name, arr.shape) and component(name) in AS_STORED_COMPONENTS
             and not name.endswith("shared_gate.weight")):
         return to_float32(arr)                                            # a vector or the router
