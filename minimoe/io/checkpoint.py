@@ -203,15 +203,9 @@ def first_nonfinite(arr) -> int | None:
     return None
 
 
-def check_finite_params(params: dict, source: str) -> None:
-    """Refuse weights holding NaN or inf: they would make every output NaN (greedy decoding then
-    silently emits token 0), so the checkpoint is corrupt."""
-    for name, arr in params.items():
-        check_finite_one(name, arr, source)
-
-
 def check_finite_one(name: str, arr, source: str) -> None:
-    """check_finite_params for one tensor."""
+    """Refuse a weight holding NaN or inf: it would make every output NaN (greedy decoding then
+    silently emits token 0), so the checkpoint is corrupt."""
     i = first_nonfinite(arr)
     if i is not None:
         where = tuple(int(j) for j in np.unravel_index(i, tuple(arr.shape)))
