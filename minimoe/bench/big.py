@@ -227,7 +227,7 @@ def measure(folder: str, recipe: str | None, tokens: int, check_finite: bool = T
     for n, b in resident.items():
         by_component[component(n)] = by_component.get(component(n), 0) + b
     r["resident_after_first_token_by_component"] = by_component
-    experts = expert_pages(model)
+    experts = expert_pages(model) if any(".experts." in n for n in arrays) else {}   # mapped experts only
     r["experts_paged_in_per_layer"] = [sum(f >= 0.99 for f in fr) for fr in experts.values()]
     r["experts_partly_paged_per_layer"] = [sum(0.01 < f < 0.99 for f in fr) for fr in experts.values()]
     times = []
@@ -334,16 +334,19 @@ def format_report(r: dict) -> str:
     first = m["resident_after_first_token"]
     lines += ["",
               f"load {m['load_s']:.1f} s; peak RSS while loading {gb(m['peak_rss_load'])}, bound "
-              f"1.15 x held + 300 MB = {gb(bound)}: {'within' if m['peak_rss'] <= bound else 'OVER'}",
+              f"1.15 x held + 300 MB = {gb(bound)}: {'within' if m['peak_rss_load'] <= bound else 'OVER'}; "
+              f"after decoding: {'within' if m['peak_rss'] <= bound else 'OVER'}",
               f"pages of the mapped file in memory: {gb(m['resident_after_load'])} after loading, {gb(first)} after "
               f"the first token (it read {gb(m['first_token_traced_weight_bytes'])}, traced), "
               f"{gb(m['resident_end'])} after {len(m['decode_s']) + 1} tokens",
               "  after the first token, by component: " + ", ".join(
                   f"{c} {gb(b)}" for c, b in m["resident_after_first_token_by_component"].items() if b),
-              f"  experts paged in per MoE layer (the router picks {r['top_k']} of {r['n_experts']}): "
-              f"{m['experts_paged_in_per_layer']}"
-              + (f"; partly (the neighbours of routed ones: the kernel maps whole page-cache folios): "
-                 f"{m['experts_partly_paged_per_layer']}" if any(m['experts_partly_paged_per_layer']) else ""),
+              (f"  experts paged in per MoE layer (the router picks {r['top_k']} of {r['n_experts']}): "
+               f"{m['experts_paged_in_per_layer']}"
+               + (f"; partly (the neighbours of routed ones: the kernel maps whole page-cache folios): "
+                  f"{m['experts_partly_paged_per_layer']}" if any(m['experts_partly_paged_per_layer']) else "")
+               if m["experts_paged_in_per_layer"] else
+               "  the experts are in memory, not mapped (quantized while loading)"),
               f"decode seconds per token: {', '.join(f'{t:.2f}' for t in m['decode_s'])} "
               f"(the second one traced; mean {m['tok_per_s']:.2f} tokens/s: a token whose experts "
               f"are not in the page cache waits for the disk)"]

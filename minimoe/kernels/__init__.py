@@ -84,7 +84,7 @@ def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
         from minimoe.kernels.halfmatmul import matmul_half
         y = matmul_half(x, w, experts)                                    # (N, O)
         return y if b is None else y + (b if experts is None else b[experts])
-    if getattr(w, "fmt", None) in STORED_FORMATS and is_mapped(w.blocks):  # a mapped file: no repacked copy
+    if getattr(w, "fmt", None) in STORED_FORMATS and w.nbytes >= STORED_MIN_BYTES and is_mapped(w.blocks):
         from minimoe.kernels.stored_gemv import matmul_stored
         y = matmul_stored(x, w, experts)                                  # (N, O)
         return y if b is None else y + (b if experts is None else b[experts])
@@ -116,6 +116,9 @@ def takes_matmul(x, w, b=None, experts=None) -> bool:
 KQUANT_GEMV_FORMATS = ("q4_k", "q6_k")   # K-quants with fused kernels (kquant_matmul.py)
 HALF_FORMATS = ("bf16", "fp16")          # 16-bit floats as stored (halfmatmul.py)
 STORED_FORMATS = ("q4_0", "q8_0", "mxfp4")   # read from a memory-mapped file's blocks (stored_gemv.py)
+# ... when the weight is at least this big: a repacked copy of a big expert stack would read every
+# expert from the file and double its memory; a small weight is repacked, as in memory (faster)
+STORED_MIN_BYTES = 1 << 24
 # Model.forward runs OpenBLAS on one thread; a float product of at least this many multiply-adds
 # is shared out to minimoe's own worker threads instead (qmatmul.float_matmul).
 THREADS_MIN_MACS = 2**24
