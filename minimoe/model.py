@@ -111,7 +111,8 @@ class Model:
         (D is config.rope_dim: the head dim, or MLA's rotary part)."""
         end = start + T
         if self._rope_cache is None or self._rope_cache[0] < end:
-            n = max(end, self.config.max_seq_len)
+            grown = 2 * self._rope_cache[0] if self._rope_cache else 0   # doubling: a long decode
+            n = max(end, self.config.max_seq_len, grown)                  # recomputes it rarely
             cos, sin = rope.cos_sin(np.arange(n), self.config.rope_dim, self.config.rope_theta,
                                     self.config.rope_scaling, dtype=self.dtype)
             self._rope_cache = (n, cos, sin)

@@ -2,6 +2,7 @@
 documented fields, the machine-peaks cache round-trips, and bad arguments give clear errors.
 (The real figures come from running the benchmarks on a quiet machine; see docs/kernels.md.)"""
 import json
+import os
 
 import pytest
 
@@ -104,3 +105,40 @@ def test_bench_bad_arguments(capsys):
     assert "--cols a multiple of 32" in capsys.readouterr().err
     assert main(["bench", "moe-scaling", "--experts", "4,eight"]) == 1
     assert "--experts must be integers" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads process states from /proc")
+def test_load_competitors_run_only_inside_their_blocks():
+    """bench load alternates quiet and loaded blocks: a competitor is paused (state T) outside its
+    block and running inside it, so the quiet calls really are quiet."""
+    from minimoe.bench.load import paused_competitors
+
+    def state(pid, want="T"):
+        """The process's state letter, once it is `want` (signals arrive asynchronously) or after 2 s."""
+        import time
+        for _ in range(200):
+            s = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            if s in want:
+                return s
+            time.sleep(0.01)
+        return s
+
+    with paused_competitors(["quiet", "busy"]) as switches:
+        pid = switches["busy"].pid
+        assert state(pid) == "T"
+        with switches["quiet"]():
+            assert state(pid) == "T"
+        with switches["busy"]():
+            assert state(pid, "RS") in "RS"
+        assert state(pid) == "T"
+    assert not os.path.exists(f"/proc/{pid}") or state(pid, "ZX") in "ZX"   # killed at the end
+
+
+def test_bench_load_reports_against_the_quiet_median():
+    from minimoe.bench.load import bench_load
+    r = bench_load(["tiny-moe"], ["quiet", "busy"], calls=4, rounds=2)["tiny-moe"]
+    for op in ("prefill", "decode"):
+        q = r["quiet"][op]
+        assert q["median_x"] == 1.0 and q["worst_x"] >= 1.0
+        b = r["busy"][op]
+        assert b["median_x"] == pytest.approx(b["median_ms"] / q["median_ms"])

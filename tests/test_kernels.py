@@ -456,7 +456,7 @@ def test_malformed_inputs_raise_clear_errors():
 
 def test_float_gemv_rejects_bad_inputs():
     w = rand(3, 8, 16)
-    with pytest.raises(KernelInputError, match=r"a stack needs experts, int64 of shape \(2,\)"):
+    with pytest.raises(KernelInputError, match=r"a stack of matrices needs `experts`, one index per row"):
         qm.fmatmul(rand(2, 16), w)
     with pytest.raises(KernelInputError, match=r"experts must lie in 0\.\.2, found 1\.\.5"):
         qm.fmatmul(rand(2, 16), w, np.array([1, 5]))
@@ -487,14 +487,27 @@ def test_e2m1_from_bits_equals_the_table():
 
 
 @pytest.mark.parametrize("experts", [None, np.array([2, 0, 2, 1, 0, 2, 2])])
-def test_float_products_shared_out_to_threads(experts, monkeypatch):
-    """Large float products run as one-thread BLAS calls on minimoe's worker threads (by column
-    block, or by expert): the same numbers as one BLAS call."""
+@pytest.mark.parametrize("rows", [7, 2])
+def test_float_products_shared_out_to_threads(experts, rows, monkeypatch):
+    """Large float products (a prefill's, or a decode GEMV over a large matrix) run as one-thread
+    BLAS calls on minimoe's worker threads (by column block, or by expert): the matmul leaf hands
+    them to float_matmul, which gives the same numbers as one BLAS call."""
     import minimoe.kernels as kernels
-    monkeypatch.setattr(kernels, "THREADS_MIN_MACS", 0)              # every product counts as large
-    x, w = rand(7, 48, seed=40), rand(3, 33, 48, seed=41)
-    w2 = w[0] if experts is None else w
+    from minimoe.kernels import qmatmul as qm
+    x, w = rand(7, 48, seed=40)[:rows], rand(3, 33, 48, seed=41)
+    ex = None if experts is None else experts[:rows]
+    w2 = w[0] if ex is None else w
+    calls = []
+    real = qm.float_matmul
+    monkeypatch.setattr(qm, "float_matmul", lambda *a: calls.append(a) or real(*a))   # (kernels reads it from the module)
+    monkeypatch.setattr(kernels, "THREADS_MIN_MACS", 10**12)          # only the decode rule can apply
+    monkeypatch.setattr(kernels, "THREADS_MIN_GEMV_WEIGHTS", 10**12)
+    kernels.matmul_leaf(x, w2, None, ex)
+    assert calls == []                                                 # small: not shared out
+    setting = "THREADS_MIN_MACS" if rows > kernels.GEMV_ROWS else "THREADS_MIN_GEMV_WEIGHTS"
+    monkeypatch.setattr(kernels, setting, 0)                           # every product counts as large
     w64 = w2.astype(np.float64)
-    want = x @ w64.T if experts is None else np.einsum("ni,noi->no", x.astype(np.float64), w64[experts])
-    got = kernels.matmul_leaf(x, w2, None, experts)
+    want = x @ w64.T if ex is None else np.einsum("ni,noi->no", x.astype(np.float64), w64[ex])
+    got = kernels.matmul_leaf(x, w2, None, ex)
+    assert len(calls) == 1
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -66,6 +66,7 @@ def add_parser(sub):
     ld.add_argument("--presets", default="shakespeare-moe,mixtral-mini", help="comma-separated presets")
     ld.add_argument("--competitors", default="quiet,busy,train", help="comma-separated: quiet, busy, train")
     ld.add_argument("--calls", type=int, default=40, help="timed calls per op and competitor (default 40)")
+    ld.add_argument("--rounds", type=int, default=4, help="alternating rounds of quiet and loaded blocks (default 4)")
     ld.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ld.set_defaults(func=run_load)
 
@@ -164,7 +165,9 @@ def run_load(args) -> int:
         raise MinimoeError(f"--competitors takes {', '.join(COMPETITORS)}, found {args.competitors!r}")
     if args.calls < 1:
         raise MinimoeError(f"--calls must be >= 1, found {args.calls}")
-    report = bench_load(_list(args.presets), competitors, args.calls)
+    if args.rounds < 1:
+        raise MinimoeError(f"--rounds must be >= 1, found {args.rounds}")
+    report = bench_load(_list(args.presets), competitors, args.calls, args.rounds)
     return _emit(args, report, format_load)
 
 

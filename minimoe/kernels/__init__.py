@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minimoe.kernels.backend import backend, get_backend, set_backend
 from minimoe.io.pages import is_mapped
+from minimoe.kernels.backend import backend, get_backend, set_backend
 from minimoe.kernels.packed import PACKED_FORMATS, KernelInputError, PackedWeight, pack
 
 
@@ -79,30 +79,59 @@ def _check_operands(x, w_shape: tuple, w_ok: bool) -> None:
 def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
     """The compiled side of minimoe/nn/linear.py's `matmul`, with its signature: x (N, I) float32
     @ w (O, I).T (+ b), or row n times w[experts[n]] of a stack (E, O, I) (+ b[experts[n]])."""
-    from minimoe.kernels.qmatmul import fmatmul, qmatmul
-    if getattr(w, "fmt", None) in HALF_FORMATS:
+    qm, km = _compiled()
+    if type(w) is np.ndarray:
+        y = float_product(x, w, experts)                                  # (N, O)
+    elif w.fmt in HALF_FORMATS:
         from minimoe.kernels.halfmatmul import matmul_half
-        y = matmul_half(x, w, experts)                                    # (N, O)
-        return y if b is None else y + (b if experts is None else b[experts])
-    if getattr(w, "fmt", None) in STORED_FORMATS and w.nbytes >= STORED_MIN_BYTES and is_mapped(w.blocks):
+        y = matmul_half(x, w, experts)                                    # (N, O), bf16/fp16 as stored
+    elif w.fmt in STORED_FORMATS and w.nbytes >= STORED_MIN_BYTES and is_mapped(w.blocks):
         from minimoe.kernels.stored_gemv import matmul_stored
-        y = matmul_stored(x, w, experts)                                  # (N, O)
-        return y if b is None else y + (b if experts is None else b[experts])
-    if getattr(w, "fmt", None) in KQUANT_GEMV_FORMATS:
-        from minimoe.kernels.kquant_matmul import kmatmul
-        y = kmatmul(x, w, experts)                                        # (N, O)
-        return y if b is None else y + (b if experts is None else b[experts])
+        y = matmul_stored(x, w, experts)                                  # (N, O), a mapped file's blocks
+    elif w.fmt in KQUANT_GEMV_FORMATS:
+        y = km.kmatmul(x, w, experts)                                     # (N, O), on the GGUF bytes
+    else:
+        y = qm.qmatmul(x, pack(w), experts)                               # (N, O)
+    if b is None:
+        return y
+    return y + (b if experts is None else b[experts])                     # + (O,) or (N, O)
+
+
+def float_product(x: np.ndarray, w: np.ndarray, experts=None) -> np.ndarray:
+    """x (N, I) float32 @ w.T for a float32 w (O, I), or row n times w[experts[n]] of a stack
+    (E, O, I). Model.forward holds OpenBLAS to one thread (its threads spin, see model.py), so:
+
+        a large product (>= THREADS_MIN_MACS multiply-adds, a prefill's), or a decode step's
+        GEMV over a matrix of >= THREADS_MIN_GEMV_WEIGHTS weights (memory-bound: two cores
+        stream the bytes faster than one)      -> shared out to minimoe's worker threads
+        a few rows over a stack of experts     -> fmatmul, row by row
+        otherwise                              -> one BLAS call (one matrix), or one per expert
+    """
+    qm = _compiled()[0]
+    N, O, I = x.shape[0], w.shape[-2], w.shape[-1]
+    if x.ndim != 2 or x.shape[1] != I:
+        raise KernelInputError(f"matmul with a float weight of shape {w.shape}: x must be (N, {I}), "
+                               f"found {x.shape}")
+    if N * O * I >= THREADS_MIN_MACS or (N <= GEMV_ROWS and O * I >= THREADS_MIN_GEMV_WEIGHTS):
+        return qm.float_matmul(x, w, experts)
     if experts is None:
-        y = x @ w.T if isinstance(w, np.ndarray) else qmatmul(x, pack(w))  # (N, O)
-        return y if b is None else y + b
-    if not isinstance(w, np.ndarray):
-        y = qmatmul(x, pack(w), experts)                                  # (N, O)
-    elif x.shape[0] <= GEMV_ROWS:
-        y = fmatmul(x, w, experts)                                        # (N, O), row by row
-    else:                                                  # BLAS, one matrix at a time: the twin's
-        from minimoe.nn.linear import matmul as by_expert                  # own loop
-        return by_expert(x, w, b, experts)
-    return y if b is None else y + b[experts]
+        return x @ w.T                                                    # (N, I) @ (I, O)
+    if N <= GEMV_ROWS:
+        return qm.fmatmul(x, w, experts)                                  # row by row
+    from minimoe.nn.linear import matmul as by_expert                     # BLAS, one matrix at a time:
+    return by_expert(x, w, None, experts)                                 # the twin's own loop
+
+
+_MODULES: list = []     # [qmatmul, kquant_matmul], once the first matmul has imported them
+
+
+def _compiled() -> list:
+    """qmatmul.py and kquant_matmul.py, imported on the first matmul (importing them loads Numba)
+    and kept: an import statement inside matmul_leaf would cost about a microsecond per call."""
+    if not _MODULES:
+        from minimoe.kernels import kquant_matmul, qmatmul
+        _MODULES.extend((qmatmul, kquant_matmul))
+    return _MODULES
 
 
 def takes_matmul(x, w, b=None, experts=None) -> bool:
@@ -122,6 +151,7 @@ STORED_MIN_BYTES = 1 << 24
 # Model.forward runs OpenBLAS on one thread; a float product of at least this many multiply-adds
 # is shared out to minimoe's own worker threads instead (qmatmul.float_matmul).
 THREADS_MIN_MACS = 2**24
+THREADS_MIN_GEMV_WEIGHTS = 2**19   # ... and so is a one-token GEMV over a matrix this large (2 MiB)
 GEMV_ROWS = 4            # rows up to which a stack of float experts is multiplied row by row
 
 __all__ = ["matmul", "backend", "get_backend", "set_backend", "pack", "PackedWeight",

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from minimoe.kernels.backend import configure_numba
-from minimoe.kernels.packed import KernelInputError
+from minimoe.kernels.packed import KernelInputError, int_range
 
 configure_numba()
 
@@ -89,9 +89,9 @@ def combine_backward_rows(dy, ys, order, weights, dweights, dys):
 def dispatch(experts: np.ndarray, E: int):
     """experts (N, K) ints in 0..E-1 -> (order (A,), offsets (E+1,)), both int64."""
     flat = np.ascontiguousarray(experts, dtype=np.int64).ravel()     # (A,) a = n*K + k
-    if flat.size and (flat.min() < 0 or flat.max() >= E):
-        raise KernelInputError(f"dispatch: expert ids must lie in 0..{E - 1}, found "
-                               f"{flat.min()}..{flat.max()}")
+    lo, hi = int_range(flat) if flat.size else (0, 0)
+    if lo < 0 or hi >= E:
+        raise KernelInputError(f"dispatch: expert ids must lie in 0..{E - 1}, found {lo}..{hi}")
     order, offsets = np.empty(flat.size, np.int64), np.empty(E + 1, np.int64)
     dispatch_sort(flat, int(E), order, offsets)
     return order, offsets
@@ -100,7 +100,8 @@ def dispatch(experts: np.ndarray, E: int):
 def _check_order(order: np.ndarray, A: int, what: str) -> None:
     if order.shape != (A,) or order.dtype != np.int64:
         raise KernelInputError(f"{what}: order must be int64 ({A},), found {order.dtype} {order.shape}")
-    if A and (order.min() < 0 or order.max() >= A):
+    lo, hi = int_range(order) if A else (0, 0)
+    if lo < 0 or hi >= A:
         raise KernelInputError(f"{what}: order must be a permutation of 0..{A - 1}")
 
 

@@ -113,7 +113,10 @@ class PackedWeight:
     def validate(self) -> PackedWeight:
         """Check that the arrays agree with each other and with `shape`. The kernels trust them
         (Numba checks no bounds, so a mismatch would read or write outside the arrays), so the
-        checked entry points call this on every call: it is written to cost a couple of microseconds."""
+        checked entry points call this on every call: after the first success it costs a dictionary
+        lookup (the fields of a frozen PackedWeight cannot be replaced)."""
+        if self.__dict__.get("_valid"):
+            return self
         fmt, shape, d, m, qs, G = self.fmt, self.shape, self.d, self.m, self.qs, self.G
         if fmt not in PACKED_FORMATS:
             raise KernelInputError(f"PackedWeight: format {fmt!r} has no fused kernel "
@@ -145,6 +148,7 @@ class PackedWeight:
         if m.shape != want_m or m.dtype != _F32:
             raise KernelInputError(f"{self._what()}: minimums must be float32 {want_m}, found "
                                    f"{m.dtype} {m.shape}")
+        self.__dict__["_valid"] = True
         return self
 
     def _what(self) -> str:
@@ -241,6 +245,15 @@ def pack(qt: QTensor) -> PackedWeight:
 
     An expert's QTensor `stack[e]` (a view of a stack's bytes) gets a view of the stack's packed
     arrays, so the stack is repacked once, not once per expert."""
+    mine = qt.__dict__.get("_packed")                  # (its blocks, their PackedWeight), from the last call
+    if mine is not None and mine[0] is qt.blocks:      # the same bytes: a dictionary lookup, no more
+        return mine[1]
+    pw = _pack(qt)
+    qt.__dict__["_packed"] = (qt.blocks, pw)
+    return pw
+
+
+def _pack(qt: QTensor) -> PackedWeight:
     key = _key(qt.fmt, qt.shape, qt.blocks)
     hit = _cache.get(key)
     if hit is not None and hit[0]() is _root(qt.blocks):
@@ -282,6 +295,15 @@ def clear_cache() -> None:
     _cache.clear()
 
 
+def int_range(a: np.ndarray) -> tuple[int, int]:
+    """(min, max) of a non-empty integer array, as Python ints. A decode step's arrays hold a few
+    values, which Python compares faster than two NumPy reductions (a microsecond or more each)."""
+    if a.size <= 16:
+        values = a.ravel().tolist()
+        return min(values), max(values)
+    return int(a.min()), int(a.max())
+
+
 def check_experts(experts, R: int, E: int, stacked: bool, what: str):
     """The `experts` argument of a matmul over R rows of x: None for one matrix; for a stack of E
     matrices, int64 (R,) with every index in 0..E-1 (one matrix per row)."""
@@ -293,7 +315,8 @@ def check_experts(experts, R: int, E: int, stacked: bool, what: str):
     if experts.shape != (R,) or experts.dtype != np.int64:
         raise KernelInputError(f"{what}: experts must be int64 of shape ({R},), one per row of x, "
                                f"found {experts.dtype} {experts.shape}")
-    if R and (experts.min() < 0 or experts.max() >= E):
-        raise KernelInputError(f"{what}: experts must lie in 0..{E - 1}, found "
-                               f"{experts.min()}..{experts.max()}")
+    if R:
+        lo, hi = int_range(experts)
+        if lo < 0 or hi >= E:
+            raise KernelInputError(f"{what}: experts must lie in 0..{E - 1}, found {lo}..{hi}")
     return experts

@@ -437,20 +437,17 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
         raise KernelInputError(f"{what}: w must be a C-contiguous float32 (O, I) or (E, O, I) array, "
                                f"found {w.dtype} with {w.ndim} axes")
     R = x.shape[0]
-    if stacked:
-        experts = np.asarray(experts) if experts is not None else None
-        if experts is None or experts.shape != (R,) or experts.dtype != np.int64:
-            raise KernelInputError(f"{what}: a stack needs experts, int64 of shape ({R},)")
-        if R and (experts.min() < 0 or experts.max() >= w.shape[0]):
-            raise KernelInputError(f"{what}: experts must lie in 0..{w.shape[0] - 1}, found "
-                                   f"{experts.min()}..{experts.max()}")
+    experts = check_experts(experts, R, w.shape[0], stacked, what)
     if FLOAT_GEMV not in ("blas", "numba"):
         raise KernelInputError(f"minimoe.kernels.qmatmul.FLOAT_GEMV ($MINIMOE_FLOAT_GEMV) must be 'blas' or "
                                f"'numba', found {FLOAT_GEMV!r}")
     if R > GEMV_MAX_ROWS or FLOAT_GEMV == "blas":
         if not stacked:
             return x @ w.T                                         # (R, I) @ (I, O) -> (R, O), BLAS
-        return np.stack([w[e] @ x[r] for r, e in enumerate(experts)]) if R else np.empty((0, w.shape[1]), np.float32)
+        out = np.empty((R, w.shape[1]), np.float32)
+        for r in range(R):
+            np.matmul(w[experts[r]], x[r], out=out[r])             # (O, I) @ (I,) -> (O,)
+        return out
     out = np.empty((R, w.shape[-2]), np.float32)
     kernel = gemv_f32 if R * out.shape[1] * x.shape[1] >= PARALLEL_MIN_FLOAT_WEIGHTS else gemv_f32.serial
     kernel(np.ascontiguousarray(x), w if stacked else w[None], experts if stacked else _NO_EXPERT[:R], out)
