@@ -124,3 +124,81 @@ def test_the_tokenizer_goes_with_it(tmp_path, tok):
         assert tokens[256] == "<|endoftext|>" and reader.fields["tokenizer.ggml.eos_token_id"].contents() == 256
     else:
         assert tokens[:7] == ["a", "b", "c", "Ġ", "d", "e", "Ċ"] and tokens[7] == "[PAD7]"
+    assert reader.fields["tokenizer.ggml.merges"].contents() == []   # present, if empty: llama.cpp needs the key
+
+
+def test_a_sentencepiece_style_tokenizer_is_written_as_llama_cpp_spm(tmp_path):
+    """Mixtral's tokenizer.json (BPE with byte fallback, "▁" for spaces) -> tokenizer.ggml.model
+    "llama": the tokens as they are, <0xXX> as BYTE, a merged token's score minus its merge rank."""
+    import os
+    tok = minimoe.load_tokenizer(os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers", "mixtral",
+                                              "tokenizer.json"))
+    model = tiny_moe(vocab_size=1024)
+    model.tokenizer = tok
+    path = model.save_gguf(str(tmp_path / "m.gguf"))
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    scores = reader.fields["tokenizer.ggml.scores"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    vocab = tok.spec["model"]["vocab"]
+    first = tok.spec["model"]["merges"][0]
+    first = first.replace(" ", "") if isinstance(first, str) else "".join(first)
+    assert scores[vocab[first]] == 0.0 and tokens[vocab[first]] == first          # merge rank 0
+    assert types[vocab["<0x41>"]] == gguf.TokenType.BYTE and tokens[1] == "<s>"
+    assert reader.fields["tokenizer.ggml.bos_token_id"].contents() == 1
+    np.testing.assert_array_equal(minimoe.load(path).tokenizer.encode("Hello world"), tok.encode("Hello world"))
+
+
+def tiny_gpt_oss(truncate=False, **over):
+    import dataclasses
+    cfg = minimoe.Config.preset("tiny-gpt-oss")
+    cfg = dataclasses.replace(cfg, rope_scaling={**cfg.rope_scaling, "truncate": truncate}, **over)
+    model = minimoe.Model(cfg, seed=2)
+    rng = np.random.default_rng(5)
+    for name, w in model.params.items():
+        if name.endswith(("sinks", "bias")):                       # nonzero, so a lost one shows
+            w[...] = rng.standard_normal(w.shape).astype(w.dtype)
+    return model
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+@pytest.mark.parametrize("recipe", ["f32", "mxfp4"])
+def test_gpt_oss_round_trip(tmp_path, recipe, truncate):
+    model = tiny_gpt_oss(truncate)
+    if truncate:
+        path = model.save_gguf(str(tmp_path / "gpt-oss.gguf"), recipe=recipe)
+    else:
+        with pytest.warns(RuntimeWarning, match="truncate is false"):
+            path = model.save_gguf(str(tmp_path / "gpt-oss.gguf"), recipe=recipe)
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.architecture"].contents() == "gpt-oss"
+    assert reader.fields["gpt-oss.attention.sliding_window"].contents() == 8
+    assert reader.fields["gpt-oss.rope.scaling.type"].contents() == "yarn"
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.attn_sinks.weight", "blk.1.post_attention_norm.weight", "blk.0.ffn_gate_inp.bias",
+            "blk.0.ffn_down_exps.bias", "blk.1.attn_output.bias"} <= names   # convert_hf_to_gguf.py's names
+    back = minimoe.load(path)
+    assert back.config == minimoe.Config(**{**model.config.__dict__, "name": back.config.name})
+    for name, ours in model.params.items():
+        theirs = back.params[name]
+        expect = ours if isinstance(theirs, np.ndarray) else quant.quantize(ours, recipe)
+        np.testing.assert_array_equal(theirs if isinstance(theirs, np.ndarray) else theirs.blocks,
+                                      expect if isinstance(expect, np.ndarray) else expect.blocks, err_msg=name)
+    tokens = np.array([[1, 5, 9, 33, 2, 7, 7, 9, 100, 3, 4]])
+    if recipe == "f32":
+        np.testing.assert_array_equal(back(tokens), model(tokens))
+
+
+@pytest.mark.filterwarnings("ignore:.*truncate is false")
+def test_gpt_oss_refuses_what_llama_cpp_cannot_say(tmp_path):
+    with pytest.raises(gguf_file.GGUFError, match="even layers"):
+        tiny_gpt_oss(sliding_layers=[1]).save_gguf(str(tmp_path / "x.gguf"))
+    with pytest.raises(gguf_file.GGUFError, match="swiglu_limit"):
+        tiny_gpt_oss(swiglu_limit=5.0).save_gguf(str(tmp_path / "x.gguf"))
+    with pytest.raises(gguf_file.GGUFError, match="attention_factor"):
+        import dataclasses
+        m = tiny_gpt_oss()
+        cfg = dataclasses.replace(m.config, rope_scaling={**m.config.rope_scaling, "attention_factor": 1.5})
+        minimoe.Model(cfg, seed=0).save_gguf(str(tmp_path / "x.gguf"))
+    assert not (tmp_path / "x.gguf").exists()

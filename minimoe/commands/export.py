@@ -11,7 +11,7 @@ def add_parser(sub):
                        description="Write a minimoe checkpoint, a Hugging Face folder or a .gguf file for "
                                    "another engine. --to hf writes a transformers folder (mixtral, qwen3_moe "
                                    "or olmoe, from the config's options) with its tokenizer; --to gguf writes "
-                                   "a llama.cpp file (llama, qwen3moe or olmoe architecture). See docs/export.md.")
+                                   "a llama.cpp file (llama, qwen3moe, olmoe or gpt-oss architecture). See docs/export.md.")
     p.add_argument("--to", choices=["hf", "gguf"], required=True, help="target format")
     p.add_argument("--model", metavar="DIR", required=True, help="the checkpoint folder (or .gguf) to read")
     p.add_argument("--out", metavar="PATH", required=True, help="the file to write")
