@@ -47,7 +47,7 @@ from minimoe.io.pages import is_mapped, resident_bytes
 if os.environ.get("MPLBACKEND") is None and not hasattr(__builtins__, "__IPYTHON__"):
     matplotlib.use("Agg")
 FAST = os.environ.get("MINIMOE_FAST") == "1"
-OUT = os.path.join("minimoe_out", "10")
+OUT = os.path.join(os.environ.get("MINIMOE_TUTORIAL_OUT") or os.path.join(os.getcwd(), "minimoe_out"), "10")
 os.makedirs(OUT, exist_ok=True)
 GB = 1e9
 
