@@ -4,7 +4,7 @@ GGUF bytes are minimoe's packed blocks, and it saves its figure. The transformer
 cells skip when those packages are absent. Needs the `gguf` package (test extra)."""
 import pytest
 
-from conftest import ROOT, run_tutorial
+from conftest import check_notebook, run_tutorial
 
 NAME = "04c_export_hf_and_gguf.py"
 
@@ -27,8 +27,4 @@ def test_tutorial_04c_round_trips_are_exact(tmp_path):
 
 
 def test_tutorial_04c_is_a_jupytext_percent_notebook():
-    jupytext = pytest.importorskip("jupytext")
-    text = (ROOT / "tutorials" / NAME).read_text()
-    assert "__file__" not in text and text.startswith("# ---\n# jupyter:")
-    nb = jupytext.reads(text, fmt="py:percent")
-    assert {c.cell_type for c in nb.cells} == {"markdown", "code"} and len(nb.cells) > 10
+    check_notebook(NAME)
