@@ -34,8 +34,6 @@ import json
 import os
 
 import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -45,6 +43,8 @@ from minimoe.cli import main as minimoe_cli
 from minimoe.io import safetensors_file
 from minimoe.train.loop import TrainConfig, Trainer
 
+if os.environ.get("MPLBACKEND") is None and not hasattr(__builtins__, "__IPYTHON__"):
+    matplotlib.use("Agg")                 # a script saves its figures; a notebook also shows them
 FAST = os.environ.get("MINIMOE_FAST") == "1"
 OUT = os.path.join(os.environ.get("MINIMOE_TUTORIAL_OUT", os.path.join(os.getcwd(), "minimoe_out")), "04c")
 os.makedirs(OUT, exist_ok=True)

@@ -34,8 +34,6 @@ import json
 import os
 
 import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -45,6 +43,8 @@ from minimoe.hf_tokenizer.chat import apply_chat_template, recognize
 from minimoe.hf_tokenizer.pipeline import GPT2_PATTERN
 from minimoe.hf_tokenizer.unicode_regex import compile_regex
 
+if os.environ.get("MPLBACKEND") is None and not hasattr(__builtins__, "__IPYTHON__"):
+    matplotlib.use("Agg")                 # a script saves its figures; a notebook also shows them
 FAST = os.environ.get("MINIMOE_FAST") == "1"
 OUT = os.path.join(os.environ.get("MINIMOE_TUTORIAL_OUT", os.path.join(os.getcwd(), "minimoe_out")), "08b")
 os.makedirs(OUT, exist_ok=True)
