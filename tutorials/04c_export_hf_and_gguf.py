@@ -158,11 +158,11 @@ for recipe in RECIPES:
 # **What came back.** Float tensors bit for bit; each packed tensor holds exactly the bytes that
 # `quant.quantize(w, recipe)` makes from the original float weight.
 #
-# The config comes back equal but for two fields: `name` (taken from the file name) and `d_ff`.
+# The config comes back equal but for `name` (taken from the file name). One field needed care:
 # `tiny-moe` has `d_ff = 64`, the width a *dense* FFN layer would have, and `d_expert = 32`. Every
-# layer here is MoE, so `d_ff` is never used; llama.cpp's `llama` architecture has a single
-# `feed_forward_length`, written as the expert width, so `d_ff` comes back as 32. The model
-# computes the same thing.
+# layer here is MoE, so `d_ff` is never used, and llama.cpp's `llama` architecture has a single
+# `feed_forward_length`, which holds the expert width; minimoe adds its own key,
+# `minimoe.feed_forward_length`, for `d_ff` (llama.cpp ignores keys it does not know).
 
 # %%
 gguf_exact = {}
