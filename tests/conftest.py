@@ -39,3 +39,13 @@ def run_tutorial(name: str, out_dir, timeout: int = 120) -> str:
                        env=env, timeout=timeout, cwd=ROOT)
     assert r.returncode == 0, f"tutorials/{name} failed:\n{r.stderr[-3000:]}"
     return r.stdout
+
+
+def check_notebook(name: str) -> None:
+    """tutorials/<name> is a jupytext percent notebook that runs unchanged as one: its header, no
+    __file__, and markdown and code cells (skips without jupytext)."""
+    text = (ROOT / "tutorials" / name).read_text()
+    assert "__file__" not in text and text.startswith("# ---\n# jupyter:")
+    jupytext = pytest.importorskip("jupytext")
+    nb = jupytext.reads(text, fmt="py:percent")
+    assert {c.cell_type for c in nb.cells} == {"markdown", "code"} and len(nb.cells) > 10

@@ -133,7 +133,7 @@ def test_save_is_atomic(ckpt, monkeypatch):
     before = (folder / "model.safetensors").read_bytes()
     from minimoe.io import checkpoint
 
-    def crash(path, tensors, metadata=None):
+    def crash(path, tensors, metadata=None, codes=None):
         with open(path, "wb") as f:
             f.write(b"half a file")
         raise KeyboardInterrupt("power cut")

@@ -3,6 +3,7 @@ minimoe.quant (which are gguf.quants' bytes), the q/k RoPE row permutation undon
 model's logits equal. Needs the `gguf` package (test extra)."""
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 
@@ -202,3 +203,18 @@ def test_gpt_oss_refuses_what_llama_cpp_cannot_say(tmp_path):
         cfg = dataclasses.replace(m.config, rope_scaling={**m.config.rope_scaling, "attention_factor": 1.5})
         minimoe.Model(cfg, seed=0).save_gguf(str(tmp_path / "x.gguf"))
     assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("d_expert", [64, 32])
+def test_the_dense_width_comes_back_when_the_experts_are_narrower(tmp_path, d_expert):
+    """llama/mixtral GGUF has one FFN width (the experts'); minimoe's own key carries d_ff back, so
+    minimoe -> GGUF -> minimoe gives an equal config even when d_ff != d_expert."""
+    cfg = minimoe.Config(name="m", vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                         n_experts=4, top_k=2, d_ff=64, d_expert=d_expert, max_seq_len=32)
+    model = minimoe.Model(cfg, seed=1)
+    path = model.save_gguf(str(tmp_path / "m.gguf"))
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["llama.feed_forward_length"].contents() == d_expert
+    assert ("minimoe.feed_forward_length" in reader.fields) == (d_expert != cfg.d_ff)
+    back = minimoe.load(path)
+    assert back.config == minimoe.Config(**{**cfg.__dict__, "name": back.config.name})

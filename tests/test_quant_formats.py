@@ -424,7 +424,8 @@ def test_hf_mxfp4_by_hand():
 # ----------------------------------------------------------------------------------------
 
 def test_format_table():
-    assert set(quant.FORMATS) == {"q8_0", "q4_0", "q4_1", "mxfp4", "nf4", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"}   # K-quants: test_quant_kquants.py
+    assert set(quant.FORMATS) == {"q8_0", "q4_0", "q4_1", "mxfp4", "nf4", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
+                                  "bf16", "fp16"}   # K-quants: test_quant_kquants.py; bf16/fp16: test_mmap_load.py
     assert {f: quant.bits_per_weight(f) for f in GGUF_FORMATS} == {
         "q8_0": 8.5, "q4_0": 4.5, "q4_1": 5.0, "mxfp4": 4.25}
     assert [quant.block_bytes(f) for f in ALL_FORMATS] == [34, 18, 20, 17, 36]

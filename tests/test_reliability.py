@@ -54,7 +54,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_checkpoint(tmp_path, monke
     old = tiny(seed=1)
     old.save(folder)
 
-    def full(path, tensors, metadata=None):
+    def full(path, tensors, metadata=None, codes=None):
         with open(path, "wb") as f:
             f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")

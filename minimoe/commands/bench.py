@@ -5,6 +5,8 @@
     minimoe bench decode --preset NAME    prefill and decode tokens/s per recipe and backend
     minimoe bench moe-scaling [--plot F]  time per token as the expert count grows
     minimoe bench load                    prefill and decode with another program competing, against quiet
+    minimoe bench big --preset NAME       a real-size checkpoint, memory-mapped: RSS, bytes/token, tok/s
+                                          against the estimator
 
 Every subcommand prints a table, or with --json one JSON object on stdout (progress goes to stderr).
 """
@@ -68,7 +70,19 @@ def add_parser(sub):
     ld.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ld.set_defaults(func=run_load)
 
-    for q in (m, k, d, s):
+    b = bs.add_parser("big", help="write a real-size random checkpoint, map it, decode: measured against "
+                                   "the estimator")
+    b.add_argument("--preset", default="gpt-oss-20b", help="gpt-oss-20b (default), olmoe-1b-7b or qwen3-30b-a3b")
+    b.add_argument("--dir", default=None, metavar="FOLDER",
+                   help="where the checkpoint is written, or reused if already there "
+                        "(default ./minimoe_out/big/PRESET)")
+    b.add_argument("--recipe", default="preset",
+                   help="quantize while loading: q8_0, q4_0, ... or 'none' (default: the preset's)")
+    b.add_argument("--tokens", type=int_arg(lo=2), default=8, help="tokens decoded after the first (default 8)")
+    b.add_argument("--skip-finite-check", action="store_true", help="load without the NaN/inf scan")
+    b.set_defaults(func=run_big)
+
+    for q in (m, k, d, s, b):
         q.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -155,3 +169,11 @@ def run_load(args) -> int:
         raise MinimoeError(f"--rounds must be >= 1, found {args.rounds}")
     report = bench_load(_list(args.presets), competitors, args.calls, args.rounds)
     return _emit(args, report, format_load)
+
+
+def run_big(args) -> int:
+    from minimoe.bench import big
+    recipe = None if args.recipe.lower() == "none" else args.recipe
+    r = big.run(args.preset, args.dir, recipe, args.tokens, check_finite=not args.skip_finite_check,
+                progress=_progress(args))
+    return _emit(args, r, big.format_report)

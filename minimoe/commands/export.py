@@ -23,8 +23,10 @@ def add_parser(sub):
 def run(args) -> int:
     import os
 
+    import numpy as np
+
     import minimoe
-    model = minimoe.load(args.model)
+    model = minimoe.load(args.model, dtype=np.float32)   # (bf16 storage is written as the recipe says)
     if args.to == "hf":
         family = model.save_hf(args.out)
         print(f"wrote {args.out} (model_type {family})")

@@ -29,13 +29,15 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    import numpy as np
+
     import minimoe
     from minimoe.commands.train import parse_sets
     from minimoe.upcycle import upcycle
     if args.experts < 1 or not 1 <= args.top_k <= args.experts:
         raise MinimoeError(f"need --experts >= 1 and 1 <= --top-k <= --experts, found {args.experts} "
                            f"and {args.top_k}")
-    dense = minimoe.load(args.model)
+    dense = minimoe.load(args.model, dtype=np.float32)   # copied into float32 experts
     moe = upcycle(dense, args.experts, args.top_k, router_std=args.router_std,
                   expert_noise=args.expert_noise, seed=args.seed, **parse_sets(args.set))
     moe.save(args.out)

@@ -5,9 +5,12 @@
                         A packed (quantized) weight is stored as its uint8 GGUF blocks under the
                         same name; the header's __metadata__["minimoe.quant"] maps each packed
                         name to its format and logical shape. Nothing is unpacked on disk.
+                        A bf16 or fp16 weight (minimoe/quant/bf16.py) is stored as BF16 or F16.
     tokenizer.json      the tokenizer the model was trained with
 
-`load(folder)` reads a minimoe checkpoint or a Hugging Face model folder (see minimoe/io/hf.py).
+`load(folder)` reads a minimoe checkpoint or a Hugging Face model folder (see minimoe/io/hf.py),
+memory-mapped: the tensors are views of the files, held as stored, widened to `dtype`, or
+quantized while loading with `recipe` (minimoe/io/mapped.py).
 Everything read is checked before the Model is built: the config's fields and types, the
 safetensors header, the packed-tensor metadata, every tensor's name, shape and dtype against the
 Config, that every weight is finite (skip with check_finite=False, for speed), and that the
@@ -26,10 +29,11 @@ from minimoe.config import Config, ConfigError
 from minimoe.errors import CheckpointError
 from minimoe.io.atomic import atomic_files, recover
 from minimoe.io.json_file import parse_json, read_json
-from minimoe.io.safetensors_file import read_header, read_tensors, write_safetensors
+from minimoe.io.safetensors_file import map_tensors, read_header, write_safetensors
 from minimoe.params import param_shapes
 
 QUANT_KEY = "minimoe.quant"
+HALF_CODES = {"bf16": "BF16", "fp16": "F16"}    # a bf16/fp16 QTensor's safetensors dtype
 FINITE_CHUNK = 1 << 22          # values checked at a time by check_finite (bounds its scratch memory)
 
 
@@ -41,9 +45,12 @@ def save(model, folder: str) -> None:
     """Write `model` into `folder` (created if needed), replacing what was there as a whole.
     Packed weights stay packed."""
     import json
-    tensors, packed = {}, {}
+    tensors, packed, codes = {}, {}, {}
     for name, arr in model.params.items():
-        if _is_packed(arr):
+        if _is_packed(arr) and arr.fmt in HALF_CODES:                  # 16-bit floats as safetensors has them
+            tensors[name] = arr.blocks.view("<u2").reshape(arr.shape)
+            codes[name] = HALF_CODES[arr.fmt]
+        elif _is_packed(arr):
             tensors[name] = np.ascontiguousarray(arr.blocks)
             packed[name] = {"fmt": arr.fmt, "shape": list(arr.shape)}
         else:
@@ -52,7 +59,7 @@ def save(model, folder: str) -> None:
     if packed:
         metadata[QUANT_KEY] = json.dumps(packed)
     with atomic_files(folder) as stage:
-        stage.write("model.safetensors", lambda path: write_safetensors(path, tensors, metadata))
+        stage.write("model.safetensors", lambda path: write_safetensors(path, tensors, metadata, codes))
         if model.tokenizer is not None:
             stage.write_text("tokenizer.json", model.tokenizer.to_json() + "\n")
         else:
@@ -60,14 +67,23 @@ def save(model, folder: str) -> None:
         stage.write_text("config.json", model.config.to_json() + "\n")
 
 
-def load(folder: str, dtype=np.float32, check_finite: bool = True):
+def load(folder: str, dtype=None, check_finite: bool = True, recipe=None):
     """Load a minimoe checkpoint, a Hugging Face model folder or a .gguf file as a Model.
 
-    check_finite=False skips the scan of every weight for NaN and inf (a pass over all the bytes)."""
+    The safetensors files are memory-mapped (minimoe/io/mapped.py): with dtype None every tensor
+    is held as stored (float32, bf16/fp16 or packed, no copy); dtype=np.float32 widens every float
+    tensor to float32, as minimoe did before mapping. `recipe` ("q8_0", "q4_0", "experts-mxfp4",
+    a dict {component: format}; minimoe/quant/model.py) quantizes the matrices it names while
+    loading, one tensor at a time. check_finite=False skips the scan of every weight for NaN and
+    inf (a pass over all the bytes)."""
     folder = os.fspath(folder)
     if folder.endswith(".gguf") and not os.path.isdir(folder):
         from minimoe.io.gguf_file import load_gguf
-        return load_gguf(folder)
+        model = load_gguf(folder)
+        if recipe is not None:                             # (GGUF is read whole: quantize after)
+            from minimoe.quant.model import quantize_model
+            model = quantize_model(model, recipe)
+        return model
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: no such model folder")
     recover(folder)                                        # finish or drop an interrupted save
@@ -78,15 +94,16 @@ def load(folder: str, dtype=np.float32, check_finite: bool = True):
     raw = read_json(config_path, CheckpointError, expect=dict)
     model_type = raw.get("model_type")
     if model_type == "minimoe":
-        return _load_minimoe(folder, raw, config_path, dtype, check_finite)
+        return _load_minimoe(folder, raw, config_path, dtype, check_finite, recipe)
     from minimoe.io import hf
     if isinstance(model_type, str) and model_type in hf.LOADERS:
-        return hf.load(folder, raw, dtype, check_finite)
+        return hf.load(folder, raw, dtype, check_finite, recipe)
     what = "no model_type field" if model_type is None else f"unknown model_type {str(model_type)[:40]!r}"
     raise CheckpointError(f"{config_path}: {what}; minimoe loads 'minimoe' and {sorted(hf.LOADERS)}")
 
 
-def _load_minimoe(folder, raw, config_path, dtype, check_finite):
+def _load_minimoe(folder, raw, config_path, dtype, check_finite, recipe=None):
+    from minimoe.io.mapped import hold
     from minimoe.model import Model
     try:
         cfg = Config.from_dict(raw, source=config_path)
@@ -95,7 +112,7 @@ def _load_minimoe(folder, raw, config_path, dtype, check_finite):
     path = os.path.join(folder, "model.safetensors")
     if not os.path.exists(path):
         raise CheckpointError(f"{folder}: missing model.safetensors")
-    tensors, metadata = read_tensors(path)
+    tensors, metadata, _ = map_tensors(path)
     params = dict(tensors)
     for name, (fmt, shape) in packed_entries(metadata, tensors, path).items():
         from minimoe.quant import QTensor
@@ -104,9 +121,7 @@ def _load_minimoe(folder, raw, config_path, dtype, check_finite):
         except ValueError as e:
             raise CheckpointError(f"{path}: packed tensor {name!r}: {e}") from None
     check_params(params, cfg, path, dtype)
-    if check_finite:
-        check_finite_params(params, path)
-    params = {k: v if _is_packed(v) else v.astype(dtype, copy=False) for k, v in params.items()}
+    params = hold(params, cfg, path, recipe, dtype, check_finite)
     tokenizer = None
     tok_path = os.path.join(folder, "tokenizer.json")
     if os.path.exists(tok_path):
@@ -156,7 +171,7 @@ def check_params(params: dict, cfg: Config, source: str, dtype=np.float32) -> No
         if tuple(_shape(arr)) != tuple(shape):
             raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(_shape(arr))}, "
                                   f"expected {tuple(shape)} from config.json")
-        if not _is_packed(arr) and not np.issubdtype(arr.dtype, np.floating):
+        if not _is_packed(arr) and not (np.issubdtype(arr.dtype, np.floating) or arr.dtype == np.uint16):
             raise CheckpointError(f"{source}: tensor {name!r} has dtype {arr.dtype}, expected a float type")
 
 
@@ -166,8 +181,10 @@ def first_nonfinite(arr) -> int | None:
     if _is_packed(arr):                           # the format says which blocks (from their scales)
         spec = arr.format
         rows = arr.blocks.reshape(-1, spec.BLOCK_BYTES)                    # (N, BB), one block a row
-        if hasattr(spec, "nonfinite_blocks"):
-            bad = np.flatnonzero(spec.nonfinite_blocks(rows))
+        if hasattr(spec, "nonfinite_blocks"):                              # a chunk of blocks at a time
+            step = max(1, FINITE_CHUNK // spec.BLOCK_SIZE)
+            bad = np.concatenate([np.flatnonzero(spec.nonfinite_blocks(rows[i:i + step])) + i
+                                  for i in range(0, len(rows), step)] or [np.zeros(0, np.int64)])
         else:                                                              # decode them, a chunk at a time
             step = max(1, FINITE_CHUNK // spec.BLOCK_SIZE)
             with np.errstate(over="ignore", invalid="ignore"):
@@ -186,16 +203,15 @@ def first_nonfinite(arr) -> int | None:
     return None
 
 
-def check_finite_params(params: dict, source: str) -> None:
-    """Refuse weights holding NaN or inf: they would make every output NaN (greedy decoding then
+def check_finite_one(name: str, arr, source: str) -> None:
+    """Refuse a weight holding NaN or inf: it would make every output NaN (greedy decoding then
     silently emits token 0), so the checkpoint is corrupt."""
-    for name, arr in params.items():
-        i = first_nonfinite(arr)
-        if i is not None:
-            where = tuple(int(j) for j in np.unravel_index(i, tuple(arr.shape)))
-            raise CheckpointError(f"{source}: tensor {name!r} holds a non-finite value (NaN or inf) at "
-                                  f"index {where}; the weights are corrupt (load with check_finite=False, "
-                                  f"or --skip-finite-check, to load them anyway)")
+    i = first_nonfinite(arr)
+    if i is not None:
+        where = tuple(int(j) for j in np.unravel_index(i, tuple(arr.shape)))
+        raise CheckpointError(f"{source}: tensor {name!r} holds a non-finite value (NaN or inf) at "
+                              f"index {where}; the weights are corrupt (load with check_finite=False, "
+                              f"or --skip-finite-check, to load them anyway)")
 
 
 def check_tokenizer(tokenizer, cfg: Config, source: str) -> None:

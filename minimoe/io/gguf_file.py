@@ -217,6 +217,8 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
         w.add_feed_forward_length(cfg.d_ff if arch in ("qwen3moe", "gpt-oss") else cfg.d_expert)
         if arch in ("qwen3moe", "gpt-oss"):
             w.add_expert_feed_forward_length(cfg.d_expert)
+        elif cfg.d_ff != cfg.d_expert:            # llama/olmoe have one width (the experts'); keep the
+            w.add_uint32(D_FF_KEY, cfg.d_ff)      # unused dense width too, for an exact round trip
         if arch == "gpt-oss":
             add_gpt_oss_keys(gguf, w, cfg)
         w.add_head_count(cfg.n_heads)
@@ -253,6 +255,7 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
     return path
 
 
+D_FF_KEY = "minimoe.feed_forward_length"   # the dense FFN width, where the architecture has no key for it
 TRUNCATE_KEY = "minimoe.rope.scaling.truncate"   # YaRN's correction range floored/ceiled or not
 
 
@@ -482,13 +485,15 @@ def load_gguf(path: str):
     tensors = {t.name: t for t in reader.tensors}
     d_model = int(field(a + "embedding_length"))
     n_ff = int(field(a + "feed_forward_length"))
+    d_ff = field(D_FF_KEY, required=False)                  # minimoe's own files: the dense width
     vocab = field(a + "vocab_size", required=False) or int(tensors["token_embd.weight"].shape[-1])
     n_layers = int(field(a + "block_count"))
     extra = gpt_oss_fields(field, a, n_layers) if arch == "gpt-oss" else {}
     cfg = Config(name=os.path.basename(path).removesuffix(".gguf"), vocab_size=int(vocab),
                  d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
                  head_dim=int(field(a + "attention.key_length", required=False) or d_model // n_heads),
-                 d_ff=n_ff, d_expert=int(field(a + "expert_feed_forward_length", required=False) or n_ff),
+                 d_ff=n_ff if d_ff is None else int(d_ff),
+                 d_expert=int(field(a + "expert_feed_forward_length", required=False) or n_ff),
                  n_experts=int(field(a + "expert_count")), top_k=int(field(a + "expert_used_count")),
                  max_seq_len=int(field(a + "context_length")), rope_theta=f32_value(field(a + "rope.freq_base")),
                  norm_eps=f32_value(field(a + "attention.layer_norm_rms_epsilon")),

@@ -2,8 +2,15 @@
 
 A Hugging Face folder has config.json and either model.safetensors or shards listed in
 model.safetensors.index.json ({"weight_map": {tensor: file}}). Weights may be bf16, fp16 or fp32;
-minimoe computes in float32. gpt-oss's MXFP4 experts (uint8 `*_blocks` and `*_scales`) are kept
-packed, as minimoe mxfp4 QTensors: no value is unpacked to float, none is re-quantized.
+minimoe computes in float32. The shards are memory-mapped and each tensor is held as
+minimoe/io/mapped.py says (as stored by default: bf16 stays bf16). gpt-oss's MXFP4 experts (uint8
+`*_blocks` and `*_scales`) are kept packed, as minimoe mxfp4 QTensors: no value is unpacked to
+float, none is re-quantized (their nibbles are reordered into GGUF's layout: a copy).
+
+What is a view of the file and what is copied: a tensor that keeps its name and layout is a
+view. Hub checkpoints that store one tensor per expert are stacked into (E, F, C), a copy in the
+stored precision (transformers v5's fused layout is a view); gpt-oss's interleaved gate/up rows
+are a strided view, copied once when held.
 
 Every family shares the decoder skeleton (names under model.layers.{i}.):
 
@@ -38,12 +45,14 @@ from minimoe.config import ConfigError
 from minimoe.errors import CheckpointError
 from minimoe.io.hf_config import config_from_hf
 from minimoe.io.json_file import read_json
-from minimoe.io.safetensors_file import read_tensors
+from minimoe.io.pages import release
+from minimoe.io.safetensors_file import map_tensors, read_tensors
 
 
-def read_weights(folder: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_weights(folder: str, mapped: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """All tensors of a HF folder, and the file each came from. Float tensors come back as
-    float32; integer ones (gpt-oss's MXFP4 blocks and scales) as they are stored."""
+    float32; integer ones (gpt-oss's MXFP4 blocks and scales) as they are stored. With mapped=True
+    they are memory-mapped views of the files, as stored (BF16 as its uint16 bits)."""
     single = os.path.join(folder, "model.safetensors")
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index):
@@ -61,12 +70,12 @@ def read_weights(folder: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         path = shard_path(folder, fn, index)
         if not os.path.isfile(path):
             raise CheckpointError(f"{index}: lists shard {fn}, which is missing from {folder}")
-        arrays, _ = read_tensors(path, to_float32=True)
+        arrays = map_tensors(path)[0] if mapped else read_tensors(path, to_float32=True)[0]
         for name, arr in arrays.items():
             if name in tensors:
                 raise CheckpointError(f"{path}: tensor {name!r} is also in {origin[name]}; which one "
                                       f"is meant is ambiguous")
-            if np.issubdtype(arr.dtype, np.floating):
+            if np.issubdtype(arr.dtype, np.floating) and not mapped:
                 arr = arr.astype(np.float32, copy=False)
             tensors[name] = arr
             origin[name] = path
@@ -176,7 +185,9 @@ def _experts(take: _Take, cfg, hf: str, p: str, names=("gate_proj", "up_proj", "
     out = {}
     for ours, theirs, shape in zip(("gate", "up", "down"), names, ((F, C), (F, C), (C, F))):
         per_expert = [take(hf + f"experts.{e}.{theirs}.weight", shape) for e in range(E)]
-        out[p + f"experts.{ours}"] = np.stack(per_expert)           # E x (F, C) -> (E, F, C)
+        out[p + f"experts.{ours}"] = np.stack(per_expert)           # E x (F, C) -> (E, F, C), a copy
+        for arr in per_expert:                                      # the mapped pages, read once
+            release(arr)
     return out
 
 
@@ -252,11 +263,14 @@ def _gpt_oss_mxfp4(take: _Take, cfg, hf: str, p: str) -> dict:
     down_b = take(hf + "down_proj_blocks", (E, C, F // 32, 16))
     down_s = take(hf + "down_proj_scales", (E, C, F // 32))
     try:
-        return {p + "experts.gate": from_hf_mxfp4(blocks[:, 0::2], scales[:, 0::2], p + "experts.gate"),
-                p + "experts.up": from_hf_mxfp4(blocks[:, 1::2], scales[:, 1::2], p + "experts.up"),
-                p + "experts.down": from_hf_mxfp4(down_b, down_s, p + "experts.down")}
+        out = {p + "experts.gate": from_hf_mxfp4(blocks[:, 0::2], scales[:, 0::2], p + "experts.gate"),
+               p + "experts.up": from_hf_mxfp4(blocks[:, 1::2], scales[:, 1::2], p + "experts.up"),
+               p + "experts.down": from_hf_mxfp4(down_b, down_s, p + "experts.down")}
     except QuantError as e:
         raise CheckpointError(f"{take.folder}: {e}") from None
+    for arr in (blocks, scales, down_b, down_s):                    # repacked: the mapped pages, read once
+        release(arr)
+    return out
 
 
 def _deepseek_params(take: _Take, cfg) -> dict[str, np.ndarray]:
@@ -340,9 +354,10 @@ def check_runnable(raw: dict, source: str) -> None:
                                   f"expected {runs!r}")
 
 
-def load(folder: str, raw_config: dict, dtype=np.float32, check_finite: bool = True):
-    """A Hugging Face folder whose config.json is `raw_config` -> Model."""
-    from minimoe.io.checkpoint import _is_packed, check_finite_params, check_params
+def load(folder: str, raw_config: dict, dtype=None, check_finite: bool = True, recipe=None):
+    """A Hugging Face folder whose config.json is `raw_config` -> Model (see minimoe.load)."""
+    from minimoe.io.checkpoint import check_params
+    from minimoe.io.mapped import hold
     from minimoe.model import Model
     config_path = os.path.join(folder, "config.json")
     check_runnable(raw_config, config_path)
@@ -350,14 +365,12 @@ def load(folder: str, raw_config: dict, dtype=np.float32, check_finite: bool = T
         cfg = config_from_hf(raw_config, source=config_path)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    tensors, origin = read_weights(folder)
+    tensors, origin = read_weights(folder, mapped=True)
     take = _Take(tensors, origin, folder)
     params = LOADERS[raw_config["model_type"]](take, cfg)
     take.finish()
     check_params(params, cfg, folder)
-    if check_finite:
-        check_finite_params(params, folder)
-    params = {k: v if _is_packed(v) else np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
+    params = hold(params, cfg, folder, recipe, dtype, check_finite)
     tokenizer = None
     if os.path.exists(os.path.join(folder, "tokenizer.json")):     # text in and out (hf_tokenizer/)
         from minimoe.tokenizer import load_tokenizer

@@ -9,12 +9,16 @@ The format (https://github.com/huggingface/safetensors):
                        little-endian. The tensors tile the region exactly: no overlaps, no gaps.
 
 We read it ourselves because NumPy has no bfloat16: a BF16 tensor is read as uint16 and widened to
-float32 by a 16-bit shift, which is exact. The reader checks the header as strictly as the
+float32 by a 16-bit shift, which is exact. Or it is not read at all: `map_tensors` returns each
+tensor as a view of the file, memory-mapped (np.memmap), so a 13 GB checkpoint costs no memory
+until a page of it is used (BF16 comes back as its uint16 bits; see minimoe/io/pages.py for
+what a mapped tensor holds in memory). The reader checks the header as strictly as the
 safetensors package does (types of every field, shapes of non-negative integers, offsets that fit
 the shape, the file and each other), so a truncated or corrupt file, or one whose tensors share
 bytes, gives an error that names the file and the tensor, never a crash deep inside NumPy.
 
-We write it ourselves too, with ordinary file writes, so that a full disk raises an OSError
+We write it ourselves too (write_safetensors, or write_streaming for tensors made a piece at a
+time, such as `minimoe bench big`'s 13 GB of random weights), with ordinary file writes, so that a full disk raises an OSError
 (which minimoe/io/atomic.py turns into an error naming the file); the bytes are what the
 safetensors package reads (tests/test_checkpoint.py checks that they load equal).
 """
@@ -147,30 +151,77 @@ def read_tensors(path: str, to_float32: bool = False) -> tuple[dict[str, np.ndar
     return out, metadata
 
 
-def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write `tensors` to `path` in the layout above: names in sorted order, the header padded with
-    spaces to a multiple of 8 bytes (as the safetensors package pads it). Not atomic by itself:
-    write to a path from minimoe/io/atomic.py."""
-    header, arrays, offset = {}, [], 0
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
-        code = CODES.get(arr.dtype.newbyteorder("="))
+def map_tensors(path: str) -> tuple[dict[str, np.ndarray], dict, dict[str, str]]:
+    """({name: array}, metadata, {name: dtype code}) with every array a read-only view of the
+    file, memory-mapped: nothing is read until it is used. BF16 tensors come back as their uint16
+    bits (code "BF16"). F32 and F64 tensors are mapped copy-on-write, so that a model can train
+    on them in place without touching the file; everything else read-only."""
+    header, metadata, start = read_header(path)
+    arrays, codes = {}, {}
+    try:
+        for name, info in header.items():
+            b, e = info["data_offsets"]
+            code, shape = info["dtype"], tuple(info["shape"])
+            dtype = np.dtype(DTYPES[code]).newbyteorder("<")
+            if e == b:                                     # (mmap cannot map zero bytes)
+                arr = np.zeros(shape, dtype)
+            else:
+                mode = "c" if code in ("F32", "F64") else "r"
+                flat = np.memmap(path, dtype=dtype, mode=mode, offset=start + b, shape=((e - b) // dtype.itemsize,))
+                arr = np.asarray(flat).reshape(shape)      # a plain ndarray view; the map stays open under it
+            arrays[name], codes[name] = arr, code
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot map ({e.strerror})") from None
+    return arrays, metadata, codes
+
+
+def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None,
+                      codes: dict[str, str] | None = None) -> None:
+    """Write `tensors` to `path` in the layout above, the header padded with spaces to a multiple
+    of 8 bytes (as the safetensors package pads it). `codes` overrides a tensor's dtype code: a
+    uint16 array holding bf16 bits is written as {"name": "BF16"}. Not atomic by itself: write to
+    a path from minimoe/io/atomic.py."""
+    specs = {}
+    for name, arr in tensors.items():
+        arr = np.ascontiguousarray(arr)
+        code = (codes or {}).get(name) or CODES.get(arr.dtype.newbyteorder("="))
         if code is None:
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {arr.dtype}, which safetensors "
                                   f"cannot store")
-        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)        # little-endian on disk
-        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
-        arrays.append(arr)
-        offset += arr.nbytes
+        specs[name] = (code, arr.shape, lambda arr=arr: [arr])
+    write_streaming(path, specs, metadata)
+
+
+def write_streaming(path: str, specs: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file whose tensors are made a piece at a time: specs is {name: (dtype
+    code, shape, pieces)}, where pieces() yields arrays whose bytes, in order, are the tensor's
+    (row-major, little-endian). The header is written first, from the shapes. The tensors are laid
+    out widest dtype first, then by name, as the safetensors package lays them out: each tensor's
+    data then starts at a multiple of its item size, so every mapped view is aligned."""
+    order = sorted(specs, key=lambda n: (-np.dtype(DTYPES[specs[n][0]]).itemsize, n))
+    header, offset = {}, 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name in order:
+        code, shape, _ = specs[name]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[code]).itemsize
+        header[name] = {"dtype": code, "shape": [int(n) for n in shape], "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
-        for arr in arrays:
-            f.write(arr.reshape(-1).view(np.uint8).data)
+        for name in order:
+            written, (b, e) = 0, header[name]["data_offsets"]
+            for piece in specs[name][2]():
+                piece = np.ascontiguousarray(piece)
+                piece = piece.astype(piece.dtype.newbyteorder("<"), copy=False)   # little-endian on disk
+                f.write(piece.reshape(-1).view(np.uint8).data)
+                written += piece.nbytes
+            if written != e - b:
+                raise CheckpointError(f"{path}: tensor {name!r} was given {written} bytes, its shape "
+                                      f"{tuple(specs[name][1])} needs {e - b}")
 
 
 def dtype_name(path: str, name: str) -> str:

@@ -26,7 +26,10 @@ Files (the Numba modules are imported on a kernel's first use, not by `import mi
                  (minimoe.set_activation_precision; the default on a CPU with VNNI)
     vnni.py      the integer dot-product instruction (vpdpbusd) reached from Numba, and its fallback
     kquant_matmul.py  the same for the K-quants q4_k and q6_k, on the GGUF bytes as stored
-    halfmatmul.py  bf16 / fp16 weights as stored: GEMV kernels and tile-widen + BLAS (not wired yet)
+    halfmatmul.py  bf16 / fp16 weights as stored (a memory-mapped checkpoint's QTensors): GEMV
+                 kernels and tile-widen + BLAS
+    stored_gemv.py q4_0 / q8_0 / mxfp4 weights of a memory-mapped checkpoint, read from their GGUF
+                 blocks as the file holds them (the repacked copy would read every expert)
     moe.py       MoE dispatch (group assignments by expert), gather, combine (weighted scatter-add)
     ops.py       attention over the KV cache for a few new positions, router top-k
     train.py     row-wise RMSNorm, RoPE and softmax backward, forward and backward
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minimoe.io.pages import is_mapped
 from minimoe.kernels.backend import backend, get_backend, set_backend
 from minimoe.kernels.packed import PACKED_FORMATS, KernelInputError, PackedWeight, pack
 
@@ -51,6 +55,9 @@ def matmul(x: np.ndarray, w) -> np.ndarray:
     fmt = getattr(w, "fmt", None)
     if fmt is None:
         raise KernelInputError(f"matmul: w must be a float array or a QTensor, found {type(w).__name__}")
+    if fmt in HALF_FORMATS and getattr(x, "dtype", None) == np.float32:
+        from minimoe.kernels.halfmatmul import matmul_half
+        return matmul_half(x, w)                         # bf16 / fp16 as stored, widened on the fly
     if getattr(x, "dtype", None) == np.float32 and fmt in PACKED_FORMATS:
         return qmatmul(x, pack(w))                       # fused dequantize-and-multiply
     if fmt in KQUANT_GEMV_FORMATS and getattr(x, "dtype", None) == np.float32 and x.ndim == 2:
@@ -78,6 +85,12 @@ def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
     qm, km = _compiled()
     if type(w) is np.ndarray:
         y = float_product(x, w, experts)                                  # (N, O)
+    elif w.fmt in HALF_FORMATS:
+        from minimoe.kernels.halfmatmul import matmul_half
+        y = matmul_half(x, w, experts)                                    # (N, O), bf16/fp16 as stored
+    elif w.fmt in STORED_FORMATS and w.nbytes >= STORED_MIN_BYTES and is_mapped(w.blocks):
+        from minimoe.kernels.stored_gemv import matmul_stored
+        y = matmul_stored(x, w, experts)                                  # (N, O), a mapped file's blocks
     elif w.fmt in KQUANT_GEMV_FORMATS:
         y = km.kmatmul(x, w, experts)                                     # (N, O), on the GGUF bytes
     else:
@@ -129,10 +142,15 @@ def takes_matmul(x, w, b=None, experts=None) -> bool:
     one with a fused kernel."""
     if x.dtype != np.float32:
         return False
-    return isinstance(w, (np.ndarray, PackedWeight)) or getattr(w, "fmt", None) in PACKED_FORMATS + KQUANT_GEMV_FORMATS
+    return isinstance(w, (np.ndarray, PackedWeight)) or getattr(w, "fmt", None) in PACKED_FORMATS + KQUANT_GEMV_FORMATS + HALF_FORMATS
 
 
 KQUANT_GEMV_FORMATS = ("q4_k", "q6_k")   # K-quants with fused kernels (kquant_matmul.py)
+HALF_FORMATS = ("bf16", "fp16")          # 16-bit floats as stored (halfmatmul.py)
+STORED_FORMATS = ("q4_0", "q8_0", "mxfp4")   # read from a memory-mapped file's blocks (stored_gemv.py)
+# ... when the weight is at least this big: a repacked copy of a big expert stack would read every
+# expert from the file and double its memory; a small weight is repacked, as in memory (faster)
+STORED_MIN_BYTES = 1 << 24
 # Model.forward runs OpenBLAS on one thread; a float product of at least this many multiply-adds
 # is shared out to minimoe's own worker threads instead (qmatmul.float_matmul).
 THREADS_MIN_MACS = 2**24

@@ -5,6 +5,8 @@ Formats: see minimoe/quant/bf16.py (bf16 is the top half of a float32; fp16 has 
 
     matmul_bf16(x, w, experts=None)    x (..., I) float32, w (O, I) uint16 bf16 bits -> (..., O)
     matmul_fp16(x, w, experts=None)    x (..., I) float32, w (O, I) float16          -> (..., O)
+    matmul_half(x, qt, experts=None)   qt a bf16 or fp16 QTensor (minimoe/quant/bf16.py, fp16.py):
+                                       the model's weights as a memory-mapped checkpoint holds them
 
 With a stack w (E, O, I), `experts` (R,) int64 says which matrix each row of x (R, I) uses: an
 MoE layer's decode-step gather, one call for all K experts of a token.
@@ -111,6 +113,7 @@ for _k in (gemv_bf16, gemv_fp16):     # kernel.serial: one core, for GEMVs under
     _one_core(_k)
 
 GEMV = {"bf16": gemv_bf16, "fp16": gemv_fp16}
+HALF_FORMATS = tuple(GEMV)
 
 
 def widen(w: np.ndarray, fmt: str) -> np.ndarray:
@@ -140,30 +143,53 @@ def matmul_fp16(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None)
     return _half_matmul(x, w.view(np.uint16), experts, "fp16")
 
 
+def matmul_half(x: np.ndarray, qt, experts: np.ndarray | None = None) -> np.ndarray:
+    """x (..., I) float32 @ qt.T for a bf16 or fp16 QTensor qt of shape (O, I) or (E, O, I), read
+    as stored: its bytes are the values' 16 bits, little-endian."""
+    if qt.fmt not in HALF_FORMATS:
+        raise KernelInputError(f"matmul_half: {qt.name or 'weight'} is {qt.fmt}; this kernel takes {HALF_FORMATS}")
+    bits = qt.blocks.view("<u2").reshape(qt.shape)                          # (..., O, I) uint16, no copy
+    return _half_matmul(x, bits, experts, qt.fmt)
+
+
 def _half_matmul(x, w, experts, fmt):
     what = f"matmul with a {fmt} weight of shape {w.shape}"
     if w.ndim not in (2, 3):
         raise KernelInputError(f"{what}: w must be (O, I) or a stack (E, O, I)")
-    I = w.shape[-1]
+    stack = w if w.ndim == 3 else w[None]                                   # (E, O, I)
+
+    def gemv(X, experts, out):
+        R, O, I = X.shape[0], out.shape[1], X.shape[1]
+        kernel = GEMV[fmt] if R * O * I >= PARALLEL_MIN_WEIGHTS else GEMV[fmt].serial
+        kernel(X, np.ascontiguousarray(stack), experts, out)
+
+    return stack_matmul(x, stack.shape[:2], w.shape[-1], experts, w.ndim == 3, what, gemv,
+                        lambda e, o0, o1: widen(stack[e, o0:o1], fmt))      # (T, I) float32
+
+
+def stack_matmul(x, EO: tuple, I: int, experts, stacked: bool, what: str, gemv, tile):
+    """The shared frame of a matmul by a weight the kernels read as stored (this file's 16-bit
+    floats, stored_gemv.py's GGUF blocks): x (..., I) float32 times a matrix (O, I), or row r of
+    x (R, I) times matrix experts[r] of a stack of E. Up to GEMV_MAX_ROWS rows run
+    gemv(X (R, I), experts (R,), out (R, O)); more rows multiply each matrix used by BLAS, its
+    rows decoded TILE_ROWS at a time by tile(e, o0, o1) -> float32 (o1 - o0, I)."""
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 1 or x.shape[-1] != I:
         raise KernelInputError(f"{what}: x must be float32 of shape (..., {I}), found "
                                f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
     lead = x.shape[:-1]
     X = np.ascontiguousarray(x.reshape(-1, I))                              # (R, I)
     R = X.shape[0]
-    stack = w if w.ndim == 3 else w[None]                                   # (E, O, I)
-    E, O = stack.shape[:2]
-    experts = check_experts(experts, R, E, w.ndim == 3, what)
+    E, O = EO
+    experts = check_experts(experts, R, E, stacked, what)
     if experts is None:
         experts = np.zeros(R, np.int64)                                     # every row: matrix 0
     out = np.empty((R, O), np.float32)
     if R <= GEMV_MAX_ROWS:                                                  # decode: GEMV
-        kernel = GEMV[fmt] if R * O * I >= PARALLEL_MIN_WEIGHTS else GEMV[fmt].serial
-        kernel(X, np.ascontiguousarray(stack), experts, out)
+        gemv(X, experts, out)
         return out.reshape(*lead, O)
     for e in np.unique(experts):                                            # prefill: per matrix,
-        rows = np.flatnonzero(experts == e)                                 # widen tiles, then BLAS
+        rows = np.flatnonzero(experts == e)                                 # decode tiles, then BLAS
         for o0 in range(0, O, TILE_ROWS):
-            tile = widen(stack[e, o0:o0 + TILE_ROWS], fmt)                  # (T, I) float32
-            out[rows, o0:o0 + tile.shape[0]] = X[rows] @ tile.T             # (r, I) @ (I, T)
+            w = tile(e, o0, min(O, o0 + TILE_ROWS))                         # (T, I) float32
+            out[rows, o0:o0 + w.shape[0]] = X[rows] @ w.T                   # (r, I) @ (I, T)
     return out.reshape(*lead, O)

@@ -10,7 +10,10 @@ from minimoe.kernels.dispatch import Leaf
 
 
 def lookup(tokens: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """tokens (B, T) int, weight (V, C) -> x (B, T, C): row tokens[b, t] of the table."""
+    """tokens (B, T) int, weight (V, C) -> x (B, T, C): row tokens[b, t] of the table. A table
+    stored as bf16 (a QTensor, memory-mapped) decodes only the rows looked up."""
+    if not isinstance(weight, np.ndarray):
+        return weight.rows(tokens)                       # (V, C) packed -> (B, T, C) float32
     return weight[tokens]                                # (V, C)[(B, T)] -> (B, T, C)
 
 

@@ -19,10 +19,12 @@ Formats (one module each, the byte layout drawn at the top of the file):
     q4_k  144 bytes / 256 values 4.5                    GGUF type 12
     q5_k  176 bytes / 256 values 5.5                    GGUF type 13
     q6_k  210 bytes / 256 values 6.5625                 GGUF type 14
+    bf16    2 bytes / 1 value    16                     unpacked 16-bit floats, as checkpoints store
+    fp16    2 bytes / 1 value    16                     them (bf16.py): a memory-mapped weight as is
 (the K-quants share k_quants.py: the 256-weight super-block and ggml's scale searches)
 See docs/formats.md.
 """
-from . import mxfp4, nf4, q2_k, q3_k, q4_0, q4_1, q4_k, q5_k, q6_k, q8_0
+from . import bf16, fp16, mxfp4, nf4, q2_k, q3_k, q4_0, q4_1, q4_k, q5_k, q6_k, q8_0
 from .mxfp4 import from_hf_mxfp4, to_hf_mxfp4
 from .qtensor import (
     FORMATS,
@@ -36,7 +38,7 @@ from .qtensor import (
     quantize,
 )
 
-for _module in (q8_0, q4_0, q4_1, mxfp4, nf4, q2_k, q3_k, q4_k, q5_k, q6_k):
+for _module in (q8_0, q4_0, q4_1, mxfp4, nf4, q2_k, q3_k, q4_k, q5_k, q6_k, bf16, fp16):
     FORMATS[_module.NAME] = _module
 del _module
 

@@ -29,10 +29,22 @@ normal 2^-14) and a 10-bit mantissa. Its value is
     e = 31         (-1)^s * inf if m == 0, else NaN
 
 which float32 holds exactly too.
+
+As a storage format beside the packed ones (minimoe/quant/qtensor.py), a bf16 tensor is a QTensor
+whose "blocks" are one value each: BLOCK_SIZE 1, BLOCK_BYTES 2, the two bytes of each value
+little-endian. So a memory-mapped bf16 weight (minimoe/io/checkpoint.py) goes through the model
+exactly as a q4_0 one does: `matmul(x, w)`, `experts[e]`, `dequantize()`. fp16 is the same, in
+minimoe/quant/fp16.py.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .qtensor import as_byte_blocks, as_float_blocks
+
+NAME = "bf16"
+BLOCK_SIZE = 1          # one value per "block": nothing is shared between values
+BLOCK_BYTES = 2
 
 
 def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -61,3 +73,31 @@ def fp16_value_loop(bits: int) -> float:
     if e == 31:
         return sign * float("inf") if m == 0 else float("nan")
     return sign * (1024 + m) * 2.0 ** (e - 25)
+
+
+# --- the format-module interface of minimoe/quant/qtensor.py ---------------------------------------
+
+def quantize_blocks(x: np.ndarray) -> np.ndarray:
+    """float32 (N, 1) -> uint8 (N, 2): each value rounded to bf16, its bits little-endian."""
+    x = as_float_blocks(x, NAME, BLOCK_SIZE)
+    return float32_to_bf16(x).astype("<u2").view(np.uint8)        # (N, 1) uint16 -> (N, 2) bytes
+
+
+def dequantize_blocks(b: np.ndarray) -> np.ndarray:
+    """uint8 (N, 2) -> float32 (N, 1), exact."""
+    b = as_byte_blocks(b, NAME, BLOCK_BYTES)
+    return bf16_to_float32(np.ascontiguousarray(b).view("<u2"))    # (N, 2) bytes -> (N, 1)
+
+
+def nonfinite_blocks(b: np.ndarray) -> np.ndarray:
+    """uint8 (N, 2) -> bool (N,): the values whose 8 exponent bits are all ones (inf or NaN)."""
+    bits = np.ascontiguousarray(b).view("<u2")[:, 0]                # (N,)
+    return (bits & np.uint16(0x7F80)) == np.uint16(0x7F80)
+
+
+def dequantize_block_loop(block) -> np.ndarray:
+    """The readable oracle: two bytes, low byte first, become the top half of a float32."""
+    block = bytes(block)
+    assert len(block) == BLOCK_BYTES, f"a bf16 value is {BLOCK_BYTES} bytes, got {len(block)}"
+    top = block[0] | (block[1] << 8)
+    return np.array([top << 16], dtype=np.uint32).view(np.float32)

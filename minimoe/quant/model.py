@@ -76,6 +76,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("mxfp4-moe", "routed experts mxfp4, every other matrix q8_0 (llama.cpp's MXFP4_MOE)",
            {"experts": "mxfp4", "attention": "q8_0", "ffn": "q8_0", "shared_experts": "q8_0",
             "head": "q8_0"}),
+    Recipe("experts-mxfp4", "routed experts mxfp4, every other tensor as it is (gpt-oss as released: "
+           "the rest bf16)", {"experts": "mxfp4"}),
+    Recipe("experts-q4_0", "routed experts q4_0, every other tensor as it is", {"experts": "q4_0"}),
     Recipe("q4_0-moe", "routed experts q4_0, every other matrix q8_0",
            {"experts": "q4_0", "attention": "q8_0", "ffn": "q8_0", "shared_experts": "q8_0",
             "head": "q8_0"}),

@@ -113,6 +113,11 @@ class QTensor:
         return int(self.blocks.nbytes)
 
     @property
+    def dtype(self):
+        """float32: what the values decode to and what the model computes in."""
+        return np.dtype(np.float32)
+
+    @property
     def n_blocks(self) -> int:
         return self.blocks.size // self.format.BLOCK_BYTES
 
@@ -148,6 +153,17 @@ class QTensor:
         rows = self.blocks.reshape(-1, spec.BLOCK_BYTES)    # (N, BB)
         values = spec.dequantize_blocks(rows)               # (N, BB) -> (N, BS)
         return values.reshape(self.shape)                   # (N, BS) -> shape
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` of a 2-D tensor (V, C), decoded: ids (...) int -> float32 (..., C). Only those
+        rows' bytes are read (an embedding lookup of a memory-mapped bf16 table)."""
+        if len(self.shape) != 2:
+            raise QuantError(f"{_what(self.name)}: rows() reads a 2-D table, this one has shape {self.shape}")
+        ids = np.asarray(ids)
+        spec = self.format
+        picked = self.blocks[ids.reshape(-1)].reshape(-1, spec.BLOCK_BYTES)   # (n*C/BS, BB), the rows' blocks
+        values = spec.dequantize_blocks(picked)                                # (n*C/BS, BS)
+        return values.reshape(*ids.shape, self.shape[1])                       # (..., C)
 
     def __getitem__(self, index) -> QTensor:
         """qt[e] (or qt[i, j]): the packed sub-tensor at integer indices on the LEADING axes.

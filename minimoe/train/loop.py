@@ -618,7 +618,7 @@ def initial_model(tc: TrainConfig) -> Model:
     config. An override may add buffers (the correction bias, zeros) but no learned parameter."""
     from minimoe.io.checkpoint import load
     from minimoe.params import is_buffer, param_shapes
-    start = load(tc.init)
+    start = load(tc.init, dtype=np.float32)             # trained in float32, whatever the storage
     changes = dict(tc.model)
     if tc.bias_update_rate:
         changes.setdefault("router_correction_bias", True)
