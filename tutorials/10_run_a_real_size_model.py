@@ -116,7 +116,8 @@ print(f"the model holds {held / GB:.2f} GB; of its mapped pages, {in_memory / 1e
 # We run one token and ask which pages came in. The trace says which experts the router picked;
 # pagemap says which experts' bytes are now in memory. They agree: a whole expert for each one
 # picked, and for the others at most the edge of one (the kernel maps the file's page cache a
-# whole *folio*, up to 2 MB, at a time).
+# whole *folio*, up to 2 MB, at a time). On a machine short of memory, the operating system may
+# already have evicted part of an expert the token read; then it is missing from the second list.
 
 # %%
 with minimoe.trace() as t:
@@ -127,7 +128,10 @@ for layer, fr in fractions.items():
     picked = sorted(routing[layer]["experts"][0].tolist())
     whole = [e for e, f in enumerate(fr) if f >= 0.99]
     print(f"layer {layer}: router picked {picked}, experts in memory {whole}")
-    assert whole == picked
+    assert set(whole) <= set(picked)                              # nothing the token did not need
+    if whole != picked:                                           # read, then pushed out again:
+        print(f"  (experts {sorted(set(picked) - set(whole))} were read and already partly evicted: "
+              f"the page cache is short of memory, as right after writing {held / GB:.1f} GB)")
 after = {n: resident_bytes(a) or 0 for n, a in mapped.items()}
 from minimoe.params import component
 
