@@ -218,3 +218,19 @@ def test_the_dense_width_comes_back_when_the_experts_are_narrower(tmp_path, d_ex
     assert ("minimoe.feed_forward_length" in reader.fields) == (d_expert != cfg.d_ff)
     back = minimoe.load(path)
     assert back.config == minimoe.Config(**{**cfg.__dict__, "name": back.config.name})
+
+
+@pytest.mark.parametrize("fmt, gguf_type", [("bf16", "BF16"), ("fp16", "F16")])
+def test_half_precision_weights_go_out_as_stored(tmp_path, fmt, gguf_type):
+    """A model holding bf16 / fp16 weights (as a Hugging Face folder loads) writes them as GGUF's
+    BF16 / F16, byte for byte, and reads them back as their float32 widening."""
+    model = tiny_moe()
+    name = "layers.0.attn.q.weight"
+    model.params[name] = quant.quantize(model.params[name], fmt)
+    path = model.save_gguf(str(tmp_path / "m.gguf"))
+    tensor = next(t for t in gguf.GGUFReader(path).tensors if t.name == "blk.0.attn_q.weight")
+    assert tensor.tensor_type == getattr(gguf.GGMLQuantizationType, gguf_type)
+    back = minimoe.load(path)
+    want = model.params[name].dequantize()
+    assert back.params[name].dtype == np.float32
+    np.testing.assert_array_equal(back.params[name], want)

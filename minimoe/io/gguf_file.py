@@ -242,7 +242,7 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
             if isinstance(t, np.ndarray):
                 w.add_tensor(gname, np.ascontiguousarray(t, dtype=np.float32))
             else:
-                qtype = getattr(gguf.GGMLQuantizationType, t.fmt.upper(), None)
+                qtype = getattr(gguf.GGMLQuantizationType, GGUF_TYPE_NAMES.get(t.fmt, t.fmt.upper()), None)
                 if qtype is None:
                     raise GGUFError(f"{ours}: packed as {t.fmt}, which GGUF has no type for; "
                                     f"quantize the model with a GGUF format (q8_0, q4_0, q4_1, mxfp4, "
@@ -255,6 +255,7 @@ def save_gguf(model, path: str, recipe: str = "f32", pack_embedding: bool = Fals
     return path
 
 
+GGUF_TYPE_NAMES = {"fp16": "F16", "bf16": "BF16"}   # minimoe's storage formats whose GGUF names differ
 D_FF_KEY = "minimoe.feed_forward_length"   # the dense FFN width, where the architecture has no key for it
 TRUNCATE_KEY = "minimoe.rope.scaling.truncate"   # YaRN's correction range floored/ceiled or not
 
