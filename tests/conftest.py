@@ -41,6 +41,20 @@ def run_tutorial(name: str, out_dir, timeout: int = 120) -> str:
     return r.stdout
 
 
+def run_tutorial_here(name: str, cwd, timeout: int = 300) -> str:
+    """Run tutorials/<name> in fast mode from the folder cwd with no MINIMOE_TUTORIAL_OUT, as a
+    student would: its outputs go to cwd/minimoe_out. Returns its stdout."""
+    import subprocess
+    import sys
+    env = dict(os.environ, MINIMOE_FAST="1", MPLBACKEND="Agg",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.pop("MINIMOE_TUTORIAL_OUT", None)
+    r = subprocess.run([sys.executable, str(ROOT / "tutorials" / name)], capture_output=True, text=True,
+                       env=env, timeout=timeout, cwd=cwd)
+    assert r.returncode == 0, f"tutorials/{name} failed:\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
 def check_notebook(name: str) -> None:
     """tutorials/<name> is a jupytext percent notebook that runs unchanged as one: its header, no
     __file__, and markdown and code cells (skips without jupytext)."""

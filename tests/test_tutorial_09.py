@@ -1,26 +1,18 @@
 """tutorials/09_load_balancing_and_collapse.py in fast mode: the collapse, the three fixes and the
 capacity aside, with their figures under ./minimoe_out/09/ of the working directory."""
-import os
-import subprocess
-import sys
 
-from conftest import ROOT
+from conftest import ROOT, run_tutorial_here
 
 
 def test_tutorial_09_runs_in_its_working_directory(tmp_path):
-    env = dict(os.environ, MINIMOE_FAST="1", MPLBACKEND="Agg",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    env.pop("MINIMOE_TUTORIAL_OUT", None)
-    r = subprocess.run([sys.executable, str(ROOT / "tutorials" / "09_load_balancing_and_collapse.py")],
-                       capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    lines = r.stdout.splitlines()
+    stdout = run_tutorial_here("09_load_balancing_and_collapse.py", tmp_path)
+    lines = stdout.splitlines()
     table = lines[next(i for i, l in enumerate(lines) if l.split() == ["method", "val", "loss", "busiest"]) + 1:]
     busiest = {l[:15].strip(): float(l.split()[-1].rstrip("%")) for l in table if l.strip()}   # the last table
     assert busiest["no balancing"] > 60
     for fix in ("aux loss", "loss-free bias", "expert choice"):
         assert busiest[fix] < 60, fix
-    assert "of the val tokens skip the MoE layers" in r.stdout
+    assert "of the val tokens skip the MoE layers" in stdout
     for fig in ("09_collapse", "09_aux_loss", "09_loss_free", "09_expert_choice", "09_summary"):
         assert (tmp_path / "minimoe_out" / "09" / f"{fig}.png").stat().st_size > 10_000, fig
 
