@@ -41,6 +41,8 @@ import time
 
 import numpy as np
 
+from minimoe.kernels.backend import blas_threads
+
 COMPETITORS = ("quiet", "busy", "train")
 MODELS = {"shakespeare-moe": 64, "mixtral-mini": 256}     # preset -> prompt tokens P
 
@@ -89,49 +91,42 @@ def _resumer(proc):
     return resume
 
 
+def call_times(fn, calls: int) -> list:
+    """Seconds of each of `calls` calls of fn()."""
+    out = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def time_calls(model, P: int, calls: int) -> dict:
     """Seconds per call: `calls` prefills of P tokens and `calls` decode steps."""
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, model.config.vocab_size, P)
-    out = {"prefill": [], "decode": []}
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        model(prompt)
-        out["prefill"].append(time.perf_counter() - t0)
+    prefill = call_times(lambda: model(prompt), calls)
     kv = model.new_kv_cache(1, P + calls + 1)
     model.forward(prompt[None], kv)
     tok = np.array([[int(prompt[-1])]])
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        model.forward(tok, kv)
-        out["decode"].append(time.perf_counter() - t0)
-    return out
+    return {"prefill": prefill, "decode": call_times(lambda: model.forward(tok, kv), calls)}
 
 
 def control_work(seconds: float):
-    """A stand-in call with no minimoe code in it: one thread of NumPy matmuls on 64 x 64 arrays,
-    as many as take `seconds` on this machine now. Returns the function. Timed beside the model's
-    calls, it shows what the competitor alone does to any call that long (the operating system's
-    time slices): a floor that no library can go below."""
+    """A stand-in call with no minimoe code in it: NumPy matmuls on 64 x 64 arrays on one thread
+    (OpenBLAS held to one, as Model.forward holds it), as many as take `seconds` on this machine
+    now. Returns the function. Timed beside the model's calls, it shows what the competitor alone
+    does to any call that long (the operating system's time slices): a floor that no library can
+    go below."""
     a = np.random.default_rng(0).random((64, 64), dtype=np.float32)
-    t0 = time.perf_counter()
-    for _ in range(50):
-        a @ a
-    n = max(1, round(seconds / ((time.perf_counter() - t0) / 50)))
 
-    def work():
-        for _ in range(n):
-            a @ a
-    return work
+    def matmuls(n):
+        with blas_threads(1):
+            for _ in range(n):
+                a @ a
 
-
-def time_control(work, calls: int) -> list:
-    out = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        work()
-        out.append(time.perf_counter() - t0)
-    return out
+    n = max(1, round(seconds / (call_times(lambda: matmuls(50), 1)[0] / 50)))
+    return lambda: matmuls(n)
 
 
 def bench_load(presets=("shakespeare-moe", "mixtral-mini"), competitors=COMPETITORS, calls: int = 40,
@@ -156,7 +151,7 @@ def bench_load(presets=("shakespeare-moe", "mixtral-mini"), competitors=COMPETIT
                         for op, t in time_calls(model, P, per_round).items():
                             times[kind][op] += t
                         for op, work in controls.items():
-                            times[kind][op] += time_control(work, per_round)
+                            times[kind][op] += call_times(work, per_round)
         results[preset] = {kind: {op: {"median_ms": 1e3 * float(np.median(t)), "worst_ms": 1e3 * float(max(t))}
                                   for op, t in ops.items()} for kind, ops in times.items()}
         quiet = results[preset].get("quiet")

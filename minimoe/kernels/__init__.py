@@ -82,15 +82,13 @@ def _check_operands(x, w_shape: tuple, w_ok: bool) -> None:
 def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
     """The compiled side of minimoe/nn/linear.py's `matmul`, with its signature: x (N, I) float32
     @ w (O, I).T (+ b), or row n times w[experts[n]] of a stack (E, O, I) (+ b[experts[n]])."""
-    qm, km = _compiled()
+    qm, km, hm, sm = _compiled()
     if type(w) is np.ndarray:
         y = float_product(x, w, experts)                                  # (N, O)
     elif w.fmt in HALF_FORMATS:
-        from minimoe.kernels.halfmatmul import matmul_half
-        y = matmul_half(x, w, experts)                                    # (N, O), bf16/fp16 as stored
+        y = hm.matmul_half(x, w, experts)                                 # (N, O), bf16/fp16 as stored
     elif w.fmt in STORED_FORMATS and w.nbytes >= STORED_MIN_BYTES and is_mapped(w.blocks):
-        from minimoe.kernels.stored_gemv import matmul_stored
-        y = matmul_stored(x, w, experts)                                  # (N, O), a mapped file's blocks
+        y = sm.matmul_stored(x, w, experts)                               # (N, O), a mapped file's blocks
     elif w.fmt in KQUANT_GEMV_FORMATS:
         y = km.kmatmul(x, w, experts)                                     # (N, O), on the GGUF bytes
     else:
@@ -125,15 +123,15 @@ def float_product(x: np.ndarray, w: np.ndarray, experts=None) -> np.ndarray:
     return by_expert(x, w, None, experts)                                 # the twin's own loop
 
 
-_MODULES: list = []     # [qmatmul, kquant_matmul], once the first matmul has imported them
+_MODULES: list = []     # [qmatmul, kquant_matmul, halfmatmul, stored_gemv], once imported
 
 
 def _compiled() -> list:
-    """qmatmul.py and kquant_matmul.py, imported on the first matmul (importing them loads Numba)
-    and kept: an import statement inside matmul_leaf would cost about a microsecond per call."""
+    """The kernel modules matmul_leaf calls, imported on the first matmul (importing them loads
+    Numba) and kept: an import statement inside matmul_leaf would cost about a microsecond per call."""
     if not _MODULES:
-        from minimoe.kernels import kquant_matmul, qmatmul
-        _MODULES.extend((qmatmul, kquant_matmul))
+        from minimoe.kernels import halfmatmul, kquant_matmul, qmatmul, stored_gemv
+        _MODULES.extend((qmatmul, kquant_matmul, halfmatmul, stored_gemv))
     return _MODULES
 
 
