@@ -11,7 +11,7 @@ from minimoe.errors import CheckpointError, DataError, MinimoeError
 from minimoe.inspect.estimate import estimate
 from minimoe.inspect.tracing import trace
 from minimoe.io.checkpoint import load
-from minimoe.kernels import backend, get_backend, matmul, set_backend
+from minimoe.kernels import backend, get_backend, matmul, set_backend, set_repack_budget
 from minimoe.kernels.backend import get_activation_precision, set_activation_precision
 from minimoe.model import Model
 from minimoe.quant.model import quantize_model as quantize

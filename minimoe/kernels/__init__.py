@@ -29,7 +29,8 @@ Files (the Numba modules are imported on a kernel's first use, not by `import mi
     halfmatmul.py  bf16 / fp16 weights as stored (a memory-mapped checkpoint's QTensors): GEMV
                  kernels and tile-widen + BLAS
     stored_gemv.py q4_0 / q8_0 / mxfp4 weights of a memory-mapped checkpoint, read from their GGUF
-                 blocks as the file holds them (the repacked copy would read every expert)
+                 blocks as the file holds them (the repacked copy would read every expert), and
+                 large ones in memory past the repack budget (packed.py: set_repack_budget)
     moe.py       MoE dispatch (group assignments by expert), gather, combine (weighted scatter-add)
     ops.py       attention over the KV cache for a few new positions, router top-k
     train.py     row-wise RMSNorm, RoPE and softmax backward, forward and backward
@@ -40,7 +41,7 @@ import numpy as np
 
 from minimoe.io.pages import is_mapped
 from minimoe.kernels.backend import backend, get_backend, set_backend
-from minimoe.kernels.packed import PACKED_FORMATS, KernelInputError, PackedWeight, pack
+from minimoe.kernels.packed import PACKED_FORMATS, KernelInputError, PackedWeight, may_repack, pack, set_repack_budget
 
 
 def matmul(x: np.ndarray, w) -> np.ndarray:
@@ -87,8 +88,8 @@ def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
         y = float_product(x, w, experts)                                  # (N, O)
     elif w.fmt in HALF_FORMATS:
         y = hm.matmul_half(x, w, experts)                                 # (N, O), bf16/fp16 as stored
-    elif w.fmt in STORED_FORMATS and w.nbytes >= STORED_MIN_BYTES and is_mapped(w.blocks):
-        y = sm.matmul_stored(x, w, experts)                               # (N, O), a mapped file's blocks
+    elif w.fmt in STORED_FORMATS and w.nbytes >= STORED_MIN_BYTES and (is_mapped(w.blocks) or not may_repack(w)):
+        y = sm.matmul_stored(x, w, experts)     # (N, O), as stored: a mapped file's, or past the repack budget
     elif w.fmt in KQUANT_GEMV_FORMATS:
         y = km.kmatmul(x, w, experts)                                     # (N, O), on the GGUF bytes
     else:
@@ -155,5 +156,5 @@ THREADS_MIN_MACS = 2**24
 THREADS_MIN_GEMV_WEIGHTS = 2**19   # ... and so is a one-token GEMV over a matrix this large (2 MiB)
 GEMV_ROWS = 4            # rows up to which a stack of float experts is multiplied row by row
 
-__all__ = ["matmul", "backend", "get_backend", "set_backend", "pack", "PackedWeight",
+__all__ = ["matmul", "backend", "get_backend", "set_backend", "pack", "PackedWeight", "set_repack_budget",
            "KernelInputError", "PACKED_FORMATS"]

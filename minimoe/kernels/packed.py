@@ -33,8 +33,10 @@ bytes do. QTensors are treated as immutable: writing into `qt.blocks` in place i
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -310,6 +312,139 @@ def _stack_of(qt: QTensor):
         return None
     stack = QTensor(qt.fmt, (root.shape[0], *qt.shape), root)
     return stack, offset // per
+
+
+# ----------------------------------------------------------------------------------------------
+# The repack budget: how many bytes of kernel copies large weights may add to the process
+# ----------------------------------------------------------------------------------------------
+#
+# A repacked copy (a PackedWeight, and on the int8 decode path its quad words, int8matmul.py) is
+# about as big as the GGUF bytes it comes from, twice as big with the quad words. A model quantized
+# while loading holds its packed weights in memory, so repacking all of them would double or
+# triple what decoding needs: OLMoE-1B-7B at q8_0 holds 7.5 GB and its copies add 15 more. So a
+# large weight (kernels/__init__.py's STORED_MIN_BYTES) is repacked only while the copies made so
+# far, with its own, fit the budget; past it, matmul_leaf multiplies it from its GGUF blocks
+# (stored_gemv.py: slower, no copy) and one line on stderr says so. Weights below that size are
+# always repacked and not counted. The budget is, in this order of precedence:
+#
+#     minimoe.set_repack_budget(nbytes)      # or None: back to the default
+#     MINIMOE_REPACK_BUDGET=nbytes           # 0: never repack a large weight
+#     REPACK_SHARE of the memory available when the first large weight is packed (MemAvailable)
+
+REPACK_SHARE = 0.5       # leaves the other half for the KV cache, activations and other programs
+
+
+@dataclass
+class RepackBudget:
+    """The process's repack budget and what has been charged to it (see above)."""
+    limit: int | None = None      # bytes; None until set or first needed
+    used: int = 0                 # bytes of kernel copies of large weights made so far
+    refused: dict = field(default_factory=dict)   # tensor name -> its copies' bytes, read as stored
+    generation: int = 0           # bumped by set_repack_budget: earlier decisions are taken again
+
+
+_budget = RepackBudget()
+
+
+def set_repack_budget(nbytes: int | None) -> int | None:
+    """Bytes of kernel copies that large packed weights held in memory may take (None: the
+    default, REPACK_SHARE of the available memory). Returns the previous setting. Weights
+    already repacked stay so; weights refused before are considered again."""
+    if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer))
+                               or nbytes < 0):
+        raise KernelInputError(f"set_repack_budget: nbytes must be a number of bytes >= 0 or None, "
+                               f"found {nbytes!r}")
+    previous = _budget.limit
+    _budget.limit = None if nbytes is None else int(nbytes)
+    _budget.refused = {}
+    _budget.generation += 1
+    return previous
+
+
+def repack_budget() -> int:
+    """The budget in bytes, fixed on first use from $MINIMOE_REPACK_BUDGET or the memory available."""
+    if _budget.limit is None:
+        env = os.environ.get("MINIMOE_REPACK_BUDGET", "").strip()
+        if env:
+            try:
+                _budget.limit = int(float(env))
+            except ValueError:
+                _budget.limit = -1
+            if _budget.limit < 0:
+                raise KernelInputError(f"$MINIMOE_REPACK_BUDGET must be a number of bytes >= 0 "
+                                       f"(0: never repack a large weight), found {env!r}")
+        else:
+            _budget.limit = int(REPACK_SHARE * available_memory())
+    return _budget.limit
+
+
+def available_memory() -> int:
+    """Bytes of memory the system can give without swapping: MemAvailable of /proc/meminfo (free
+    memory plus the page cache it can drop), else the free pages os.sysconf reports."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024              # "MemAvailable:  123 kB"
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def kernel_copy_bytes(qt: QTensor, int8: bool) -> int:
+    """Bytes of the copies the kernels make of `qt`: its PackedWeight (d, m, qs, padded to whole
+    groups) and, on the int8 decode path, the quad words (int8matmul.quad_words)."""
+    E, O, I = (1, *qt.shape) if len(qt.shape) == 2 else qt.shape
+    nb = I // BLOCK
+    G = group_rows(nb)
+    OG, W = -(-O // G), G * nb
+    J = 32 if qt.fmt == "q8_0" else 16
+    n = E * OG * W * (4 * (2 if qt.fmt == "q4_1" else 1) + J)       # d (and m) float32, qs
+    if int8:
+        from minimoe.kernels.vnni import LANES
+        n += E * OG * J * (-(-W // LANES) * LANES)                  # qw, W padded to whole lanes
+    return n
+
+
+def may_repack(qt: QTensor) -> bool:
+    """Whether the kernels may make their copy of the large weight `qt` (one already made: yes).
+    The answer is kept with the QTensor, and the bytes charged to the budget, when it is yes."""
+    said = qt.__dict__.get("_repack")
+    if said is not None and said[0] == _budget.generation:
+        return said[1]
+    if qt.__dict__.get("_packed") is not None or _cache.get(_key(qt.fmt, qt.shape, qt.blocks)) is not None:
+        ok = True                                                   # its copy exists already
+    else:
+        from minimoe.kernels.qmatmul import int8_activations
+        cost = kernel_copy_bytes(qt, int8_activations())
+        ok = _budget.used + cost <= repack_budget()
+        if ok:
+            _budget.used += cost
+            weakref.finalize(_root(qt.blocks), _release, cost)      # its copies go with its bytes
+        else:
+            _refuse(qt, cost)
+    qt.__dict__["_repack"] = (_budget.generation, ok)
+    return ok
+
+
+def _release(nbytes: int) -> None:
+    _budget.used -= nbytes
+
+
+def _refuse(qt: QTensor, cost: int) -> None:
+    """Note a weight read as stored; the first one of a budget is told on stderr, in one line."""
+    _budget.refused[qt.name or f"a {qt.fmt} weight of shape {qt.shape}"] = cost
+    if len(_budget.refused) == 1:
+        print(f"minimoe: the kernels' copy of {qt.name or 'a weight'} ({qt.fmt} {qt.shape}, "
+              f"{cost / 1e9:.2f} GB) would pass the repack budget ({_budget.used / 1e9:.2f} of "
+              f"{repack_budget() / 1e9:.2f} GB used), so it and any later weight past the budget are "
+              f"read as stored: a slower decode, no copy. minimoe.set_repack_budget(bytes) or "
+              f"MINIMOE_REPACK_BUDGET=bytes changes it (docs/checkpoints.md)", file=sys.stderr)
+
+
+def repack_report() -> dict:
+    """{"budget", "used", "refused": {tensor name: bytes its copies would take}} (bench big prints it)."""
+    return {"budget": _budget.limit, "used": _budget.used, "refused": dict(_budget.refused)}
 
 
 def clear_cache() -> None:
