@@ -206,6 +206,26 @@ def test_stored_gemv_and_its_twin_agree_with_dequantize(fmt, rows):
     np.testing.assert_allclose(matmul_stored(x[:1], w[3]), x[:1] @ dense[3].T, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", ["q4_0", "q8_0", "mxfp4"])
+def test_stored_gemv_reads_every_byte_value(fmt):
+    """Blocks of random bytes (every code, q8_0's -128 included; scales set to small finite
+    values), so the offsets gemv_stored takes out of its sums (q - 8, the byte ^ 0x80) meet every case."""
+    from minimoe.kernels.stored_gemv import matmul_stored
+    rng = np.random.default_rng(7)
+    w = quantize(np.zeros((3, 21, 160), np.float32), fmt)                        # (E, O, I), layout only
+    blocks = rng.integers(0, 256, w.blocks.shape, dtype=np.uint8).reshape(-1, w.format.BLOCK_BYTES)
+    if fmt == "mxfp4":
+        blocks[:, 0] = rng.integers(120, 134, len(blocks))                       # E8M0: 2^-8 .. 2^5
+    else:
+        blocks[:, :2] = np.float16(0.01 * rng.random(len(blocks))).view(np.uint8).reshape(-1, 2)
+    w = QTensor(fmt, w.shape, blocks.reshape(w.blocks.shape))
+    x = rng.standard_normal((2, 160)).astype(np.float32)
+    experts = np.array([2, 0])
+    dense = w.dequantize()
+    want = np.stack([dense[e] @ x[r] for r, e in enumerate(experts)])
+    np.testing.assert_allclose(matmul_stored(x, w, experts), want, rtol=1e-4, atol=1e-4)
+
+
 def test_bench_big_refuses_an_unknown_preset_by_name(capsys):
     from minimoe.cli import main
     assert main(["bench", "big", "--preset", "mixtral-8x7b", "--dir", "/nonexistent"]) == 1

@@ -251,6 +251,8 @@ def measure(folder: str, recipe: str | None, tokens: int, check_finite: bool = T
              traced_weight_bytes_per_token=traced.totals()["weight_bytes"] if traced is not None else None,
              peak_rss=peak_rss_bytes(), rss_end=rss_bytes(),
              resident_end=sum(resident_bytes(a) or 0 for a in arrays.values()))
+    from minimoe.kernels.packed import repack_report
+    r["repack"] = repack_report()                   # the kernels' copies of weights held in memory
     return r
 
 
@@ -347,7 +349,21 @@ def format_report(r: dict) -> str:
                   f"{m['experts_partly_paged_per_layer']}" if any(m['experts_partly_paged_per_layer']) else "")
                if m["experts_paged_in_per_layer"] else
                "  the experts are in memory, not mapped (quantized while loading)"),
+              repack_line(m.get("repack")),
               f"decode seconds per token: {', '.join(f'{t:.2f}' for t in m['decode_s'])} "
               f"(the second one traced; mean {m['tok_per_s']:.2f} tokens/s: a token whose experts "
               f"are not in the page cache waits for the disk)"]
     return "\n".join(lines)
+
+
+def repack_line(rep: dict | None) -> str:
+    """What the repack budget (minimoe/kernels/packed.py) let the kernels copy, and what it did not."""
+    if not rep or rep["budget"] is None:
+        return "  no large packed weight in memory: the kernels made no copy past the small ones"
+    gb = lambda n: f"{n / GB:.2f} GB"                                      # noqa: E731
+    refused = rep["refused"]
+    line = f"  repack budget {gb(rep['budget'])}: the kernels' copies of large weights take {gb(rep['used'])}"
+    if not refused:
+        return line + "; every weight was repacked"
+    return (line + f"; {len(refused)} weights past it ({gb(sum(refused.values()))} of copies not made, "
+            f"first {next(iter(refused))}) are read as stored, a slower decode")

@@ -22,8 +22,11 @@ Each block's dot product is  d * sum_j value(q_j) * x_j  with
     q4_0    d = fp16 bytes 0..1 (a 65536-entry table: bits -> value),  value(q) = q - 8,         q from the nibbles of bytes 2..17
     q8_0    d = fp16 bytes 0..1,  value(q) = q (int8),      bytes 2..33
     mxfp4   d = 2^(e - 128) for the E8M0 byte 0, value(q) = 2 * E2M1[q] (ggml's doubled table)
-Each row is first decoded into a float32 buffer (table lookups, which do not vectorize), then
-dotted with x (which does).
+For q4_0 and q8_0 the offset comes out of the sum, as in qmatmul.py: with xs_b = sum_j x_j,
+    q4_0    d * (sum_j q_j x_j - 8 xs_b),   q the unsigned nibble
+    q8_0    d * (sum_j u_j x_j - 128 xs_b), u = q + 128, the stored byte with its top bit flipped
+so the loop over j only widens bytes to float and multiplies, which the compiler vectorizes; a
+row's 32 partial sums (one per position j in a block) are added once, at the row's end.
 The NumPy twin decodes whole matrices with the format module and multiplies: the oracle.
 """
 from __future__ import annotations
@@ -58,31 +61,38 @@ def gemv_stored_numpy(x, blocks, experts, fmt_id, out):
 
 
 @njit(inline="always")
-def _decode_row(blocks, e, o, fmt_id, nb, row):
-    """Row o of matrix e, decoded from its GGUF blocks into the float32 buffer row (I,)."""
+def _row_dot(x, r, w, fmt_id, nb, xs, lanes):
+    """x[r] . (one row of a matrix), the row's GGUF blocks w (nb*BB,) uint8; xs (R, nb) the block
+    sums of x, lanes a float32 (32,) buffer: lanes[j] sums element j of every block, so that the
+    j loops are SIMD and each row ends in one reduction."""
+    lanes[:] = 0
     if fmt_id == 2:                                                 # mxfp4: E2M1 codes, E8M0 scale
         for b in range(nb):
             p, i0 = b * 17, b * 32
-            d = MXFP4_SCALE[blocks[e, o, p]]
+            d = MXFP4_SCALE[w[p]]
             for j in range(16):
-                q = blocks[e, o, p + 1 + j]
-                row[i0 + j] = MXFP4_X2[q & 15] * d                  # low nibble: element j
-                row[i0 + j + 16] = MXFP4_X2[q >> 4] * d             # high nibble: element j + 16
-    elif fmt_id == 0:                                               # q4_0: (q - 8) * fp16 d
+                q = np.int32(w[p + 1 + j])
+                lanes[j] += d * (MXFP4_X2[q & 15] * x[r, i0 + j])             # low nibble: element j
+                lanes[16 + j] += d * (MXFP4_X2[q >> 4] * x[r, i0 + 16 + j])   # high: element j + 16
+        return lanes.sum()
+    corr = np.float32(0.0)
+    if fmt_id == 0:                                                 # q4_0: d * (sum_j q_j x_j - 8 xs_b)
         for b in range(nb):
             p, i0 = b * 18, b * 32
-            d = FP16[np.int32(blocks[e, o, p]) | (np.int32(blocks[e, o, p + 1]) << 8)]
+            d = FP16[np.int32(w[p]) | (np.int32(w[p + 1]) << 8)]
             for j in range(16):
-                q = blocks[e, o, p + 2 + j]
-                row[i0 + j] = Q4_0[q & 15] * d
-                row[i0 + j + 16] = Q4_0[q >> 4] * d
-    else:                                                           # q8_0: int8 * fp16 d
-        for b in range(nb):
-            p, i0 = b * 34, b * 32
-            d = FP16[np.int32(blocks[e, o, p]) | (np.int32(blocks[e, o, p + 1]) << 8)]
-            for j in range(32):
-                q = np.int32(blocks[e, o, p + 2 + j])
-                row[i0 + j] = np.float32(q - 256 if q > 127 else q) * d
+                q = np.int32(w[p + 2 + j])
+                lanes[j] += d * (np.float32(q & 15) * x[r, i0 + j])
+                lanes[16 + j] += d * (np.float32(q >> 4) * x[r, i0 + 16 + j])
+            corr += d * xs[r, b]
+        return lanes.sum() - 8 * corr
+    for b in range(nb):                                             # q8_0: d * (sum_j u_j x_j - 128 xs_b),
+        p, i0 = b * 34, b * 32                                      # u = q + 128 = the byte ^ 0x80
+        d = FP16[np.int32(w[p]) | (np.int32(w[p + 1]) << 8)]
+        for j in range(32):
+            lanes[j] += d * (np.float32(w[p + 2 + j] ^ 128) * x[r, i0 + j])
+        corr += d * xs[r, b]
+    return lanes.sum() - 128 * corr
 
 
 @twin(gemv_stored_numpy)
@@ -91,17 +101,20 @@ def gemv_stored(x, blocks, experts, fmt_id, out):
     R, O = out.shape
     I = x.shape[1]
     nb = I // 32
+    xs = np.empty((R, nb), np.float32)                              # (R, nb) block sums of x
+    for r in range(R):                                              # (plain loops: an array .sum()
+        for b in range(nb):                                         # here slows the prange 5x)
+            t = np.float32(0.0)
+            for j in range(32):
+                t += x[r, b * 32 + j]
+            xs[r, b] = t
     n_items = (O + CHUNK - 1) // CHUNK
     for item in prange(R * n_items):                                # (row of x, CHUNK output rows)
         r, c = item // n_items, item % n_items
         e = experts[r]
-        row = np.empty(I, np.float32)
+        lanes = np.empty(32, np.float32)
         for o in range(c * CHUNK, min(O, c * CHUNK + CHUNK)):
-            _decode_row(blocks, e, o, fmt_id, nb, row)              # decode: scalar table lookups
-            acc = np.float32(0.0)
-            for i in range(I):                                      # then a SIMD dot product
-                acc += x[r, i] * row[i]
-            out[r, o] = acc
+            out[r, o] = _row_dot(x, r, blocks[e, o], fmt_id, nb, xs, lanes)
 
 
 _one_core(gemv_stored)                 # gemv_stored.serial: one core, for small GEMVs
