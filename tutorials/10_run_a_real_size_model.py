@@ -157,6 +157,11 @@ fig.savefig(os.path.join(OUT, "10_expert_pages.png"), dpi=120)
 # recipe names as it loads them: each tensor a piece at a time (widen to float32, quantize, give
 # the file's pages back). Here we load our checkpoint with `q8_0` for everything the recipe
 # names; the MXFP4 experts stay as stored (quantizing twice would add the errors of both).
+#
+# The fast kernels multiply a copy of each packed weight in their own layout, about its size
+# again. For a weight of 16 MB or more held in memory that copy is made only within a *repack
+# budget* (half the memory available, or `minimoe.set_repack_budget(bytes)`); past it the weight
+# is read as stored, slower, and minimoe says so once on stderr (docs/checkpoints.md).
 
 # %%
 q8 = minimoe.load(folder, recipe="q8_0")

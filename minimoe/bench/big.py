@@ -359,7 +359,7 @@ def format_report(r: dict) -> str:
 def repack_line(rep: dict | None) -> str:
     """What the repack budget (minimoe/kernels/packed.py) let the kernels copy, and what it did not."""
     if not rep or rep["budget"] is None:
-        return "  no large packed weight in memory: the kernels made no copy past the small ones"
+        return "  repack budget: not needed (no packed weight of 16 MB or more is held in memory)"
     gb = lambda n: f"{n / GB:.2f} GB"                                      # noqa: E731
     refused = rep["refused"]
     line = f"  repack budget {gb(rep['budget'])}: the kernels' copies of large weights take {gb(rep['used'])}"
