@@ -226,6 +226,26 @@ def test_stored_gemv_reads_every_byte_value(fmt):
     np.testing.assert_allclose(matmul_stored(x, w, experts), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("experts, gemv", [([7, 1, 3, 0, 5, 2, 6, 4], True),     # a token's K = 8 experts
+                                            ([1, 1, 1, 1, 1, 2], False)])       # 5 rows of one matrix
+def test_stored_matmul_takes_the_gemv_when_no_matrix_has_more_than_4_rows(experts, gemv, monkeypatch):
+    """halfmatmul.stack_matmul: a decode step's K rows go to the GEMV for any K (each is one
+    expert's only row); a matrix with more than 4 rows is decoded in tiles for BLAS. Both equal
+    the dequantized product."""
+    from minimoe.kernels.stored_gemv import matmul_stored
+    rng = np.random.default_rng(3)
+    w = quantize(rng.standard_normal((8, 40, 64)).astype(np.float32), "q4_0")     # (E, O, I)
+    x = rng.standard_normal((len(experts), 64)).astype(np.float32)
+    experts = np.array(experts)
+    dense = w.dequantize()
+    want = np.stack([dense[e] @ x[r] for r, e in enumerate(experts)])
+    tiles = []                                                   # the tile path's decoder, spied on
+    real = w.format.dequantize_blocks
+    monkeypatch.setattr(w.format, "dequantize_blocks", lambda b: tiles.append(len(b)) or real(b))
+    np.testing.assert_allclose(matmul_stored(x, w, experts), want, rtol=1e-5, atol=1e-5)
+    assert bool(tiles) != gemv
+
+
 def test_bench_big_refuses_an_unknown_preset_by_name(capsys):
     from minimoe.cli import main
     assert main(["bench", "big", "--preset", "mixtral-8x7b", "--dir", "/nonexistent"]) == 1

@@ -11,16 +11,16 @@ Formats: see minimoe/quant/bf16.py (bf16 is the top half of a float32; fp16 has 
 With a stack w (E, O, I), `experts` (R,) int64 says which matrix each row of x (R, I) uses: an
 MoE layer's decode-step gather, one call for all K experts of a token.
 
-Two paths, picked by the number of rows R (as in qmatmul.py):
+Two paths, picked by the rows of x each matrix multiplies (R, or its share of R in a stack):
 
-  decode (R <= GEMV_MAX_ROWS): a GEMV kernel that reads each 16-bit weight once and widens it in
+  decode (no matrix has more than GEMV_MAX_ROWS rows: one token's K experts, whatever K): a GEMV kernel that reads each 16-bit weight once and widens it in
       registers: 2 bytes a weight streamed in instead of 4, so about twice float32's speed when
       decoding is memory-bound.
           bf16:  a row of W is shifted into a float32 buffer (bits << 16), then dotted with x
           fp16:  the exponent is re-biased (15 -> 127) and the mantissa moved up 13 bits, into
                  float32 bits in a buffer; subnormals get 2^-14 taken off (Numba has no float16
                  type). It measured ~5x slower than the bf16 kernel here: see docs/kernels.md
-  prefill (R > GEMV_MAX_ROWS): widen TILE_ROWS rows of W at a time to float32 with NumPy and
+  prefill (a matrix has more rows): widen TILE_ROWS rows of W at a time to float32 with NumPy and
       hand them to BLAS; the flops dominate there.
 
 Each GEMV kernel has a NumPy twin with the same signature (MINIMOE_BACKEND=numpy runs it):
@@ -170,9 +170,10 @@ def _half_matmul(x, w, experts, fmt):
 def stack_matmul(x, EO: tuple, I: int, experts, stacked: bool, what: str, gemv, tile):
     """The shared frame of a matmul by a weight the kernels read as stored (this file's 16-bit
     floats, stored_gemv.py's GGUF blocks): x (..., I) float32 times a matrix (O, I), or row r of
-    x (R, I) times matrix experts[r] of a stack of E. Up to GEMV_MAX_ROWS rows run
-    gemv(X (R, I), experts (R,), out (R, O)); more rows multiply each matrix used by BLAS, its
-    rows decoded TILE_ROWS at a time by tile(e, o0, o1) -> float32 (o1 - o0, I)."""
+    x (R, I) times matrix experts[r] of a stack of E. When no matrix has more than GEMV_MAX_ROWS
+    rows (a decode step, K experts of a token), gemv(X (R, I), experts (R,), out (R, O)); else
+    each matrix used is multiplied by BLAS, its rows decoded TILE_ROWS at a time by
+    tile(e, o0, o1) -> float32 (o1 - o0, I)."""
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 1 or x.shape[-1] != I:
         raise KernelInputError(f"{what}: x must be float32 of shape (..., {I}), found "
                                f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
@@ -184,7 +185,7 @@ def stack_matmul(x, EO: tuple, I: int, experts, stacked: bool, what: str, gemv, 
     if experts is None:
         experts = np.zeros(R, np.int64)                                     # every row: matrix 0
     out = np.empty((R, O), np.float32)
-    if R <= GEMV_MAX_ROWS:                                                  # decode: GEMV
+    if R <= GEMV_MAX_ROWS or np.bincount(experts).max() <= GEMV_MAX_ROWS:   # decode: GEMV
         gemv(X, experts, out)
         return out.reshape(*lead, O)
     for e in np.unique(experts):                                            # prefill: per matrix,
