@@ -523,3 +523,15 @@ def test_few_prefill_rows_take_the_integer_kernel_only_with_int8_activations(mon
         minimoe.set_activation_precision(previous)
     assert [a[0].shape[0] for a, _ in spy.calls] == ([] if precision == "float" else
                                                       [qm.GEMV_MAX_ROWS + 1, qm.INT8_GEMM_MAX_ROWS])
+
+
+def test_quad_words_are_made_once_per_stack_and_shared_by_its_experts():
+    """A prefill multiplies one expert at a time (w[e], a view): its words are a view of the
+    stack's, not a new regrouping per call."""
+    for fmt in FORMATS:
+        w, pw = stack(fmt, 4, 33, 96)
+        whole = im.quad_words(pw)
+        for e in range(4):
+            view = im.quad_words(pw[e])
+            assert np.shares_memory(view, whole)
+            np.testing.assert_array_equal(view, im._regroup(pw[e].qs, fmt))

@@ -64,7 +64,7 @@ from numba import njit, prange
 
 from minimoe.kernels import vnni
 from minimoe.kernels.backend import Kernel, configure_numba
-from minimoe.kernels.packed import BLOCK, PackedWeight
+from minimoe.kernels.packed import BLOCK, PackedWeight, _root
 from minimoe.kernels.qmatmul import _FAST, CHUNK, MXFP4_LUT2, _nibbles, _ungroup
 from minimoe.kernels.vnni import LANES
 
@@ -565,22 +565,35 @@ _quads: dict = {}
 
 
 def quad_words(w: PackedWeight) -> np.ndarray:
-    """qw (E, OG, KQ, Wp) uint32: w.qs regrouped 4 bytes of a block to a word (q8_0's bytes + 128)."""
-    hit = _quads.get(id(w.qs))
-    if hit is not None and hit[0]() is w.qs:
-        return hit[1]
-    E, OG, J, W = w.qs.shape
+    """qw (E, OG, KQ, Wp) uint32: w.qs regrouped 4 bytes of a block to a word (q8_0's bytes + 128).
+    Made once per stack: matrix e of a stack (PackedWeight.__getitem__, a view of the stack's qs,
+    as a prefill takes one expert at a time) gets a view of the stack's words."""
+    qs, root = w.qs, _root(w.qs)
+    per = qs[0].nbytes if len(qs) else 0                                # bytes of one matrix's qs
+    offset = qs.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    if not (per and root.itemsize == qs.itemsize and root.flags.c_contiguous and qs.flags.c_contiguous
+            and root.nbytes % per == 0 and offset % per == 0):
+        root, offset = qs, 0                                            # not a slice of a stack
+    whole = _quads.get(id(root))
+    if whole is None or whole[0]() is not root:
+        whole = (weakref.ref(root), _regroup(root.view(qs.dtype).reshape(-1, *qs.shape[1:]), w.fmt))
+        key = id(root)
+        _quads[key] = whole
+        weakref.finalize(root, _quads.pop, key, None)                   # forget it with the bytes
+    e = offset // per if per else 0
+    return whole[1][e:e + len(qs)]
+
+
+def _regroup(qs: np.ndarray, fmt: str) -> np.ndarray:
+    """qs (E, OG, J, W) in packed.py's order -> qw (E, OG, J/4, Wp) uint32 in quad order."""
+    E, OG, J, W = qs.shape
     Wp = -(-W // LANES) * LANES
     b = np.zeros((E, OG, J, Wp), np.uint8)
-    b[..., :W] = w.qs.view(np.uint8)
-    if w.fmt == "q8_0":
+    b[..., :W] = qs.view(np.uint8)
+    if fmt == "q8_0":
         b[..., :W] ^= 0x80                                              # u = q + 128
     qw = np.ascontiguousarray(b.reshape(E, OG, J // 4, 4, Wp).transpose(0, 1, 2, 4, 3)).view(np.uint32)
-    qw = qw.reshape(E, OG, J // 4, Wp)
-    key = id(w.qs)
-    _quads[key] = (weakref.ref(w.qs), qw)
-    weakref.finalize(w.qs, _quads.pop, key, None)                       # forget it with the bytes
-    return qw
+    return qw.reshape(E, OG, J // 4, Wp)
 
 
 def imatmul_into(x: np.ndarray, w: PackedWeight, experts: np.ndarray, out: np.ndarray, parallel: bool) -> None:
