@@ -137,7 +137,7 @@ class Model:
         return self.forward(tokens, inference=True)[0]
 
     def forward(self, tokens, kv: KVCache | None = None, inference: bool = False, train: bool = False,
-                noise: np.ndarray | None = None):
+                noise: np.ndarray | None = None, last_only: bool = False):
         """tokens (B, T) or (T,) -> (logits (B, T, V) or (T, V), cache).
 
         The one forward pass: training, a prefill and a one-token decode step all run it. With
@@ -150,8 +150,15 @@ class Model:
         train=True routes as in training (see minimoe/nn/moe.py): the training capacity factor,
         and for noisy top-k the draws `noise` (n_layers, B, T, E) (moe.draw_noise; fresh ones from
         an unseeded generator if not given). Otherwise the evaluation settings apply.
+
+        last_only=True (inference only) computes the logits of the last position alone, (B, 1, V):
+        all that `generate` needs from a prompt, as llama.cpp and transformers' generate do
+        (`logits_to_keep=1`). The head is the biggest matrix of a small model.
         """
         tokens = self.check_tokens(tokens)
+        if last_only and not (kv is not None or inference):
+            raise MinimoeError("Model.forward: last_only=True is for inference (with a KV cache or "
+                               "inference=True); training needs every position's logits")
         if train and noise is None and self.config.router == "noisy_topk":
             B, T = (1, tokens.size) if tokens.ndim == 1 else tokens.shape
             noise = moe.draw_noise(self.config, B, T, np.random.default_rng(), self.dtype)
@@ -162,10 +169,11 @@ class Model:
         with blas_threads(1):
             if kv is not None or inference:
                 with _inference():
-                    return self._forward(tokens, kv, keep=False, mode=mode, noise=noise)
+                    return self._forward(tokens, kv, keep=False, mode=mode, noise=noise, last_only=last_only)
             return self._forward(tokens, kv, keep=True, mode=mode, noise=noise)
 
-    def _forward(self, tokens, kv: KVCache | None, keep: bool, mode: str = "eval", noise=None):
+    def _forward(self, tokens, kv: KVCache | None, keep: bool, mode: str = "eval", noise=None,
+                 last_only: bool = False):
         cfg = self.config
         squeeze = tokens.ndim == 1
         if squeeze:
@@ -207,6 +215,8 @@ class Model:
             kv.advance(T)
         if tr:
             tr.layer = None
+        if last_only:
+            x = x[:, -1:]                                          # (B, T, C) -> (B, 1, C)
         h, nf = norm.forward(x, self.params["norm.weight"], cfg.norm_eps)     # (B, T, C)
         logits, head_cache = linear.forward(h, self.head, name="head")         # (B, T, C) -> (B, T, V)
         cache = dict(routing=routing, squeeze=squeeze)
@@ -284,7 +294,7 @@ class Model:
         rng = np.random.default_rng(seed)
         L = self.config.max_seq_len
         kv = self.new_kv_cache(seq.shape[0], L)
-        logits, _ = self.forward(seq[:, -L:], kv)
+        logits, _ = self.forward(seq[:, -L:], kv, last_only=True)    # (B, 1, V): the prompt's last
         out = [seq]
         for step in range(max_new_tokens):
             nxt = sample(logits[:, -1], temperature, top_k, top_p, rng)  # (B,)
@@ -294,7 +304,7 @@ class Model:
             if kv.length == L:                                         # context full: crop and re-read
                 kv = self.new_kv_cache(seq.shape[0], L)
                 window = np.concatenate(out, axis=1)[:, -L:]
-                logits, _ = self.forward(window, kv)
+                logits, _ = self.forward(window, kv, last_only=True)
             else:
                 logits, _ = self.forward(nxt[:, None], kv)             # one position: (B, 1, V)
         tokens = np.concatenate(out, axis=1)

@@ -18,6 +18,7 @@ from minimoe.kernels import int8matmul as im
 from minimoe.kernels import qmatmul as qm
 from minimoe.kernels import vnni
 from minimoe.kernels.backend import BackendError
+from minimoe.kernels.packed import KernelInputError
 from minimoe.quant import QTensor
 
 FORMATS = ("q4_0", "q4_1", "q8_0", "mxfp4")
@@ -205,7 +206,8 @@ def test_the_cpu_feature_picks_the_instruction(monkeypatch):
     assert vnni.int8_dot({"avx512vnni", "avx512vl", "avx512bw", "avx512f"}) == "vnni512"
     assert vnni.int8_dot({"avxvnni", "avx2"}) == "vnni256"
     assert vnni.int8_dot({"avx512f", "avx2"}) == "portable"
-    assert vnni.int8_dot({"neon", "dotprod"}) == "portable"              # arm64: the fallback
+    assert vnni.int8_dot({"neon", "dotprod"}) == "sdot"                  # arm64 with dotprod
+    assert vnni.int8_dot({"neon"}) == "portable"                         # arm64 without it
     monkeypatch.setenv("MINIMOE_SIMD_WIDTH", "256")
     assert vnni.int8_dot({"avx512vnni", "avx512vl", "avx512bw"}) == "vnni256"
     monkeypatch.setenv("MINIMOE_INT8_DOT", "portable")
@@ -333,6 +335,57 @@ def test_vnni_instruction_is_emitted_where_the_cpu_has_it(width):
     assert "vpdpbusd" in next(iter(one.inspect_asm().values()))
 
 
+def test_arm64_sdot_identity_equals_the_unsigned_signed_dot_product():
+    """dot4_sdot's arithmetic (a ^ 0x80 signed, times b, plus 128 sum b), in NumPy, equals dot4 on
+    every byte value, the extremes included."""
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2 ** 32, 40, dtype=np.uint64).astype(np.uint32)
+    a[:4] = [0, 0xFFFFFFFF, 0x80808080, 0x7F7F7F7F]
+    b = rng.integers(-2 ** 31, 2 ** 31, 40).astype(np.int32)
+    b[:4] = [0, -1, np.int32(-2 ** 31), 0x7F7F7F7F]
+    for ia, ib in ((0, 0), (3, 17), (24, 5)):
+        acc1 = rng.integers(-99, 99, 16).astype(np.int32)
+        acc2 = acc1.copy()
+        vnni.dot4_numpy(acc1, 0, a, ia, b, ib)
+        vnni.dot4_sdot_numpy(acc2, 0, a, ia, b, ib)
+        np.testing.assert_array_equal(acc1, acc2)
+
+
+def test_arm64_sdot_instruction_is_emitted_for_an_arm64_target():
+    """sdot_ir's IR, compiled by LLVM for arm64 (cross-compiled: this may run on x86), is sdot
+    instructions. Where the host is arm64 with dotprod, the Numba kernel also runs and is checked."""
+    import llvmlite.binding as llvm
+    from llvmlite import ir
+    try:
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
+        target = llvm.Target.from_triple("aarch64-unknown-linux-gnu")
+    except RuntimeError:
+        pytest.skip("this LLVM has no arm64 target")
+    module = ir.Module(name="sdot")
+    module.triple = "aarch64-unknown-linux-gnu"
+    words = ir.VectorType(ir.IntType(32), 4)
+    fn = ir.Function(module, ir.FunctionType(words, [words, words, words]), "dot4")
+    builder = ir.IRBuilder(fn.append_basic_block())
+    builder.ret(vnni.sdot_ir(builder, *fn.args))
+    machine = target.create_target_machine(cpu="generic", features="+neon,+dotprod")
+    asm = machine.emit_assembly(llvm.parse_assembly(str(module)))
+    assert asm.count("sdot") == 2 and "v0.4s" in asm
+    if vnni.int8_dot() == "sdot":                         # an arm64 host: run it
+        from numba import njit
+
+        @njit
+        def one(acc, a, b):
+            vnni.dot4_sdot(acc, 0, a, 0, b, 0)
+        rng = np.random.default_rng(0)
+        acc, twin = np.zeros(16, np.int32), np.zeros(16, np.int32)
+        a = rng.integers(0, 2 ** 32, 16, dtype=np.uint64).astype(np.uint32)
+        b = rng.integers(-2 ** 31, 2 ** 31, 16).astype(np.int32)
+        one(acc, a, b)
+        vnni.dot4_numpy(twin, 0, a, 0, b, 0)
+        np.testing.assert_array_equal(acc, twin)
+
+
 # --- 5. a model -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("recipe", ["q4_0", "q8_0", "mxfp4"])
@@ -360,18 +413,125 @@ def test_model_logits_int8_within_tolerance_of_float_and_numpy_backend_unchanged
     np.testing.assert_allclose(ref, logits["float"], rtol=1e-4, atol=1e-4 * spread)
 
 
+# --- 6. several weights that read the same x, in one call ------------------------------------------
+
+MANY_SHAPES = [(1, [32, 16, 13], 96, 1), (2, [40, 40], 544, 3), (3, [5, 37, 16], 4128, 2)]   # R, O_i, I, E
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_one_call_over_several_weights_equals_a_call_per_weight_and_the_twin(fmt):
+    """imatmul_many: ragged row counts (partial groups), stacks with experts, one and several rows;
+    the single-weight kernel's result up to the order of the float sum over blocks (the integer
+    sums are the same; fastmath lets LLVM reorder the float ones), and the twin's."""
+    for i, (R, Os, I, E) in enumerate(MANY_SHAPES):
+        pws = [stack(fmt, E, O, I, seed=10 * i + j)[1] for j, O in enumerate(Os)]
+        x = rand(R, I, seed=i)
+        experts = np.arange(R, dtype=np.int64) % E
+        for parallel in ([False, True] if fmt == "q4_0" else [False]):
+            ys = im.imatmul_many(x, pws, experts, parallel)
+            for pw, y in zip(pws, ys):
+                one = np.full(y.shape, np.nan, np.float32)
+                im.imatmul_into(x, pw, experts, one, parallel)
+                np.testing.assert_allclose(y, one, rtol=0, atol=1e-6 * np.abs(one).max())
+        twin = [np.full((R, O), np.nan, np.float32) for O in Os]
+        im.variant("many_" + fmt).numpy(x, tuple(p.d for p in pws), tuple(p.m for p in pws),
+                                         tuple(im.quad_words(p) for p in pws), pws[0].G, experts, tuple(twin))
+        for y, t in zip(ys, twin):
+            np.testing.assert_allclose(y, t, rtol=1e-5, atol=1e-5 * np.abs(t).max())
+
+
 @pytest.mark.parametrize("precision", ["float", "int8"])
-def test_concatenated_rows_are_one_call_for_weights_sharing_an_input(precision):
-    from minimoe.kernels.packed import KernelInputError, concat_rows
-    q, k, v = (pack(quant.quantize(rand(O, 96, seed=O), "q4_0")) for O in (32, 16, 13))
-    x = rand(2, 96, seed=1)
+def test_weights_sharing_an_input_are_one_kernel_call_in_decode(monkeypatch, precision):
+    """linear.forward_many at decode: one imatmul_many call for q, k and v (int8 path), the same
+    numbers as one matmul per weight (up to float summation order) and as the NumPy twin; the float
+    path calls each weight."""
+    from minimoe.nn import linear
+    q, k, v = (quant.quantize(rand(O, 96, seed=O), "q4_0") for O in (32, 16, 13))
+    bias = rand(16, seed=5)
+    x = rand(1, 1, 96, seed=1)
+    spy = Spy(im.imatmul_many)
+    monkeypatch.setattr(im, "imatmul_many", spy)
     previous = minimoe.set_activation_precision(precision)
     try:
         with backend("numba"):
-            y = qm.qmatmul(x, concat_rows(q, k, v))                          # (2, 61), one call
-            parts = np.concatenate([qm.qmatmul(x, w) for w in (q, k, v)], axis=1)
+            ys, caches = linear.forward_many(x, [q, k, v], [None, bias, None], names=("q", "k", "v"))
+            each = [linear.forward(x, w, b)[0] for w, b in ((q, None), (k, bias), (v, None))]
+        with backend("numpy"):
+            ref = [linear.forward(x, w, b)[0] for w, b in ((q, None), (k, bias), (v, None))]
     finally:
         minimoe.set_activation_precision(previous)
-    np.testing.assert_array_equal(y, parts)
-    with pytest.raises(KernelInputError, match="multiple of the 16 rows"):
-        concat_rows(v, q)
+    assert len(spy.calls) == (1 if precision == "int8" else 0)
+    assert [y.shape for y in ys] == [(1, 1, 32), (1, 1, 16), (1, 1, 13)]
+    assert [c[1] for c in caches] == [q, k, v] and caches[1][2] and not caches[0][2]
+    for y, e, r in zip(ys, each, ref):
+        np.testing.assert_allclose(y, e, rtol=0, atol=1e-6 * np.abs(e).max())
+        np.testing.assert_allclose(y, r, rtol=0, atol=0.02 * np.abs(r).max())
+    with pytest.raises(KernelInputError, match="96"):
+        with backend("numba"):
+            linear.forward_many(rand(1, 64), [q, k], [None, None])
+
+
+def test_a_trace_records_each_weight_of_a_shared_call():
+    """The fused call is traced as one matmul per weight, with its own name, FLOPs and bytes."""
+    model = minimoe.quantize(minimoe.Model(minimoe.Config.preset("tiny-moe"), seed=0), "q8_0")
+    kv = model.new_kv_cache(1, 8)
+    model.forward(np.array([[1, 2, 3]]), kv)
+    with backend("numba"), minimoe.trace() as tr:
+        model.forward(np.array([[4]]), kv)
+    names = [name for name, r in tr.ops.items() if r["kind"] == "matmul"]
+    for part in ("attn.q", "attn.k", "attn.v"):
+        assert f"layers.0.{part}" in names
+    gates = [n for n in names if n.startswith("layers.0.moe.experts.") and n.endswith((".gate", ".up"))]
+    assert len(gates) == 2 * model.config.top_k
+    q = tr.ops["layers.0.attn.q"]
+    assert q["flops"] == 2 * model.config.d_model * model.config.n_heads * model.config.head_dim
+
+
+
+# --- 7. a prefill's few rows through the integer kernel -------------------------------------------
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_integer_prefill_kernel_equals_the_gemv_and_the_twin(fmt):
+    """imatmul_rows (codes unpacked once per group, used for every row): ragged row counts and
+    widths, matrix e of a stack; the GEMV's result up to the order of the float sum over blocks,
+    and the twin's."""
+    for i, (R, O, I) in enumerate([(5, 37, 96), (17, 16, 544), (32, 9, 4128)]):
+        w, pw = stack(fmt, 3, O, I, seed=i)
+        x = rand(R, I, seed=30 + i)
+        out = np.full((R, O), np.nan, np.float32)
+        im.imatmul_rows(x, pw, 2, out)
+        gemv = np.full((R, O), np.nan, np.float32)
+        im.imatmul_into(x, pw, np.full(R, 2, np.int64), gemv, False)
+        np.testing.assert_allclose(out, gemv, rtol=0, atol=1e-6 * np.abs(gemv).max())
+        twin = np.full((R, O), np.nan, np.float32)
+        im.variant("gemm_" + fmt).numpy(x, pw.d, pw.m, im.quad_words(pw), pw.G, 2, twin)
+        np.testing.assert_allclose(out, twin, rtol=1e-5, atol=1e-5 * np.abs(twin).max())
+
+
+@pytest.mark.parametrize("precision", ["float", "int8"])
+def test_few_prefill_rows_take_the_integer_kernel_only_with_int8_activations(monkeypatch, precision):
+    spy = Spy(im.imatmul_rows)
+    monkeypatch.setattr(im, "imatmul_rows", spy)
+    w, pw = stack("q4_0", 1, 40, 256)
+    previous = minimoe.set_activation_precision(precision)
+    try:
+        for R in (qm.GEMV_MAX_ROWS + 1, qm.INT8_GEMM_MAX_ROWS, qm.INT8_GEMM_MAX_ROWS + 1):
+            x = rand(R, 256, seed=R)
+            y = qm.qmatmul(x, pw[0])
+            np.testing.assert_allclose(y, x @ qm.dequantize(pw)[0].T, rtol=0, atol=0.03 * np.abs(y).max())
+    finally:
+        minimoe.set_activation_precision(previous)
+    assert [a[0].shape[0] for a, _ in spy.calls] == ([] if precision == "float" else
+                                                      [qm.GEMV_MAX_ROWS + 1, qm.INT8_GEMM_MAX_ROWS])
+
+
+def test_quad_words_are_made_once_per_stack_and_shared_by_its_experts():
+    """A prefill multiplies one expert at a time (w[e], a view): its words are a view of the
+    stack's, not a new regrouping per call."""
+    for fmt in FORMATS:
+        w, pw = stack(fmt, 4, 33, 96)
+        whole = im.quad_words(pw)
+        for e in range(4):
+            view = im.quad_words(pw[e])
+            assert np.shares_memory(view, whole)
+            np.testing.assert_array_equal(view, im._regroup(pw[e].qs, fmt))

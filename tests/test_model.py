@@ -208,3 +208,20 @@ def test_replacing_a_weight_takes_effect_at_the_next_call(recipe):
     model.forward(tokens[:4], kv)
     step = model.forward(tokens[4:5], kv)[0]
     np.testing.assert_allclose(step[0], after[4], rtol=1e-5, atol=1e-5)
+
+
+def test_last_only_logits_are_the_last_row_of_the_full_logits():
+    """forward(last_only=True) (what generate asks of a prompt) equals the last position of the
+    full logits, through a KV cache and without one; training refuses it."""
+    model = minimoe.Model(minimoe.Config.preset("tiny-moe"), seed=0)
+    tokens = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
+    full, _ = model.forward(tokens, inference=True)
+    last, _ = model.forward(tokens, inference=True, last_only=True)
+    assert last.shape == (2, 1, model.config.vocab_size)
+    np.testing.assert_allclose(last[:, 0], full[:, -1], rtol=1e-6, atol=1e-6)
+    kv = model.new_kv_cache(2, 8)
+    cached, _ = model.forward(tokens, kv, last_only=True)
+    np.testing.assert_allclose(cached, last, rtol=1e-6, atol=1e-6)
+    assert kv.length == 5
+    with pytest.raises(minimoe.errors.MinimoeError, match="last_only"):
+        model.forward(tokens, last_only=True)

@@ -167,3 +167,20 @@ def test_past_the_budget_no_copy_stays_in_memory(monkeypatch):
         grown[budget] = _rss() - before
         del w
     assert grown[0] < 8e6 and grown[10**12] > 30e6, grown
+
+
+def test_weights_that_read_the_same_x_go_as_stored_past_the_budget_on_the_int8_path(calls_to_stored):
+    """matmul_many_leaf (an expert's gate and up in one int8 call) leaves the fused call for the
+    stored path when a weight is past the budget, and still gives the product."""
+    from minimoe.kernels import matmul_many_leaf
+    gate, up = _stack("q4_0", "layers.0.moe.experts.gate", 1), _stack("q4_0", "layers.0.moe.experts.up", 2)
+    x, experts = np.random.default_rng(0).standard_normal((2, 128)).astype(np.float32), np.array([4, 1])
+    previous = minimoe.set_activation_precision("int8")
+    try:
+        set_repack_budget(0)
+        ys = matmul_many_leaf(x, [gate, up], [None, None], experts)
+    finally:
+        minimoe.set_activation_precision(previous)
+    assert calls_to_stored == [gate.name, up.name] and "_packed" not in gate.__dict__
+    for y, w in zip(ys, (gate, up)):
+        np.testing.assert_allclose(y, _want(x, w, experts), rtol=1e-4, atol=1e-4)

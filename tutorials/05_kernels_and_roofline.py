@@ -330,3 +330,36 @@ path = os.path.join(OUT, "05_int8.png")
 fig.savefig(path, dpi=120)
 print("saved", path)
 minimoe.set_activation_precision("auto")
+
+# %% [markdown]
+# ## 9. Fewer, larger calls: weights that read the same x
+# A decode step multiplies one row of x by dozens of small matrices, and each call pays a fixed
+# cost: Python's checks, rounding x to int8, and waking the second core. Where several weights read
+# the *same* x (an attention layer's q, k and v; an MoE layer's gate and up for its K experts),
+# `minimoe.nn.linear.forward_many` hands them to one leaf. The NumPy twin still multiplies them one
+# after the other; on the numba backend, with int8 activations, one kernel call rounds x once and
+# one parallel loop covers every weight's rows. The model's attention and FFN use it.
+
+# %%
+import numba
+
+from minimoe.nn import linear
+
+rng = np.random.default_rng(1)
+C = 512
+ws = [quant.quantize(rng.standard_normal((O, C)).astype(np.float32) * 0.05, "q4_0")
+      for O in (512, 128, 128)]                                    # q, k, v of a small model
+xr = rng.standard_normal((1, C)).astype(np.float32)
+with minimoe.backend("numba"):
+    minimoe.set_activation_precision("int8")
+    fused, _ = linear.forward_many(xr, ws, [None] * 3)
+    apart = [linear.forward(xr, w)[0] for w in ws]
+    t_fused = best_time(lambda: linear.forward_many(xr, ws, [None] * 3), 50)
+    t_apart = best_time(lambda: [linear.forward(xr, w) for w in ws], 50)
+    minimoe.set_activation_precision("auto")
+for a, b in zip(fused, apart):
+    assert np.allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+print(f"q, k, v one call: {t_fused * 1e6:.0f} us; three calls: {t_apart * 1e6:.0f} us "
+      f"({t_apart / t_fused:.2f}x)")
+print("Numba's threading layer:", numba.threading_layer(),
+      "(OpenMP told not to spin where Numba has it: docs/kernels.md, 'Threads')")

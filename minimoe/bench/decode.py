@@ -3,9 +3,11 @@
 Shape legend: P prompt tokens, N new tokens.
 
 For each recipe (fp32, q8_0, q4_1, q4_0, mxfp4, and the mixed recipes) the model is built with
-random weights from the preset, quantized with `minimoe.quantize`, warmed up (the first call
-repacks the weights and loads the compiled kernels), then:
-    prefill   one forward pass over the P-token prompt, filling a KV cache: P / seconds
+random weights from the preset, quantized with `minimoe.quantize`, warmed up with the same
+prompt and two steps (the first calls repack the weights and load the compiled kernels of every
+path the timed run takes), then:
+    prefill   one forward pass over the P-token prompt, filling a KV cache, logits of the last
+              position only (as generate computes them): P / seconds
     decode    N greedy steps of one token each, through the KV cache: N / seconds
 exactly what `model.generate(prompt, N)` does, timed in two parts.
 
@@ -43,7 +45,7 @@ def time_generate(model, prompt: np.ndarray, new_tokens: int) -> dict:
     P = len(prompt)
     kv = model.new_kv_cache(1, P + new_tokens + 1)
     t0 = time.perf_counter()
-    logits, _ = model.forward(prompt[None], kv)                   # (1, P, V)
+    logits, _ = model.forward(prompt[None], kv, last_only=True)   # (1, 1, V), as generate does
     t1 = time.perf_counter()
     nxt = logits[:, -1].argmax(axis=-1)                           # (1,)
     steps = []
@@ -108,7 +110,8 @@ def run(preset: str = "mixtral-mini", recipes=RECIPES, backends=("numba", "numpy
         for be in backends:
             step(f"{recipe} on {be}")
             with backend(be):
-                model.generate(prompt[:4], 2)                       # warm-up: repack, load kernels
+                model.generate(prompt, 2)                           # warm-up: repack, load every kernel
+                                                                    # the timed prompt and steps use
                 n = new_tokens if be == "numba" else numpy_new_tokens
                 t = add_ceiling(time_generate(model, prompt, n), model_bytes(model), peaks)
                 out["results"].setdefault(recipe, {})[be] = t

@@ -26,8 +26,8 @@ and for each operation reports the median and the worst call against the quiet m
 
 The targets (issue 11): median and worst within 2.5x of the quiet median, and no call over 10x.
 The causes of a collapse are threads that spin waiting for each other (OpenBLAS's, OpenMP's),
-which minimoe avoids by running small matmuls on one BLAS thread and Numba's loops on its
-workqueue pool (docs/kernels.md).
+which minimoe avoids by running small matmuls on one BLAS thread and Numba's loops on a pool
+whose idle threads sleep (OpenMP told not to spin, or workqueue; docs/kernels.md).
 """
 from __future__ import annotations
 

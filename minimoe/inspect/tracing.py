@@ -221,13 +221,13 @@ class Trace:
                   weight_bytes=out.nbytes,                                   # the N rows read
                   activation_bytes=tokens.nbytes + out.nbytes)
 
-    def _matmul(self, name, x, w, b, experts, out, t0):
+    def _matmul(self, name, x, w, b, experts, out, t0, t1=None):
         """x (N, I) @ w (O, I).T (+ b (O,)) -> out (N, O). With a stack w (E, O, I) and experts (N,),
         one record per expert that ran: "moe.experts.gate" -> "moe.experts.3.gate"."""
+        t1 = time.perf_counter() if t1 is None else t1
         if experts is None:
-            self._matmul_one(name, x, w, b, out.size, t0, time.perf_counter())
+            self._matmul_one(name, x, w, b, out.size, t0, t1)
             return
-        t1 = time.perf_counter()
         ids, counts = np.unique(experts, return_counts=True)
         prefix, _, suffix = name.rpartition(".")
         for e, n in zip(ids, counts):                    # the call's time, shared out by rows
@@ -235,6 +235,17 @@ class Trace:
             self._matmul_one(f"{prefix}.{e}.{suffix}", x[:n], w[e], None if b is None else b[e],
                              n * w.shape[-2], t0, t_e)
             t0 = t_e
+
+    def _matmuls(self, names, x, ws, bs, experts, out, t0):
+        """Several weights times the same x in one call (nn/linear.py's matmul_many): names, ws, bs
+        and out are one per weight; each is recorded as its own matmul, the call's time shared out
+        by the weights' sizes."""
+        t1 = time.perf_counter()
+        total = sum(w.shape[-2] for w in ws)
+        for name, w, b, y in zip(names, ws, bs, out):
+            t_w = t0 + (t1 - t0) * w.shape[-2] / total
+            self._matmul(name, x, w, b, experts, out=y, t0=t0, t1=t_w)
+            t0 = t_w
 
     def _matmul_one(self, name, x, w, b, out_size, t0, t1):
         O, I = w.shape[-2], w.shape[-1]

@@ -41,7 +41,8 @@ import numpy as np
 
 from minimoe.io.pages import is_mapped
 from minimoe.kernels.backend import backend, get_backend, set_backend
-from minimoe.kernels.packed import PACKED_FORMATS, KernelInputError, PackedWeight, may_repack, pack, set_repack_budget
+from minimoe.kernels.packed import (PACKED_FORMATS, KernelInputError, PackedWeight, check_experts, may_repack, pack,
+                                    set_repack_budget)
 
 
 def matmul(x: np.ndarray, w) -> np.ndarray:
@@ -88,7 +89,7 @@ def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
         y = float_product(x, w, experts)                                  # (N, O)
     elif w.fmt in HALF_FORMATS:
         y = hm.matmul_half(x, w, experts)                                 # (N, O), bf16/fp16 as stored
-    elif w.fmt in STORED_FORMATS and w.nbytes >= STORED_MIN_BYTES and (is_mapped(w.blocks) or not may_repack(w)):
+    elif _reads_stored(w):
         y = sm.matmul_stored(x, w, experts)     # (N, O), as stored: a mapped file's, or past the repack budget
     elif w.fmt in KQUANT_GEMV_FORMATS:
         y = km.kmatmul(x, w, experts)                                     # (N, O), on the GGUF bytes
@@ -97,6 +98,54 @@ def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
     if b is None:
         return y
     return y + (b if experts is None else b[experts])                     # + (O,) or (N, O)
+
+
+def matmul_many_leaf(x: np.ndarray, ws, bs, experts=None) -> list:
+    """The compiled side of minimoe/nn/linear.py's `matmul_many`: [x (N, I) @ w.T (+ b)] for each
+    w of ws, all reading the same x. A decode step's few rows times packed weights of one format
+    (q4_0, q4_1, q8_0, mxfp4) go to ONE int8 kernel call (int8matmul.imatmul_many): x is rounded to
+    int8 once, and one parallel loop covers all the weights' rows. Anything else, and the float
+    activation path (minimoe.set_activation_precision("float")), is matmul_leaf for each weight."""
+    fused = _fusable(x, ws, experts)
+    if fused is None:
+        return [matmul_leaf(x, w, b, experts) for w, b in zip(ws, bs)]
+    pws, experts = fused
+    qm, im = _compiled()[0], _int8()
+    R, I = x.shape
+    ex = qm._NO_EXPERT[:R] if experts is None else experts
+    parallel = R * sum(w.rows for w in pws) * I >= qm.PARALLEL_MIN_WEIGHTS
+    ys = im.imatmul_many(np.ascontiguousarray(x), pws, ex, parallel)            # [(N, O_i)]
+    return [y if b is None else y + (b if experts is None else b[experts]) for y, b in zip(ys, bs)]
+
+
+def _fusable(x, ws, experts):
+    """(the packed weights of ws, the checked experts) if one int8 kernel call can multiply them
+    all by x, else None. Checks x and experts as qmatmul does (KernelInputError)."""
+    qm = _compiled()[0]
+    fmt = getattr(ws[0], "fmt", None)
+    if (x.ndim != 2 or x.shape[0] > qm.GEMV_MAX_ROWS or fmt not in INT8_FORMATS
+            or not qm.int8_activations()):
+        return None
+    for w in ws:
+        if (type(w) is np.ndarray or w.fmt != fmt or w.shape[-1] != ws[0].shape[-1]
+                or len(w.shape) != len(ws[0].shape) or _reads_stored(w)):
+            return None
+    pws = [w if isinstance(w, PackedWeight) else pack(w) for w in ws]
+    if any(p.G != pws[0].G for p in pws):
+        return None
+    what = f"matmul with packed {fmt} weights of shapes {[w.shape for w in ws]}"
+    qm._check_x(x, ws[0].shape[-1], what)
+    for p in pws:
+        p.validate()                                                            # the kernel trusts its arrays
+    return pws, check_experts(experts, x.shape[0], pws[0].d.shape[0], pws[0].stacked, what)
+
+
+def _reads_stored(w) -> bool:
+    """Whether matmul_leaf reads this packed weight from its GGUF blocks as stored (stored_gemv): a
+    large one whose bytes are a memory-mapped file, or one held in memory whose kernel copies would
+    pass the repack budget (packed.py)."""
+    return (not isinstance(w, PackedWeight) and w.fmt in STORED_FORMATS and w.nbytes >= STORED_MIN_BYTES
+            and (is_mapped(w.blocks) or not may_repack(w)))
 
 
 def float_product(x: np.ndarray, w: np.ndarray, experts=None) -> np.ndarray:
@@ -125,6 +174,7 @@ def float_product(x: np.ndarray, w: np.ndarray, experts=None) -> np.ndarray:
 
 
 _MODULES: list = []     # [qmatmul, kquant_matmul, halfmatmul, stored_gemv], once imported
+_INT8: list = []        # [int8matmul], once imported
 
 
 def _compiled() -> list:
@@ -134,6 +184,19 @@ def _compiled() -> list:
         from minimoe.kernels import halfmatmul, kquant_matmul, qmatmul, stored_gemv
         _MODULES.extend((qmatmul, kquant_matmul, halfmatmul, stored_gemv))
     return _MODULES
+
+
+def _int8():
+    """kernels/int8matmul.py, imported on the first fused call and kept."""
+    if not _INT8:
+        from minimoe.kernels import int8matmul
+        _INT8.append(int8matmul)
+    return _INT8[0]
+
+
+def takes_matmul_many(x, ws, bs, experts=None) -> bool:
+    """Whether matmul_many_leaf takes this call: matmul_leaf would take each weight."""
+    return all(takes_matmul(x, w) for w in ws)
 
 
 def takes_matmul(x, w, b=None, experts=None) -> bool:
@@ -146,6 +209,7 @@ def takes_matmul(x, w, b=None, experts=None) -> bool:
 
 KQUANT_GEMV_FORMATS = ("q4_k", "q6_k")   # K-quants with fused kernels (kquant_matmul.py)
 HALF_FORMATS = ("bf16", "fp16")          # 16-bit floats as stored (halfmatmul.py)
+INT8_FORMATS = ("q4_0", "q4_1", "q8_0", "mxfp4")   # formats with int8-activation GEMVs (int8matmul.py)
 STORED_FORMATS = ("q4_0", "q8_0", "mxfp4")   # read from a memory-mapped file's blocks (stored_gemv.py)
 # ... when the weight is at least this big: a repacked copy of a big expert stack would read every
 # expert from the file and double its memory; a small weight is repacked, as in memory (faster)

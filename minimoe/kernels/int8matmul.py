@@ -64,7 +64,7 @@ from numba import njit, prange
 
 from minimoe.kernels import vnni
 from minimoe.kernels.backend import Kernel, configure_numba
-from minimoe.kernels.packed import BLOCK, PackedWeight
+from minimoe.kernels.packed import BLOCK, PackedWeight, _root
 from minimoe.kernels.qmatmul import _FAST, CHUNK, MXFP4_LUT2, _nibbles, _ungroup
 from minimoe.kernels.vnni import LANES
 
@@ -234,7 +234,12 @@ def _mxfp4_words(u, qw):
 def _group_isums(acc, xw, qw, u, words, dot4):
     """acc (Wp,) int32 = for each block of a group, sum_j u_j qx_j: xw (8, Wp) the row's
     activation words, qw (KQ, Wp) the group's weight words, u (8, Wp) scratch."""
-    c = words(u, qw)                                          # (8, Wp) the codes of every block
+    _code_isums(acc, xw, words(u, qw), dot4)                  # words: (8, Wp) the codes of every block
+
+
+@njit(inline="always")
+def _code_isums(acc, xw, c, dot4):
+    """acc (Wp,) int32 = sum_j u_j qx_j per block, from the codes c (8, Wp) already unpacked."""
     acc[:] = 0
     for l in range(0, acc.size, LANES):
         for k in range(8):
@@ -257,20 +262,43 @@ def _q4_1_block(dw, mw, dx, sx, isum):
     return dw * dx * np.float32(isum) + mw * sx                  # the minimum times sum_j x_j
 
 
+ITEMS_PER_ROW = 8          # a row of x times one weight is split into at most this many work items
+
+
 @njit(inline="always")
-def _igemv(x, d, m, qw, G, experts, out, words, offset, block, dot4):
-    """The skeleton of every int8 GEMV: out[r] = W[experts[r]] @ x[r], a group of G rows at a
-    time: the integer sums of a group (dot4), then each row's float sum over its blocks."""
-    R, O = out.shape
-    OG, Wp = qw.shape[1], qw.shape[3]
-    W = d.shape[2]
+def _n_items(OG, G):
+    """Work items for OG groups of G rows: runs of at least CHUNK rows, at most ITEMS_PER_ROW runs."""
+    return min(ITEMS_PER_ROW, (OG + max(1, CHUNK // G) - 1) // max(1, CHUNK // G))
+
+
+@njit(inline="always")
+def _igemv(x, ds, ms, qws, G, experts, outs, words, offset, block, dot4):
+    """The skeleton of every int8 GEMV: for each weight i of the tuple qws (all of one format and
+    input width, all reading the same x), outs[i][r] = W_i[experts[r]] @ x[r], a group of G rows
+    at a time: the integer sums of a group (dot4), then each row's float sum over its blocks.
+    x is rounded to int8 once for all of them, and one parallel loop covers every weight's rows:
+    q, k and v of an attention layer, or an MoE layer's gate and up, in one region."""
+    R = x.shape[0]
+    Wp = qws[0].shape[3]
+    W = ds[0].shape[2]
     nb = W // G
     xw, xoff, dx, sx = _operands(x, G, Wp, offset)            # serial, before the parallel loop
-    mins = m if m.size else d
-    per_item = max(1, CHUNK // G)
-    n_items = (OG + per_item - 1) // per_item
-    for item in prange(R * n_items):
-        r, c = item // n_items, item % n_items
+    # work items: each row of x times at most ITEMS_PER_ROW runs of groups of each weight (few,
+    # so that the scratch arrays below are made a few dozen times per call, not once per group)
+    n_w = len(qws)
+    first = np.zeros(n_w + 1, np.int64)                       # weight i owns items first[i] .. first[i+1]-1
+    for i in range(n_w):
+        first[i + 1] = first[i] + R * _n_items(qws[i].shape[1], G)
+    for item in prange(first[n_w]):
+        i = 0
+        while item >= first[i + 1]:
+            i += 1
+        d, qw, out = ds[i], qws[i], outs[i]
+        mins = ms[i] if ms[i].size else d
+        OG, O = qw.shape[1], out.shape[1]
+        n_items = _n_items(OG, G)
+        per_item = (OG + n_items - 1) // n_items
+        r, c = (item - first[i]) // n_items, (item - first[i]) % n_items
         e = experts[r]
         acc = np.empty(Wp, np.int32)
         u = np.empty((8, Wp), np.uint32)
@@ -287,25 +315,91 @@ def _igemv(x, d, m, qw, G, experts, out, words, offset, block, dot4):
                 out[r, og * G + g] = y
 
 
+@njit(inline="always")
+def _igemm(x, d, m, qw, G, e, out, words, offset, block, dot4):
+    """Many rows of x (a prefill's) times matrix e of a stack: out (R, O) = x @ W[e].T. The same
+    sums as _igemv, with the loops turned round: each group's codes are unpacked once and used for
+    every row of x, and the parallel loop runs over groups of output rows."""
+    R, O = out.shape
+    OG, Wp = qw.shape[1], qw.shape[3]
+    W = d.shape[2]
+    nb = W // G
+    xw, xoff, dx, sx = _operands(x, G, Wp, offset)            # x to int8, once
+    mins = m if m.size else d
+    per_item = max(1, CHUNK // G)
+    for c in prange((OG + per_item - 1) // per_item):
+        acc = np.empty(Wp, np.int32)
+        u = np.empty((8, Wp), np.uint32)
+        t = np.empty(W, np.float32)
+        for og in range(c * per_item, min(OG, c * per_item + per_item)):
+            codes = words(u, qw[e, og])                       # (8, Wp), for every row below
+            for r in range(R):
+                _code_isums(acc, xw[r], codes, dot4)
+                for b in range(W):
+                    acc[b] -= xoff[r, b]
+                    t[b] = block(d[e, og, b], mins[e, og, b], dx[r, b], sx[r, b], acc[b])
+                for g in range(min(G, O - og * G)):
+                    y = np.float32(0.0)
+                    for b in range(g * nb, g * nb + nb):
+                        y += t[b]
+                    out[r, og * G + g] = y
+
+
 # DOT4 is filled in per compiled variant (see `variant` below): vnni.dot4_vnni512, ..._vnni256 or
 # ..._portable. Each variant is its own Numba function with its own cache entry.
 DOT4 = vnni.dot4_portable
 
 
 def igemv_q4_0(x, d, m, qw, G, experts, out):
-    _igemv(x, d, m, qw, G, experts, out, _nibble_words, 8, _plain_block, DOT4)
+    _igemv(x, (d,), (m,), (qw,), G, experts, (out,), _nibble_words, 8, _plain_block, DOT4)
 
 
 def igemv_q4_1(x, d, m, qw, G, experts, out):
-    _igemv(x, d, m, qw, G, experts, out, _nibble_words, 0, _q4_1_block, DOT4)
+    _igemv(x, (d,), (m,), (qw,), G, experts, (out,), _nibble_words, 0, _q4_1_block, DOT4)
 
 
 def igemv_q8_0(x, d, m, qw, G, experts, out):
-    _igemv(x, d, m, qw, G, experts, out, _byte_words, 128, _plain_block, DOT4)
+    _igemv(x, (d,), (m,), (qw,), G, experts, (out,), _byte_words, 128, _plain_block, DOT4)
 
 
 def igemv_mxfp4(x, d, m, qw, G, experts, out):
-    _igemv(x, d, m, qw, G, experts, out, _mxfp4_words, 12, _plain_block, DOT4)
+    _igemv(x, (d,), (m,), (qw,), G, experts, (out,), _mxfp4_words, 12, _plain_block, DOT4)
+
+
+# Many rows times one matrix e (prefill): the codes unpacked once per group for all rows.
+
+def igemm_q4_0(x, d, m, qw, G, e, out):
+    _igemm(x, d, m, qw, G, e, out, _nibble_words, 8, _plain_block, DOT4)
+
+
+def igemm_q4_1(x, d, m, qw, G, e, out):
+    _igemm(x, d, m, qw, G, e, out, _nibble_words, 0, _q4_1_block, DOT4)
+
+
+def igemm_q8_0(x, d, m, qw, G, e, out):
+    _igemm(x, d, m, qw, G, e, out, _byte_words, 128, _plain_block, DOT4)
+
+
+def igemm_mxfp4(x, d, m, qw, G, e, out):
+    _igemm(x, d, m, qw, G, e, out, _mxfp4_words, 12, _plain_block, DOT4)
+
+
+# The same over several weights at once: ds, ms, qws, outs are tuples, one entry per weight.
+
+def igemv_many_q4_0(x, ds, ms, qws, G, experts, outs):
+    _igemv(x, ds, ms, qws, G, experts, outs, _nibble_words, 8, _plain_block, DOT4)
+
+
+def igemv_many_q4_1(x, ds, ms, qws, G, experts, outs):
+    _igemv(x, ds, ms, qws, G, experts, outs, _nibble_words, 0, _q4_1_block, DOT4)
+
+
+def igemv_many_q8_0(x, ds, ms, qws, G, experts, outs):
+    _igemv(x, ds, ms, qws, G, experts, outs, _byte_words, 128, _plain_block, DOT4)
+
+
+def igemv_many_mxfp4(x, ds, ms, qws, G, experts, outs):
+    _igemv(x, ds, ms, qws, G, experts, outs, _mxfp4_words, 12, _plain_block, DOT4)
 
 
 def block_isums(x, qw, G, experts, fmt, out):
@@ -402,6 +496,23 @@ def igemv_mxfp4_numpy(x, d, m, qw, G, experts, out):
     _igemv_numpy("mxfp4", x, d, m, qw, G, experts, out)
 
 
+def igemm_numpy(fmt: str):
+    """The twin of igemm_<fmt>: igemv_<fmt>'s twin with every row on matrix e."""
+    def gemm(x, d, m, qw, G, e, out):
+        _igemv_numpy(fmt, x, d, m, qw, G, np.full(x.shape[0], e, np.int64), out)
+    gemm.__name__ = f"igemm_{fmt}_numpy"
+    return gemm
+
+
+def igemv_many_numpy(fmt: str):
+    """The twin of igemv_many_<fmt>: each weight of the tuples in turn, through igemv_<fmt>'s twin."""
+    def many(x, ds, ms, qws, G, experts, outs):
+        for d, m, qw, out in zip(ds, ms, qws, outs):
+            _igemv_numpy(fmt, x, d, m, qw, G, experts, out)
+    many.__name__ = f"igemv_many_{fmt}_numpy"
+    return many
+
+
 def block_isums_numpy(x, qw, G, experts, fmt, out):
     """out (R, OG, Wp) int32: isums_numpy's (R, O, nb) in the kernels' group order (padding 0)."""
     R = x.shape[0]
@@ -419,12 +530,18 @@ def block_isums_numpy(x, qw, G, experts, fmt, out):
 
 TWINS = {"q4_0": (igemv_q4_0, igemv_q4_0_numpy), "q4_1": (igemv_q4_1, igemv_q4_1_numpy),
          "q8_0": (igemv_q8_0, igemv_q8_0_numpy), "mxfp4": (igemv_mxfp4, igemv_mxfp4_numpy),
-         "block_isums": (block_isums, block_isums_numpy)}
+         "block_isums": (block_isums, block_isums_numpy),
+         "many_q4_0": (igemv_many_q4_0, igemv_many_numpy("q4_0")),
+         "many_q4_1": (igemv_many_q4_1, igemv_many_numpy("q4_1")),
+         "many_q8_0": (igemv_many_q8_0, igemv_many_numpy("q8_0")),
+         "many_mxfp4": (igemv_many_mxfp4, igemv_many_numpy("mxfp4")),
+         "gemm_q4_0": (igemm_q4_0, igemm_numpy("q4_0")), "gemm_q4_1": (igemm_q4_1, igemm_numpy("q4_1")),
+         "gemm_q8_0": (igemm_q8_0, igemm_numpy("q8_0")), "gemm_mxfp4": (igemm_mxfp4, igemm_numpy("mxfp4"))}
 _variants: dict = {}
 
 
 def variant(name: str, dot: str | None = None, parallel: bool = True) -> Kernel:
-    """The Kernel for `name` (a format, or "block_isums") compiled with dot4 `dot` (default: what
+    """The Kernel for `name` (a format, "many_" or "gemm_" + a format, or "block_isums") compiled with dot4 `dot` (default: what
     this CPU runs, vnni.int8_dot()), on all cores or one: the function's source with its global
     DOT4 set to that dot4, under its own name (its own entry in Numba's on-disk cache)."""
     dot = dot or vnni.int8_dot()
@@ -448,25 +565,56 @@ _quads: dict = {}
 
 
 def quad_words(w: PackedWeight) -> np.ndarray:
-    """qw (E, OG, KQ, Wp) uint32: w.qs regrouped 4 bytes of a block to a word (q8_0's bytes + 128)."""
-    hit = _quads.get(id(w.qs))
-    if hit is not None and hit[0]() is w.qs:
-        return hit[1]
-    E, OG, J, W = w.qs.shape
+    """qw (E, OG, KQ, Wp) uint32: w.qs regrouped 4 bytes of a block to a word (q8_0's bytes + 128).
+    Made once per stack: matrix e of a stack (PackedWeight.__getitem__, a view of the stack's qs,
+    as a prefill takes one expert at a time) gets a view of the stack's words."""
+    qs, root = w.qs, _root(w.qs)
+    per = qs[0].nbytes if len(qs) else 0                                # bytes of one matrix's qs
+    offset = qs.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    if not (per and root.itemsize == qs.itemsize and root.flags.c_contiguous and qs.flags.c_contiguous
+            and root.nbytes % per == 0 and offset % per == 0):
+        root, offset = qs, 0                                            # not a slice of a stack
+    whole = _quads.get(id(root))
+    if whole is None or whole[0]() is not root:
+        whole = (weakref.ref(root), _regroup(root.view(qs.dtype).reshape(-1, *qs.shape[1:]), w.fmt))
+        key = id(root)
+        _quads[key] = whole
+        weakref.finalize(root, _quads.pop, key, None)                   # forget it with the bytes
+    e = offset // per if per else 0
+    return whole[1][e:e + len(qs)]
+
+
+def _regroup(qs: np.ndarray, fmt: str) -> np.ndarray:
+    """qs (E, OG, J, W) in packed.py's order -> qw (E, OG, J/4, Wp) uint32 in quad order."""
+    E, OG, J, W = qs.shape
     Wp = -(-W // LANES) * LANES
     b = np.zeros((E, OG, J, Wp), np.uint8)
-    b[..., :W] = w.qs.view(np.uint8)
-    if w.fmt == "q8_0":
+    b[..., :W] = qs.view(np.uint8)
+    if fmt == "q8_0":
         b[..., :W] ^= 0x80                                              # u = q + 128
     qw = np.ascontiguousarray(b.reshape(E, OG, J // 4, 4, Wp).transpose(0, 1, 2, 4, 3)).view(np.uint32)
-    qw = qw.reshape(E, OG, J // 4, Wp)
-    key = id(w.qs)
-    _quads[key] = (weakref.ref(w.qs), qw)
-    weakref.finalize(w.qs, _quads.pop, key, None)                       # forget it with the bytes
-    return qw
+    return qw.reshape(E, OG, J // 4, Wp)
 
 
 def imatmul_into(x: np.ndarray, w: PackedWeight, experts: np.ndarray, out: np.ndarray, parallel: bool) -> None:
     """out (R, O) = x (R, I) @ W[experts[r]].T through the int8 path (arguments checked by qmatmul)."""
     kernel = _variants.get((w.fmt, vnni.int8_dot(), parallel)) or variant(w.fmt, parallel=parallel)
     kernel(x, w.d, w.m, quad_words(w), w.G, experts, out)
+
+
+def imatmul_rows(x: np.ndarray, w: PackedWeight, e: int, out: np.ndarray) -> None:
+    """out (R, O) = x (R, I) @ W[e].T for a prefill's many rows, on all cores (checked by qmatmul)."""
+    kernel = _variants.get(("gemm_" + w.fmt, vnni.int8_dot(), True)) or variant("gemm_" + w.fmt)
+    kernel(x, w.d, w.m, quad_words(w), w.G, e, out)
+
+
+def imatmul_many(x: np.ndarray, ws: list, experts: np.ndarray, parallel: bool) -> list:
+    """[x (R, I) @ W[experts[r]].T for W in ws]: packed weights of one format and input width,
+    all multiplied in one kernel call (one rounding of x, one parallel loop). Checked by the caller
+    (kernels.matmul_many_leaf)."""
+    fmt = ws[0].fmt
+    kernel = _variants.get(("many_" + fmt, vnni.int8_dot(), parallel)) or variant("many_" + fmt, parallel=parallel)
+    outs = tuple(np.empty((x.shape[0], w.rows), np.float32) for w in ws)
+    kernel(x, tuple(w.d for w in ws), tuple(w.m for w in ws), tuple(quad_words(w) for w in ws),
+           ws[0].G, experts, outs)
+    return list(outs)

@@ -206,28 +206,6 @@ def repack(qt: QTensor) -> PackedWeight:
     return pw.validate()
 
 
-def concat_rows(*ws: PackedWeight) -> PackedWeight:
-    """One PackedWeight whose rows are those of ws one after another: (O1 + O2 + ..., I), or per
-    matrix of a stack (E, O1 + O2 + ..., I). For weights that multiply the same input (attention's
-    q, k and v; an expert's gate and up), so that one GEMV call does them all: x is copied (and,
-    with int8 activations, quantized) once, and one kernel call replaces several. Every weight
-    but the last must fill its groups (O % G == 0), so that no padding row lands in the middle."""
-    first = ws[0]
-    for w in ws:
-        if w.fmt != first.fmt or w.shape[:-2] != first.shape[:-2] or w.shape[-1] != first.shape[-1]:
-            raise KernelInputError(f"concat_rows: the weights must share format, stack and input width; "
-                                   f"found {[(v.fmt, v.shape) for v in ws]}")
-    for w in ws[:-1]:
-        if w.rows % w.G:
-            raise KernelInputError(f"concat_rows: {w.rows} rows is not a multiple of the {w.G} rows per "
-                                   f"group (only the last weight may end in a partial group)")
-    m = np.concatenate([w.m for w in ws], axis=1) if first.m.size else first.m
-    shape = (*first.shape[:-2], sum(w.rows for w in ws), first.shape[-1])
-    return PackedWeight(first.fmt, shape, np.concatenate([w.d for w in ws], axis=1), m,
-                        np.concatenate([w.qs for w in ws], axis=1), first.G,
-                        sum(w.gguf_nbytes for w in ws)).validate()
-
-
 def to_kernel_order(x: np.ndarray) -> np.ndarray:
     """x (R, I) -> xk (R, 32, nb), xk[r, j, b] = x[r, b*32 + j], a C-contiguous float32 copy."""
     R, I = x.shape

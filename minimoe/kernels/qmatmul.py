@@ -25,6 +25,9 @@ Two paths, picked by the number of rows R:
       each running the (one-core) dequantizing kernel and a one-thread BLAS call: no thread pool
       has to wake up for every tile (OpenBLAS's own threads, woken hundreds of times, measured up
       to 100x slower when another program shared the cores).
+      With int8 activations (minimoe.set_activation_precision), up to INT8_GEMM_MAX_ROWS rows go
+      instead to int8matmul.py's integer kernel, which measured faster there (an MoE expert's
+      share of a short prompt); beyond, the tiles win.
 
 The four formats' kernels share one skeleton per path, filled in with each format's few lines of
 arithmetic ("The formats", below). Each kernel has a NumPy twin with the same signature (run with
@@ -47,8 +50,12 @@ from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, check_
 configure_numba()
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
-PARALLEL_MIN_WEIGHTS = 2**23   # a packed GEMV touching fewer weights runs on one core (see below)
+PARALLEL_MIN_WEIGHTS = 2**20   # a packed GEMV touching fewer weights runs on one core (see below)
 PARALLEL_MIN_FLOAT_WEIGHTS = 2**19   # the same for float32 (memory-bound: one core cannot stream them fast enough)
+# With int8 activations, up to this many rows go to the integer kernel (int8matmul.imatmul_rows),
+# more to the tiles + BLAS: measured on a 1408 x 512 q4_0 matrix, 2 cores, the integer kernel was
+# 2.6-4.3x faster at 8-16 rows, even at 64 and 0.5-0.6x at 256 (docs/kernels.md)
+INT8_GEMM_MAX_ROWS = 32
 TILE_VALUES = 2**18        # weights dequantized per tile in the prefill path (1 MiB of float32: stays in L2)
 CHUNK = 16                 # output rows per parallel work item in the GEMV kernels
 
@@ -455,11 +462,11 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
 
 
 # Every GEMV also exists compiled for one core (`k.serial`: the same source, prange runs as range).
-# Starting a parallel loop costs microseconds even on an idle machine, and a scheduler time slice
-# when another program holds a core; a decode step makes ~60 GEMV calls on matrices of under a
-# million weights, for which one core is faster (measured on 2 cores shared with other programs,
-# where every parallel call also waits for a time slice). GEMVs over PARALLEL_MIN_WEIGHTS or more
-# weights (a 14336 x 4096 projection) use all cores.
+# Starting a parallel loop costs ~10 microseconds on an idle machine (Numba's OpenMP pool, told not
+# to spin: backend.configure_numba), and a scheduler time slice when another program holds a core.
+# A GEMV over fewer than PARALLEL_MIN_WEIGHTS weights (an attention projection of mixtral-mini)
+# runs on one core; an MoE layer's gate and up for its K experts (2 x 2 x 1408 x 512) or bigger
+# use all cores: measured 1.7-1.9x faster on 2 cores for 1.4 M weights, 0.9x for 0.4 M.
 
 def _one_core(kernel):
     """Attach kernel.serial: the kernel's Python source compiled without threads."""
@@ -544,6 +551,10 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
             return out.reshape(*lead, O)
         kernel = GEMV[w.fmt] if parallel else GEMV[w.fmt].serial
         kernel(np.ascontiguousarray(X), w.d, w.m, w.qs, w.G, ex, out)
+        return out.reshape(*lead, O)
+    if R <= INT8_GEMM_MAX_ROWS and int8_activations():                 # a few rows: integer kernel
+        from minimoe.kernels.int8matmul import imatmul_rows
+        imatmul_rows(np.ascontiguousarray(X), w, 0, out)
         return out.reshape(*lead, O)
     return _prefill(to_kernel_order(X).reshape(R, -1), w, 0, out).reshape(*lead, O)
 

@@ -26,8 +26,15 @@ is the twin. `int8_dot()` says which one this CPU runs (see there); an LLVM that
 intrinsic on a CPU without the instruction stops the process, so the choice is made from the
 CPU's features before anything is compiled.
 
-The arm64 `sdot` (llvm.aarch64.neon.sdot) is not wrapped here: it could not be tested on the
-machines minimoe was built on. arm64 runs `dot4_portable`.
+On arm64 the same idea is `sdot` (llvm.aarch64.neon.sdot, the "dotprod" feature: Apple M1 on,
+AWS Graviton 2 on, Neoverse), with both operands SIGNED. `dot4_sdot` keeps the contract above with
+one extra step: flipping the top bit of each unsigned byte a makes the signed byte a - 128, so
+
+    sum_t a_t b_t = sdot(a ^ 0x80, b) + 128 * sum_t b_t,     and sum_t b_t = sdot(0x01010101, b)
+
+(two sdot instructions per 4 lanes, exact in int32). minimoe was built on x86 machines: the test
+suite compiles `sdot_ir`'s IR for an arm64 target and checks the instruction is emitted, and checks
+the identity above with NumPy (`dot4_sdot_numpy`); it has not been run on an arm64 CPU.
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ from numba.extending import intrinsic
 from minimoe.errors import MinimoeError
 
 LANES = 16           # words per call of every dot4 (the 256-bit form makes two instructions of it)
-DOT4_CHOICES = ("auto", "vnni512", "vnni256", "portable")
+DOT4_CHOICES = ("auto", "vnni512", "vnni256", "sdot", "portable")
 
 
 def dot4_numpy(acc, i, a, ia, b, ib):
@@ -50,6 +57,14 @@ def dot4_numpy(acc, i, a, ia, b, ib):
     ua = a[ia:ia + LANES].view(np.uint8).reshape(LANES, 4).astype(np.int32)   # (L, 4) 0..255
     sb = b[ib:ib + LANES].view(np.int8).reshape(LANES, 4).astype(np.int32)    # (L, 4) -128..127
     acc[i:i + LANES] += (ua * sb).sum(axis=1)                                 # (L,)
+
+
+def dot4_sdot_numpy(acc, i, a, ia, b, ib):
+    """What dot4_sdot computes, step by step, in NumPy: signed products of a ^ 0x80 (= a - 128) and
+    b, plus 128 times the sum of b's bytes. Equal to dot4_numpy (the tests check it)."""
+    sa = (a[ia:ia + LANES] ^ np.uint32(0x80808080)).view(np.int8).reshape(LANES, 4).astype(np.int32)
+    sb = b[ib:ib + LANES].view(np.int8).reshape(LANES, 4).astype(np.int32)
+    acc[i:i + LANES] += (sa * sb).sum(axis=1) + 128 * sb.sum(axis=1)
 
 
 @njit(inline="always")
@@ -109,6 +124,46 @@ _vpdpbusd_512 = _vpdpbusd(512)
 _vpdpbusd_256 = _vpdpbusd(256)
 
 
+def sdot_ir(builder, acc, a, b):
+    """The arm64 instructions of one dot4 step on 4 lanes, as LLVM IR: acc, a, b are <4 x i32>
+    values (a's bytes unsigned, b's signed); returns acc + the lane-wise sums of a_t * b_t."""
+    from llvmlite import ir
+    i32, i8 = ir.IntType(32), ir.IntType(8)
+    words, bytes16 = ir.VectorType(i32, 4), ir.VectorType(i8, 16)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(words, [words, bytes16, bytes16]),
+                                        "llvm.aarch64.neon.sdot.v4i32.v16i8")
+    splat = lambda v: ir.Constant(words, [v] * 4)                              # noqa: E731
+    signed_a = builder.bitcast(builder.xor(a, splat(0x80808080)), bytes16)      # a - 128, as int8
+    vb = builder.bitcast(b, bytes16)
+    s = builder.call(fn, [acc, signed_a, vb])                                  # acc + sum (a - 128) b
+    sum_b = builder.call(fn, [splat(0), builder.bitcast(splat(0x01010101), bytes16), vb])
+    return builder.add(s, builder.shl(sum_b, splat(7)))                        # + 128 sum b
+
+
+@intrinsic
+def _sdot(typingctx, acc, i, a, ia, b, ib):
+    """acc[i:i+LANES] += dot4(a[ia:], b[ib:]) with arm64 sdot (4 lanes per instruction)."""
+    from llvmlite import ir
+    words = ir.VectorType(ir.IntType(32), 4)
+    sig = types.void(acc, i, a, ia, b, ib)
+
+    def codegen(context, builder, signature, args):
+        def vector_at(k, index, quarter):            # pointer to 4 words of argument k
+            ary = context.make_array(signature.args[k])(context, builder, args[k])
+            first = builder.bitcast(builder.gep(ary.data, [args[index]]), words.as_pointer())
+            return builder.gep(first, [ir.Constant(ir.IntType(64), quarter)])
+        for quarter in range(LANES // 4):
+            p_acc, p_a, p_b = (vector_at(k, k + 1, quarter) for k in (0, 2, 4))
+            total = sdot_ir(builder, builder.load(p_acc, align=4), builder.load(p_a, align=4),
+                            builder.load(p_b, align=4))
+            builder.store(total, p_acc, align=4)
+        return context.get_dummy_value()
+
+    if not all(isinstance(t, types.Array) and t.layout == "C" for t in (acc, a, b)):
+        return None
+    return sig, codegen
+
+
 @njit(inline="always")
 def dot4_vnni512(acc, i, a, ia, b, ib):
     """dot4 with AVX512-VNNI: one vpdpbusd on 512-bit vectors."""
@@ -121,7 +176,13 @@ def dot4_vnni256(acc, i, a, ia, b, ib):
     _vpdpbusd_256(acc, i, a, ia, b, ib)
 
 
-DOT4 = {"vnni512": dot4_vnni512, "vnni256": dot4_vnni256, "portable": dot4_portable}
+@njit(inline="always")
+def dot4_sdot(acc, i, a, ia, b, ib):
+    """dot4 on arm64 with the dotprod feature: 8 sdot instructions for 16 lanes (see sdot_ir)."""
+    _sdot(acc, i, a, ia, b, ib)
+
+
+DOT4 = {"vnni512": dot4_vnni512, "vnni256": dot4_vnni256, "sdot": dot4_sdot, "portable": dot4_portable}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,7 +206,7 @@ _chosen: dict = {}
 
 
 def int8_dot(features: set | None = None) -> str:
-    """"vnni512", "vnni256" or "portable": the dot4 this CPU runs, chosen from its features
+    """"vnni512", "vnni256", "sdot" or "portable": the dot4 this CPU runs, chosen from its features
     (`features` as cpu_features() gives them; by default this CPU's, read once). $MINIMOE_INT8_DOT
     names one instead ("auto" is the default); naming a VNNI form the CPU lacks is refused rather
     than crashing LLVM. Under NUMBA_DISABLE_JIT=1 the kernels run as Python: "portable", so
@@ -164,6 +225,8 @@ def int8_dot(features: set | None = None) -> str:
         can += ["vnni256", "vnni512"]
     elif "avxvnni" in features:
         can += ["vnni256"]
+    elif "dotprod" in features:                          # arm64 (LLVM's name for the sdot feature)
+        can += ["sdot"]
     choice = os.environ.get("MINIMOE_INT8_DOT", "auto") or "auto"
     if choice not in DOT4_CHOICES:
         raise MinimoeError(f"$MINIMOE_INT8_DOT must be one of {', '.join(DOT4_CHOICES)}, found {choice!r}")

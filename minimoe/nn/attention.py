@@ -98,9 +98,11 @@ def forward(x: np.ndarray, p: dict, cfg: Config, layer: int, cos: np.ndarray, si
     B, T, C = x.shape
     H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
 
-    q, q_lin = linear.forward(x, p["q.weight"], p.get("q.bias"), name="attn.q")  # (B, T, C) -> (B, T, H*D)
-    k, k_lin = linear.forward(x, p["k.weight"], p.get("k.bias"), name="attn.k")  # (B, T, C) -> (B, T, G*D)
-    v, v_lin = linear.forward(x, p["v.weight"], p.get("v.bias"), name="attn.v")  # (B, T, C) -> (B, T, G*D)
+    # q, k and v all read x: one leaf computes the three products (the NumPy twin one after the
+    # other; a decode step's packed weights in one kernel call, nn/linear.py's forward_many)
+    (q, k, v), (q_lin, k_lin, v_lin) = linear.forward_many(
+        x, [p["q.weight"], p["k.weight"], p["v.weight"]], [p.get("q.bias"), p.get("k.bias"), p.get("v.bias")],
+        names=("attn.q", "attn.k", "attn.v"))    # (B, T, C) -> (B, T, H*D), (B, T, G*D), (B, T, G*D)
     q_norm = k_norm = None
     if cfg.qk_norm == "full":                            # OLMoE: normalise the whole projection
         q, q_norm = norm.forward(q, p["q_norm.weight"], cfg.norm_eps, name="attn.q_norm")

@@ -75,8 +75,9 @@ def forward(x: np.ndarray, w_gate, w_up, w_down, b_gate=None, b_up=None, b_down=
 
     With stacks w_gate/w_up (E, F, C), w_down (E, C, F) (and biases (E, F), (E, C)) and experts
     (N,), row n of x runs through expert experts[n]: every routed expert of an MoE layer at once."""
-    a, gate_lin = linear.forward(x, w_gate, b_gate, experts, name=name + ".gate")  # (..., C) -> (..., F)
-    u, up_lin = linear.forward(x, w_up, b_up, experts, name=name + ".up")          # (..., C) -> (..., F)
+    # gate and up both read x: one leaf computes the two products (nn/linear.py's forward_many)
+    (a, u), (gate_lin, up_lin) = linear.forward_many(
+        x, [w_gate, w_up], [b_gate, b_up], experts, names=(name + ".gate", name + ".up"))  # (..., C) -> (..., F) each
     h, glu = GLU(a, u, act, limit, alpha, name=name + ".act")                    # (..., F)
     y, down_lin = linear.forward(h, w_down, b_down, experts, name=name + ".down")  # (..., F) -> (..., C)
     return y, (gate_lin, up_lin, glu, down_lin)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minimoe.kernels import takes_matmul
+from minimoe.kernels import takes_matmul, takes_matmul_many
 from minimoe.kernels.dispatch import Leaf
 
 
@@ -40,6 +40,26 @@ def matmul(x: np.ndarray, w, b: np.ndarray | None = None, experts: np.ndarray | 
 
 
 MATMUL = Leaf("matmul", matmul, "minimoe.kernels:matmul_leaf", when=takes_matmul)
+
+
+def matmul_many(x: np.ndarray, ws, bs, experts: np.ndarray | None = None) -> list:
+    """[x (N, I) @ w.T (+ b) for w, b in zip(ws, bs)]: several weights that read the same x, such
+    as an attention layer's q, k and v, or an MoE layer's gate and up. Here one after the other; the
+    compiled side may multiply them all in one kernel call (minimoe/kernels: matmul_many_leaf)."""
+    return [matmul(x, w, b, experts) for w, b in zip(ws, bs)]
+
+
+MATMUL_MANY = Leaf("matmuls", matmul_many, "minimoe.kernels:matmul_many_leaf", when=takes_matmul_many)
+
+
+def forward_many(x: np.ndarray, ws, bs, experts: np.ndarray | None = None, names=()):
+    """`forward` for several weights that read the same x (..., I): ws[i] (O_i, I) or a stack, bs[i]
+    or None -> ([y_i (..., O_i)], [cache_i]); each cache_i is forward's, for `backward`.
+    `names` labels each product in a trace ("attn.q", "attn.k", "attn.v")."""
+    lead, I = x.shape[:-1], x.shape[-1]
+    ys = MATMUL_MANY(x.reshape(-1, I), ws, bs, experts, name=tuple(names))   # [(N, O_i)]
+    return ([y.reshape(*lead, y.shape[-1]) for y in ys],
+            [(x, w, b is not None, experts) for w, b in zip(ws, bs)])
 
 
 def forward(x: np.ndarray, w, b: np.ndarray | None = None, experts: np.ndarray | None = None,

@@ -28,7 +28,8 @@ Shape legend: P prompt tokens, N new tokens, V vocab.
 Every runtime does the same thing, timed in two parts, as `minimoe bench decode` does:
     prefill   one forward pass over a P-token prompt of random ids (seed 0), filling a KV cache
     decode    N greedy steps of one token each, through the KV cache
-after a warm-up (a 4-token prompt and 2 steps). Each runtime runs in its own subprocess, one
+after a warm-up (the same prompt and 2 steps: every path the timed run takes has run once, so
+minimoe has loaded its compiled kernels from Numba's cache). Each runtime runs in its own subprocess, one
 after the other, never two at once, with `--threads` threads (2):
     minimoe     minimoe.bench.decode.run, recipes fp32, q8_0, q4_0, numba backend
     HF          MixtralForCausalLM in float32, torch.set_num_threads; a manual loop through its
@@ -124,7 +125,7 @@ def work_hf(args, variant: str) -> dict:
         return int(out.logits[0, -1].argmax())
 
     with torch.inference_mode():
-        time_decode(prefill, step, prompt[:4], 2)                                     # warm-up
+        time_decode(prefill, step, prompt, 2)                                         # warm-up
         result = time_decode(prefill, step, prompt, args.new_tokens)
     return {"results": {"fp32": result},
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -153,7 +154,7 @@ def work_llamacpp(args, wtype: str) -> dict:
         llm.eval([tok])
         return int(peer_models.llama_last_logits(llm).argmax())
 
-    time_decode(prefill, step, prompt[:4], 2)                # warm-up
+    time_decode(prefill, step, prompt, 2)                    # warm-up
     result = time_decode(prefill, step, prompt, N)
     return {"results": {wtype: result},
             "versions": {"llama_cpp_python": llama_cpp.__version__, "n_threads": args.threads,
