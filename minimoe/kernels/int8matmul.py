@@ -568,6 +568,9 @@ def quad_words(w: PackedWeight) -> np.ndarray:
     """qw (E, OG, KQ, Wp) uint32: w.qs regrouped 4 bytes of a block to a word (q8_0's bytes + 128).
     Made once per stack: matrix e of a stack (PackedWeight.__getitem__, a view of the stack's qs,
     as a prefill takes one expert at a time) gets a view of the stack's words."""
+    mine = w.__dict__.get("_quad_words")               # made for this very PackedWeight before
+    if mine is not None and mine[0] is w.qs:
+        return mine[1]
     qs, root = w.qs, _root(w.qs)
     per = qs[0].nbytes if len(qs) else 0                                # bytes of one matrix's qs
     offset = qs.__array_interface__["data"][0] - root.__array_interface__["data"][0]
@@ -581,7 +584,9 @@ def quad_words(w: PackedWeight) -> np.ndarray:
         _quads[key] = whole
         weakref.finalize(root, _quads.pop, key, None)                   # forget it with the bytes
     e = offset // per if per else 0
-    return whole[1][e:e + len(qs)]
+    qw = whole[1][e:e + len(qs)]
+    w.__dict__["_quad_words"] = (qs, qw)                   # a decode step asks ~60 times a token
+    return qw
 
 
 def _regroup(qs: np.ndarray, fmt: str) -> np.ndarray:

@@ -50,7 +50,7 @@ from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, check_
 configure_numba()
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
-PARALLEL_MIN_WEIGHTS = 2**20   # a packed GEMV touching fewer weights runs on one core (see below)
+PARALLEL_MIN_WEIGHTS = 2**18   # a packed GEMV touching fewer weights runs on one core (see below)
 PARALLEL_MIN_FLOAT_WEIGHTS = 2**19   # the same for float32 (memory-bound: one core cannot stream them fast enough)
 # With int8 activations, up to this many rows go to the integer kernel (int8matmul.imatmul_rows),
 # more to the tiles + BLAS: measured on a 1408 x 512 q4_0 matrix, 2 cores, the integer kernel was
@@ -464,9 +464,10 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
 # Every GEMV also exists compiled for one core (`k.serial`: the same source, prange runs as range).
 # Starting a parallel loop costs ~10 microseconds on an idle machine (Numba's OpenMP pool, told not
 # to spin: backend.configure_numba), and a scheduler time slice when another program holds a core.
-# A GEMV over fewer than PARALLEL_MIN_WEIGHTS weights (an attention projection of mixtral-mini)
-# runs on one core; an MoE layer's gate and up for its K experts (2 x 2 x 1408 x 512) or bigger
-# use all cores: measured 1.7-1.9x faster on 2 cores for 1.4 M weights, 0.9x for 0.4 M.
+# A GEMV over fewer than PARALLEL_MIN_WEIGHTS weights (a tiny model's) runs on one core; bigger
+# ones use all cores: measured 1.7-1.9x faster on 2 cores for 1.4 M weights, 0.9x for 0.4 M alone,
+# yet mixtral-mini's whole decode step ran 3-5% faster with its 0.26-0.4 M attention GEMVs parallel
+# too (the weights stream from memory there, not from cache as in the one-matrix measurement).
 
 def _one_core(kernel):
     """Attach kernel.serial: the kernel's Python source compiled without threads."""
