@@ -133,7 +133,7 @@ def _fusable(x, ws, experts):
     pws = [w if isinstance(w, PackedWeight) else pack(w) for w in ws]
     if any(p.G != pws[0].G for p in pws):
         return None
-    what = f"matmul with packed {fmt} weights of shapes {[w.shape for w in ws]}"
+    what = f"matmul with packed {fmt} weights of input width {ws[0].shape[-1]}"
     qm._check_x(x, ws[0].shape[-1], what)
     for p in pws:
         p.validate()                                                            # the kernel trusts its arrays

@@ -305,14 +305,21 @@ def _igemv(x, ds, ms, qws, G, experts, outs, words, offset, block, dot4):
         t = np.empty(W, np.float32)
         for og in range(c * per_item, min(OG, c * per_item + per_item)):
             _group_isums(acc, xw[r], qw[e, og], u, words, dot4)
-            for b in range(W):                                # each block's share of y
-                acc[b] -= xoff[r, b]                          # isum = sum_j u_j qx_j - OFFSET sum_j qx_j
-                t[b] = block(d[e, og, b], mins[e, og, b], dx[r, b], sx[r, b], acc[b])
-            for g in range(min(G, O - og * G)):
-                y = np.float32(0.0)
-                for b in range(g * nb, g * nb + nb):
-                    y += t[b]
-                out[r, og * G + g] = y
+            _group_rows(out, r, og, G, nb, acc, t, xoff[r], d[e, og], mins[e, og], dx[r], sx[r], block)
+
+
+@njit(inline="always")
+def _group_rows(out, r, og, G, nb, acc, t, xoff, dw, mw, dx, sx, block):
+    """From a group's block sums acc (W,) for row r of x: each block's share of y, t (W,), then
+    each of the group's rows' sum over its nb blocks, into out[r, og*G + g]."""
+    for b in range(t.size):
+        acc[b] -= xoff[b]                                     # isum = sum_j u_j qx_j - OFFSET sum_j qx_j
+        t[b] = block(dw[b], mw[b], dx[b], sx[b], acc[b])
+    for g in range(min(G, out.shape[1] - og * G)):
+        y = np.float32(0.0)
+        for b in range(g * nb, g * nb + nb):
+            y += t[b]
+        out[r, og * G + g] = y
 
 
 @njit(inline="always")
@@ -335,71 +342,32 @@ def _igemm(x, d, m, qw, G, e, out, words, offset, block, dot4):
             codes = words(u, qw[e, og])                       # (8, Wp), for every row below
             for r in range(R):
                 _code_isums(acc, xw[r], codes, dot4)
-                for b in range(W):
-                    acc[b] -= xoff[r, b]
-                    t[b] = block(d[e, og, b], mins[e, og, b], dx[r, b], sx[r, b], acc[b])
-                for g in range(min(G, O - og * G)):
-                    y = np.float32(0.0)
-                    for b in range(g * nb, g * nb + nb):
-                        y += t[b]
-                    out[r, og * G + g] = y
+                _group_rows(out, r, og, G, nb, acc, t, xoff[r], d[e, og], mins[e, og], dx[r], sx[r], block)
 
 
-# DOT4 is filled in per compiled variant (see `variant` below): vnni.dot4_vnni512, ..._vnni256 or
-# ..._portable. Each variant is its own Numba function with its own cache entry.
-DOT4 = vnni.dot4_portable
+# The compiled kernels. Each is one of the three skeletons above with a format's pieces (how its
+# codes become bytes, its OFFSET, its block formula) and a dot4. `variant` below compiles one
+# function per (kind, format, dot4, threads), each with its own entry in Numba's on-disk cache, by
+# filling these globals in: WORDS, OFFSET, BLOCK_SUM (from PIECES) and DOT4 (vnni.dot4_vnni512,
+# ..._vnni256, ..._sdot or ..._portable).
+PIECES = {"q4_0": (_nibble_words, 8, _plain_block), "q4_1": (_nibble_words, 0, _q4_1_block),
+          "q8_0": (_byte_words, 128, _plain_block), "mxfp4": (_mxfp4_words, 12, _plain_block)}
+WORDS, OFFSET, BLOCK_SUM, DOT4 = _nibble_words, 8, _plain_block, vnni.dot4_portable
 
 
-def igemv_q4_0(x, d, m, qw, G, experts, out):
-    _igemv(x, (d,), (m,), (qw,), G, experts, (out,), _nibble_words, 8, _plain_block, DOT4)
+def igemv(x, d, m, qw, G, experts, out):
+    """A decode GEMV: out[r] = W[experts[r]] @ x[r] (qmatmul.py's arguments, qw in quad order)."""
+    _igemv(x, (d,), (m,), (qw,), G, experts, (out,), WORDS, OFFSET, BLOCK_SUM, DOT4)
 
 
-def igemv_q4_1(x, d, m, qw, G, experts, out):
-    _igemv(x, (d,), (m,), (qw,), G, experts, (out,), _nibble_words, 0, _q4_1_block, DOT4)
+def igemv_many(x, ds, ms, qws, G, experts, outs):
+    """The same for several weights that read the same x, in one call (tuples, one entry each)."""
+    _igemv(x, ds, ms, qws, G, experts, outs, WORDS, OFFSET, BLOCK_SUM, DOT4)
 
 
-def igemv_q8_0(x, d, m, qw, G, experts, out):
-    _igemv(x, (d,), (m,), (qw,), G, experts, (out,), _byte_words, 128, _plain_block, DOT4)
-
-
-def igemv_mxfp4(x, d, m, qw, G, experts, out):
-    _igemv(x, (d,), (m,), (qw,), G, experts, (out,), _mxfp4_words, 12, _plain_block, DOT4)
-
-
-# Many rows times one matrix e (prefill): the codes unpacked once per group for all rows.
-
-def igemm_q4_0(x, d, m, qw, G, e, out):
-    _igemm(x, d, m, qw, G, e, out, _nibble_words, 8, _plain_block, DOT4)
-
-
-def igemm_q4_1(x, d, m, qw, G, e, out):
-    _igemm(x, d, m, qw, G, e, out, _nibble_words, 0, _q4_1_block, DOT4)
-
-
-def igemm_q8_0(x, d, m, qw, G, e, out):
-    _igemm(x, d, m, qw, G, e, out, _byte_words, 128, _plain_block, DOT4)
-
-
-def igemm_mxfp4(x, d, m, qw, G, e, out):
-    _igemm(x, d, m, qw, G, e, out, _mxfp4_words, 12, _plain_block, DOT4)
-
-
-# The same over several weights at once: ds, ms, qws, outs are tuples, one entry per weight.
-
-def igemv_many_q4_0(x, ds, ms, qws, G, experts, outs):
-    _igemv(x, ds, ms, qws, G, experts, outs, _nibble_words, 8, _plain_block, DOT4)
-
-
-def igemv_many_q4_1(x, ds, ms, qws, G, experts, outs):
-    _igemv(x, ds, ms, qws, G, experts, outs, _nibble_words, 0, _q4_1_block, DOT4)
-
-
-def igemv_many_q8_0(x, ds, ms, qws, G, experts, outs):
-    _igemv(x, ds, ms, qws, G, experts, outs, _byte_words, 128, _plain_block, DOT4)
-
-
-def igemv_many_mxfp4(x, ds, ms, qws, G, experts, outs):
-    _igemv(x, ds, ms, qws, G, experts, outs, _mxfp4_words, 12, _plain_block, DOT4)
+def igemm(x, d, m, qw, G, e, out):
+    """A prefill's rows times matrix e: out = x @ W[e].T, codes unpacked once per group."""
+    _igemm(x, d, m, qw, G, e, out, WORDS, OFFSET, BLOCK_SUM, DOT4)
 
 
 def block_isums(x, qw, G, experts, fmt, out):
@@ -528,31 +496,36 @@ def block_isums_numpy(x, qw, G, experts, fmt, out):
 # The compiled variants: one per format, dot4 (vnni512, vnni256, portable) and threads
 # ----------------------------------------------------------------------------------------------
 
-TWINS = {"q4_0": (igemv_q4_0, igemv_q4_0_numpy), "q4_1": (igemv_q4_1, igemv_q4_1_numpy),
-         "q8_0": (igemv_q8_0, igemv_q8_0_numpy), "mxfp4": (igemv_mxfp4, igemv_mxfp4_numpy),
-         "block_isums": (block_isums, block_isums_numpy),
-         "many_q4_0": (igemv_many_q4_0, igemv_many_numpy("q4_0")),
-         "many_q4_1": (igemv_many_q4_1, igemv_many_numpy("q4_1")),
-         "many_q8_0": (igemv_many_q8_0, igemv_many_numpy("q8_0")),
-         "many_mxfp4": (igemv_many_mxfp4, igemv_many_numpy("mxfp4")),
-         "gemm_q4_0": (igemm_q4_0, igemm_numpy("q4_0")), "gemm_q4_1": (igemm_q4_1, igemm_numpy("q4_1")),
-         "gemm_q8_0": (igemm_q8_0, igemm_numpy("q8_0")), "gemm_mxfp4": (igemm_mxfp4, igemm_numpy("mxfp4"))}
+# kind -> (skeleton function, twin for a format); the formats' own twins are above
+KINDS = {"": (igemv, lambda fmt: TWINS_GEMV[fmt]), "many_": (igemv_many, igemv_many_numpy),
+         "gemm_": (igemm, igemm_numpy)}
+TWINS_GEMV = {"q4_0": igemv_q4_0_numpy, "q4_1": igemv_q4_1_numpy, "q8_0": igemv_q8_0_numpy,
+              "mxfp4": igemv_mxfp4_numpy}
 _variants: dict = {}
 
 
 def variant(name: str, dot: str | None = None, parallel: bool = True) -> Kernel:
-    """The Kernel for `name` (a format, "many_" or "gemm_" + a format, or "block_isums") compiled with dot4 `dot` (default: what
-    this CPU runs, vnni.int8_dot()), on all cores or one: the function's source with its global
-    DOT4 set to that dot4, under its own name (its own entry in Numba's on-disk cache)."""
+    """The Kernel for `name`: a format ("q4_0": the GEMV), "many_" + a format (several weights),
+    "gemm_" + a format (a prefill's rows) or "block_isums" (for the tests), compiled with dot4
+    `dot` (default: what this CPU runs, vnni.int8_dot()), on all cores or one: the skeleton's
+    source with the globals WORDS, OFFSET, BLOCK_SUM and DOT4 filled in, under its own name (its own
+    entry in Numba's on-disk cache)."""
     dot = dot or vnni.int8_dot()
     parallel = parallel and name != "block_isums"
     key = (name, dot, parallel)
     if key not in _variants:
-        fn, twin_fn = TWINS[name]
-        scope = dict(fn.__globals__, DOT4=vnni.DOT4[dot])
+        if name == "block_isums":
+            fn, twin_fn, pieces, label = block_isums, block_isums_numpy, PIECES["q4_0"], "block_isums"
+        else:
+            kind = next((k for k in ("many_", "gemm_") if name.startswith(k)), "")
+            fmt = name[len(kind):]
+            fn, twin_of = KINDS[kind]
+            twin_fn, pieces, label = twin_of(fmt), PIECES[fmt], f"{fn.__name__}_{fmt}"
+        words, offset, block = pieces
+        scope = dict(fn.__globals__, WORDS=words, OFFSET=offset, BLOCK_SUM=block, DOT4=vnni.DOT4[dot])
         suffix = f"_{dot}" + ("" if parallel else "_serial")
-        clone = types.FunctionType(fn.__code__, scope, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
-        clone.__qualname__ = fn.__qualname__ + suffix
+        clone = types.FunctionType(fn.__code__, scope, label + suffix, fn.__defaults__, fn.__closure__)
+        clone.__qualname__ = label + suffix
         _variants[key] = Kernel(njit(parallel=parallel, fastmath=_FAST, cache=True)(clone), twin_fn)
     return _variants[key]
 
@@ -568,6 +541,9 @@ def quad_words(w: PackedWeight) -> np.ndarray:
     """qw (E, OG, KQ, Wp) uint32: w.qs regrouped 4 bytes of a block to a word (q8_0's bytes + 128).
     Made once per stack: matrix e of a stack (PackedWeight.__getitem__, a view of the stack's qs,
     as a prefill takes one expert at a time) gets a view of the stack's words."""
+    mine = w.__dict__.get("_quad_words")               # made for this very PackedWeight before
+    if mine is not None and mine[0] is w.qs:
+        return mine[1]
     qs, root = w.qs, _root(w.qs)
     per = qs[0].nbytes if len(qs) else 0                                # bytes of one matrix's qs
     offset = qs.__array_interface__["data"][0] - root.__array_interface__["data"][0]
@@ -581,7 +557,9 @@ def quad_words(w: PackedWeight) -> np.ndarray:
         _quads[key] = whole
         weakref.finalize(root, _quads.pop, key, None)                   # forget it with the bytes
     e = offset // per if per else 0
-    return whole[1][e:e + len(qs)]
+    qw = whole[1][e:e + len(qs)]
+    w.__dict__["_quad_words"] = (qs, qw)                   # a decode step asks ~60 times a token
+    return qw
 
 
 def _regroup(qs: np.ndarray, fmt: str) -> np.ndarray:

@@ -50,11 +50,12 @@ from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, check_
 configure_numba()
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
-PARALLEL_MIN_WEIGHTS = 2**20   # a packed GEMV touching fewer weights runs on one core (see below)
+PARALLEL_MIN_WEIGHTS = 2**18   # a packed GEMV touching fewer weights runs on one core (see below)
 PARALLEL_MIN_FLOAT_WEIGHTS = 2**19   # the same for float32 (memory-bound: one core cannot stream them fast enough)
 # With int8 activations, up to this many rows go to the integer kernel (int8matmul.imatmul_rows),
-# more to the tiles + BLAS: measured on a 1408 x 512 q4_0 matrix, 2 cores, the integer kernel was
-# 2.6-4.3x faster at 8-16 rows, even at 64 and 0.5-0.6x at 256 (docs/kernels.md)
+# more to the tiles + BLAS: measured on mixtral-mini's 1408 x 512 and 512 x 1408 q4_0 / q8_0
+# matrices, 2 cores, the integer kernel was 2.6-3.3x as fast at 8 rows, 1.0-1.4x at 32, 0.5-0.9x
+# at 64 (docs/kernels.md)
 INT8_GEMM_MAX_ROWS = 32
 TILE_VALUES = 2**18        # weights dequantized per tile in the prefill path (1 MiB of float32: stays in L2)
 CHUNK = 16                 # output rows per parallel work item in the GEMV kernels
@@ -464,9 +465,10 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
 # Every GEMV also exists compiled for one core (`k.serial`: the same source, prange runs as range).
 # Starting a parallel loop costs ~10 microseconds on an idle machine (Numba's OpenMP pool, told not
 # to spin: backend.configure_numba), and a scheduler time slice when another program holds a core.
-# A GEMV over fewer than PARALLEL_MIN_WEIGHTS weights (an attention projection of mixtral-mini)
-# runs on one core; an MoE layer's gate and up for its K experts (2 x 2 x 1408 x 512) or bigger
-# use all cores: measured 1.7-1.9x faster on 2 cores for 1.4 M weights, 0.9x for 0.4 M.
+# A GEMV over fewer than PARALLEL_MIN_WEIGHTS weights (a tiny model's) runs on one core; bigger
+# ones use all cores: measured 1.7-1.9x faster on 2 cores for 1.4 M weights, 0.9x for 0.4 M alone,
+# yet mixtral-mini's whole decode step ran 3-5% faster with its 0.26-0.4 M attention GEMVs parallel
+# too (the weights stream from memory there, not from cache as in the one-matrix measurement).
 
 def _one_core(kernel):
     """Attach kernel.serial: the kernel's Python source compiled without threads."""
@@ -588,12 +590,18 @@ def _tile_buffer(n: int) -> np.ndarray:
 
 def _prefill(xk: np.ndarray, w: PackedWeight, e: int, out: np.ndarray) -> np.ndarray:
     """out (R, O) = xk (R, I, kernel order) @ W[e].T, a tile of rows at a time: dequantize the tile
-    into a float32 buffer that stays in cache, multiply it with BLAS. The tiles are shared out to
+    into a float32 buffer that stays in cache, multiply it with BLAS. Every core gets as many tiles
+    (3 tiles on 2 cores left one idle a third of the time: 1.4x slower at 64 rows). The tiles are shared out to
     one worker thread per core (the dequantizing kernel releases the GIL, and so does BLAS), each
     calling a one-thread BLAS: no thread pool has to wake up and wait for every tile."""
     R, I = xk.shape
     O = out.shape[1]
+    cores = min(os.cpu_count() or 1, numba.get_num_threads())
     step = max(16, TILE_VALUES // I // 16 * 16)                       # rows per tile, a multiple of every G
+    n = -(-O // step)                                                 # tiles of at most that many rows,
+    n = -(-n // cores) * cores                                        # as many for every core:
+    step = -(-O // n)                                                 # ceil(O / n) rows each,
+    step = -(-step // 16) * 16                                        # up to a multiple of 16
     rows_padded = w.d.shape[1] * w.G                                  # whole groups (padding rows are 0)
     dequant = DEQUANT_TILE[w.fmt]
 
@@ -605,7 +613,7 @@ def _prefill(xk: np.ndarray, w: PackedWeight, e: int, out: np.ndarray) -> np.nda
         out[:, o0:o0 + valid] = xk @ tile[:valid].T                   # (R, I) @ (I, T) -> (R, T)
 
     starts = range(0, O, step)
-    workers = min(len(starts), os.cpu_count() or 1, numba.get_num_threads())
+    workers = min(len(starts), cores)
     if workers <= 1:
         for o0 in starts:
             tile_product(o0)
