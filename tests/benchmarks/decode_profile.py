@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Where a decode step's time goes: the leaves by kind (from a trace) against the whole step.
+
+Shape legend: P prompt tokens.
+
+mixtral-mini with random weights (seed 0), quantized by --recipe, a P-token prompt, then:
+    untimed warm-up, 100 timed decode steps (ms per token), 20 traced steps (each leaf kind's time
+    per token, from minimoe.trace), and the per-call cost of one matmul leaf against its kernel.
+The difference between the step and the sum of the leaves is the Python between and around them
+(the trace's own bookkeeping makes the traced steps somewhat slower).
+
+    PYTHONPATH=$PWD python tests/benchmarks/decode_profile.py [--recipe q4_0] [--prompt 256]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+
+import minimoe
+from minimoe.bench.decode import build
+from minimoe.bench.timing import machine_info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="q4_0")
+    ap.add_argument("--prompt", type=int, default=256)
+    args = ap.parse_args()
+    model = build("mixtral-mini", args.recipe, 0)
+    prompt = np.random.default_rng(0).integers(0, model.config.vocab_size, args.prompt)
+    model.generate(prompt, 2)                                       # warm-up
+    kv = model.new_kv_cache(1, args.prompt + 200)
+    nxt = model.forward(prompt[None], kv, last_only=True)[0][:, -1].argmax(-1)
+
+    def steps(n: int) -> None:
+        nonlocal nxt
+        for _ in range(n):
+            nxt = model.forward(nxt[:, None], kv)[0][:, -1].argmax(-1)
+
+    steps(5)
+    t0 = time.perf_counter()
+    steps(100)
+    step = (time.perf_counter() - t0) / 100
+    with minimoe.trace() as tr:
+        steps(20)
+    by_kind = defaultdict(float)
+    for name, rec in tr.ops.items():
+        kind = rec["kind"]
+        if kind == "matmul":
+            kind += (" experts" if ".experts." in name else " attention" if ".attn." in name
+                     else " router" if "router" in name else " head")
+        by_kind[kind] += rec["time_s"] / 20
+    info = machine_info()
+    print(f"{info.get('cpu')}, {info.get('cores')} cores; mixtral-mini {args.recipe}, {args.prompt}-token prompt")
+    print(f"decode step {step * 1e3:.2f} ms ({1 / step:.1f} tok/s); leaves (traced) {sum(by_kind.values()) * 1e3:.2f} ms:")
+    for kind, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:<22}{seconds * 1e6:8.0f} us")
+    leaf_overhead()
+
+
+def leaf_overhead() -> None:
+    """The fixed price of a leaf call: a tiny q4_0 weight (32 x 64), one row of x, int8 path."""
+    from minimoe.kernels import int8matmul, pack
+    from minimoe.nn import linear
+    from minimoe.quant import quantize
+    rng = np.random.default_rng(0)
+    w = quantize(rng.standard_normal((32, 64)).astype(np.float32), "q4_0")
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    pw, out, e0 = pack(w), np.empty((1, 32), np.float32), np.zeros(1, np.int64)
+
+    def per_call(fn, n=20000) -> float:
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    previous = minimoe.set_activation_precision("int8")
+    try:
+        kernel = per_call(lambda: int8matmul.imatmul_into(x, pw, e0, out, False))
+        one = per_call(lambda: linear.forward(x, w))
+        three = per_call(lambda: linear.forward_many(x, [w, w, w], [None] * 3))
+    finally:
+        minimoe.set_activation_precision(previous)
+    print(f"one leaf call on a 32 x 64 q4_0 weight: the kernel {kernel:.1f} us, linear.forward {one:.1f} us, "
+          f"forward_many over 3 weights {three:.1f} us")
+
+
+if __name__ == "__main__":
+    main()
