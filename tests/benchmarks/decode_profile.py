@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where a decode step's time goes: the leaves by kind (from a trace) against the whole step.
+"""Where a decode step's (or a prefill's) time goes: the leaves by kind, from a trace, against the whole.
 
 Shape legend: P prompt tokens.
 
@@ -7,9 +7,10 @@ mixtral-mini with random weights (seed 0), quantized by --recipe, a P-token prom
     untimed warm-up, 100 timed decode steps (ms per token), 20 traced steps (each leaf kind's time
     per token, from minimoe.trace), and the per-call cost of one matmul leaf against its kernel.
 The difference between the step and the sum of the leaves is the Python between and around them
-(the trace's own bookkeeping makes the traced steps somewhat slower).
+(the trace's own bookkeeping makes the traced steps somewhat slower). --prefill profiles the
+P-token prefill instead (best of 5 untraced, then one traced).
 
-    PYTHONPATH=$PWD python tests/benchmarks/decode_profile.py [--recipe q4_0] [--prompt 256]
+    PYTHONPATH=$PWD python tests/benchmarks/decode_profile.py [--recipe q4_0] [--prompt 256] [--prefill]
 """
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ import numpy as np
 
 import minimoe
 from minimoe.bench.decode import build
-from minimoe.bench.timing import machine_info
+from minimoe.bench.timing import best_time, machine_info
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="q4_0")
     ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--prefill", action="store_true", help="profile the prompt's prefill instead")
     args = ap.parse_args()
     model = build("mixtral-mini", args.recipe, 0)
     prompt = np.random.default_rng(0).integers(0, model.config.vocab_size, args.prompt)
@@ -40,25 +42,35 @@ def main() -> None:
         for _ in range(n):
             nxt = model.forward(nxt[:, None], kv)[0][:, -1].argmax(-1)
 
-    steps(5)
-    t0 = time.perf_counter()
-    steps(100)
-    step = (time.perf_counter() - t0) / 100
-    with minimoe.trace() as tr:
-        steps(20)
+    info = machine_info()
+    print(f"{info.get('cpu')}, {info.get('cores')} cores; mixtral-mini {args.recipe}, {args.prompt}-token prompt")
+    if args.prefill:
+        def prefill() -> None:
+            model.forward(prompt[None], model.new_kv_cache(1, args.prompt + 1), last_only=True)
+        whole, n = best_time(prefill, 5), 1
+        with minimoe.trace() as tr:
+            prefill()
+        what = f"prefill {whole * 1e3:.1f} ms ({args.prompt / whole:.0f} tok/s)"
+    else:
+        steps(5)
+        t0 = time.perf_counter()
+        steps(100)
+        whole, n = (time.perf_counter() - t0) / 100, 20
+        with minimoe.trace() as tr:
+            steps(n)
+        what = f"decode step {whole * 1e3:.2f} ms ({1 / whole:.1f} tok/s)"
     by_kind = defaultdict(float)
     for name, rec in tr.ops.items():
         kind = rec["kind"]
         if kind == "matmul":
             kind += (" experts" if ".experts." in name else " attention" if ".attn." in name
                      else " router" if "router" in name else " head")
-        by_kind[kind] += rec["time_s"] / 20
-    info = machine_info()
-    print(f"{info.get('cpu')}, {info.get('cores')} cores; mixtral-mini {args.recipe}, {args.prompt}-token prompt")
-    print(f"decode step {step * 1e3:.2f} ms ({1 / step:.1f} tok/s); leaves (traced) {sum(by_kind.values()) * 1e3:.2f} ms:")
+        by_kind[kind] += rec["time_s"] / n
+    print(f"{what}; leaves (traced) {sum(by_kind.values()) * 1e3:.2f} ms:")
     for kind, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:<22}{seconds * 1e6:8.0f} us")
-    leaf_overhead()
+    if not args.prefill:
+        leaf_overhead()
 
 
 def leaf_overhead() -> None:
