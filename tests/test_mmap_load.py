@@ -277,3 +277,13 @@ def test_half_formats_decode_every_bit_pattern_as_their_oracle(fmt):
     from minimoe.quant.bf16 import bf16_to_float32, float32_to_bf16
     rounded = x.astype(np.float16).astype(np.float32) if fmt == "fp16" else bf16_to_float32(float32_to_bf16(x))
     np.testing.assert_array_equal(quantize(x, fmt).dequantize(), rounded)     # round to nearest even
+
+
+def test_bench_big_header_names_the_recipe_the_run_used():
+    """The header describes the run, not the preset's default: --recipe q4_0 or none say so."""
+    from minimoe.bench.big import PRESETS, describe
+    olmoe = PRESETS["olmoe-1b-7b"]
+    assert describe(olmoe, olmoe.recipe) == "bf16 on disk, q8_0 while loading"
+    assert describe(olmoe, "q4_0") == "bf16 on disk, q4_0 while loading"
+    assert describe(olmoe, None) == "bf16 on disk, held as stored"
+    assert describe(PRESETS["gpt-oss-20b"], None).startswith("as released: MXFP4 experts")

@@ -51,14 +51,19 @@ class Big:
     that quantizes it while loading (None: held as stored)."""
     storage: dict = field(default_factory=dict)
     recipe: str | None = None
-    note: str = ""
+    on_disk: str = "bf16 on disk"
 
 
 PRESETS = {
     "gpt-oss-20b": Big({"experts": "mxfp4"}, None, "as released: MXFP4 experts, bf16 elsewhere"),
-    "olmoe-1b-7b": Big({}, "q8_0", "bf16 on disk, q8_0 while loading"),
-    "qwen3-30b-a3b": Big({}, "q4_0", "bf16 on disk, q4_0 while loading"),
+    "olmoe-1b-7b": Big({}, "q8_0"),
+    "qwen3-30b-a3b": Big({}, "q4_0"),
 }
+
+
+def describe(big: Big, recipe: str | None) -> str:
+    """How the run holds the model: "bf16 on disk, q4_0 while loading" (the recipe actually used)."""
+    return f"{big.on_disk}, " + (f"{recipe} while loading" if recipe else "held as stored")
 
 
 # --- 1. the checkpoint --------------------------------------------------------------------------
@@ -305,7 +310,7 @@ def run(preset: str, folder: str | None = None, recipe: str | None = "preset", t
     ram = total_memory_bytes()
     est = minimoe.estimate(cfg, recipe=held_rules(big.storage, recipe), context=tokens + 2,
                            memory_gb=ram / GB, bandwidth_gbs=bandwidth)
-    return {"preset": preset, "note": big.note, "folder": folder, "recipe": recipe, "stored_bytes": stored,
+    return {"preset": preset, "note": describe(big, recipe), "folder": folder, "recipe": recipe, "stored_bytes": stored,
             "n_experts": cfg.n_experts, "top_k": cfg.top_k,
             "cpu": peaks.get("cpu"), "cores": peaks.get("cores"), "ram_bytes": ram,
             "read_gbs": bandwidth, "measured": m,
