@@ -518,3 +518,32 @@ def test_float_products_shared_out_to_threads(experts, rows, monkeypatch):
     got = kernels.matmul_leaf(x, w2, None, ex)
     assert len(calls) == 1
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _child_product(args):
+    from minimoe.kernels import qmatmul as qmm
+    from minimoe.kernels.backend import parallel_ok
+    x, w = args
+    return qmm.qmatmul(x, w), parallel_ok()
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
+                    reason="no fork on this platform")
+def test_a_forked_child_runs_the_kernels_on_one_core_with_the_same_numbers():
+    """After the parent has run parallel kernels (OpenMP's pool started), a child forked by
+    multiprocessing still multiplies (one-core compiles) instead of being stopped by GNU OpenMP."""
+    import multiprocessing as mp
+    import numba
+    from minimoe.kernels import pack
+    from minimoe.kernels.backend import parallel_ok
+    from minimoe.kernels import qmatmul as qmm
+    rng = np.random.default_rng(0)
+    w = pack(minimoe.quant.quantize(rng.standard_normal((512, 1024)).astype(np.float32), "q4_0"))
+    x = rng.standard_normal((1, 1024)).astype(np.float32)
+    assert qmm.all_cores(512 * 1024)                     # the parent runs it in parallel
+    parent = qmm.qmatmul(x, w)
+    with mp.get_context("fork").Pool(1) as pool:
+        child, child_parallel = pool.apply_async(_child_product, ((x, w),)).get(timeout=120)
+    np.testing.assert_allclose(child, parent, rtol=1e-5, atol=1e-5 * np.abs(parent).max())
+    assert parallel_ok()
+    assert child_parallel is (numba.threading_layer() != "omp")

@@ -113,7 +113,7 @@ def matmul_many_leaf(x: np.ndarray, ws, bs, experts=None) -> list:
     qm, im = _compiled()[0], _int8()
     R, I = x.shape
     ex = qm._NO_EXPERT[:R] if experts is None else experts
-    parallel = R * sum(w.rows for w in pws) * I >= qm.PARALLEL_MIN_WEIGHTS
+    parallel = qm.all_cores(R * sum(w.rows for w in pws) * I)
     ys = im.imatmul_many(np.ascontiguousarray(x), pws, ex, parallel)            # [(N, O_i)]
     return [y if b is None else y + (b if experts is None else b[experts]) for y, b in zip(ys, bs)]
 

@@ -142,10 +142,10 @@ def configure_numba() -> None:
                      start, against ~30 for workqueue's pool, and a GEMV of a million weights
                      runs 1.9x faster on 2 cores than on one, against 1.1x with workqueue. Idle
                      threads sleep, so another program holding a core costs no spinning (with
-                     OpenMP's default spin, 132 ms a token under load against 17). The threads
-                     are started before anything forks (minimoe train's workers never run a
-                     parallel loop; GNU OpenMP cannot be used in a forked child). See
-                     docs/kernels.md, "Threads".
+                     OpenMP's default spin, 132 ms a token under load against 17). GNU OpenMP
+                     cannot be used in a forked child (Numba stops it): in a child forked after
+                     the pool started, parallel_ok() is False and every kernel runs its one-core
+                     compile. See docs/kernels.md, "Threads".
     SIMD width       $MINIMOE_SIMD_WIDTH = 512 (default) or 256, on x86 CPUs with AVX-512: LLVM's
                      own preference differs by CPU (256 on Intel, 512 on AMD Zen 4/5), so minimoe
                      states it either way: "-prefer-256-bit" or "+prefer-256-bit". Unless
@@ -170,6 +170,27 @@ def configure_numba() -> None:
         numba.config.CPU_NAME, numba.config.CPU_FEATURES = llvm.get_host_cpu_name(), features
 
 
+_PARALLEL = [True]      # False in a child forked from a process whose OpenMP pool runs
+
+
+def parallel_ok() -> bool:
+    """Whether this process may start Numba's parallel loops. Not in a child forked (e.g. by
+    multiprocessing's "fork" pool) from a process whose GNU OpenMP pool was running: GNU OpenMP
+    cannot be used there, and Numba stops such a child. The kernels then run their one-core
+    compiles (`kernel.serial`), which give the same numbers."""
+    return _PARALLEL[0]
+
+
+def _forked_child() -> None:
+    import numba
+    try:
+        layer = numba.threading_layer()
+    except ValueError:                                   # no pool was started: nothing inherited
+        return
+    if layer == "omp":
+        _PARALLEL[0] = False
+
+
 def _start_threads_without_spinning(numba) -> None:
     """Start Numba's thread pool now, with GNU OpenMP's OMP_WAIT_POLICY=passive (idle threads
     sleep instead of spinning), unless the user set it. libgomp reads the variable once, when it
@@ -182,6 +203,7 @@ def _start_threads_without_spinning(numba) -> None:
     finally:
         if before is None:
             os.environ.pop("OMP_WAIT_POLICY", None)
+    os.register_at_fork(after_in_child=_forked_child)
 
 
 def _say_when_compiling() -> None:

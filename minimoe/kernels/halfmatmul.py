@@ -35,7 +35,7 @@ from numba import njit, prange
 
 from minimoe.kernels.backend import twin
 from minimoe.kernels.packed import KernelInputError, check_experts
-from minimoe.kernels.qmatmul import PARALLEL_MIN_WEIGHTS, _one_core
+from minimoe.kernels.qmatmul import _one_core, all_cores
 from minimoe.quant.bf16 import bf16_to_float32
 
 GEMV_MAX_ROWS = 4          # rows of x up to which the GEMV path is used
@@ -160,7 +160,7 @@ def _half_matmul(x, w, experts, fmt):
 
     def gemv(X, experts, out):
         R, O, I = X.shape[0], out.shape[1], X.shape[1]
-        kernel = GEMV[fmt] if R * O * I >= PARALLEL_MIN_WEIGHTS else GEMV[fmt].serial
+        kernel = GEMV[fmt] if all_cores(R * O * I) else GEMV[fmt].serial
         kernel(X, np.ascontiguousarray(stack), experts, out)
 
     return stack_matmul(x, stack.shape[:2], w.shape[-1], experts, w.ndim == 3, what, gemv,

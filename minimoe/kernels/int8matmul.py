@@ -580,9 +580,10 @@ def imatmul_into(x: np.ndarray, w: PackedWeight, experts: np.ndarray, out: np.nd
     kernel(x, w.d, w.m, quad_words(w), w.G, experts, out)
 
 
-def imatmul_rows(x: np.ndarray, w: PackedWeight, e: int, out: np.ndarray) -> None:
-    """out (R, O) = x (R, I) @ W[e].T for a prefill's many rows, on all cores (checked by qmatmul)."""
-    kernel = _variants.get(("gemm_" + w.fmt, vnni.int8_dot(), True)) or variant("gemm_" + w.fmt)
+def imatmul_rows(x: np.ndarray, w: PackedWeight, e: int, out: np.ndarray, parallel: bool = True) -> None:
+    """out (R, O) = x (R, I) @ W[e].T for a prefill's many rows (checked by qmatmul)."""
+    kernel = (_variants.get(("gemm_" + w.fmt, vnni.int8_dot(), parallel))
+              or variant("gemm_" + w.fmt, parallel=parallel))
     kernel(x, w.d, w.m, quad_words(w), w.G, e, out)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from minimoe.kernels.backend import configure_numba, twin
+from minimoe.kernels.backend import configure_numba, parallel_ok, twin
 from minimoe.kernels.packed import KernelInputError
 
 configure_numba()
@@ -156,6 +156,17 @@ def gemv_q6_k(x, blocks, experts, out):
             out[r, o] = acc
 
 
+def _serial_variants() -> None:
+    """gemv_q4_k.serial, gemv_q6_k.serial: the same sources compiled without threads, for a process
+    that may not start parallel loops (backend.parallel_ok)."""
+    from minimoe.kernels.qmatmul import _one_core
+    for kernel in (gemv_q4_k, gemv_q6_k):
+        _one_core(kernel)
+
+
+_serial_variants()
+
+
 def kmatmul(x: np.ndarray, qt, experts: np.ndarray | None = None) -> np.ndarray:
     """x (N, I) float32 @ qt (O, I).T -> (N, O), or row n times qt[experts[n]] of a stack (E, O, I)."""
     fmt = qt.fmt
@@ -180,6 +191,7 @@ def kmatmul(x: np.ndarray, qt, experts: np.ndarray | None = None) -> np.ndarray:
     out = np.empty((R, O), np.float32)
     if R <= GEMV_MAX_ROWS:
         kernel = gemv_q4_k if fmt == "q4_k" else gemv_q6_k
+        kernel = kernel if parallel_ok() else kernel.serial                     # (a forked child: one core)
         kernel(np.ascontiguousarray(x, np.float32), blocks, rows, out)
         return out
     from minimoe.quant import format_module                          # prefill: decode once, BLAS

@@ -44,7 +44,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from minimoe.kernels.backend import Kernel, blas_threads, configure_numba, get_activation_precision, twin
+from minimoe.kernels.backend import Kernel, blas_threads, configure_numba, get_activation_precision, parallel_ok, twin
 from minimoe.kernels.packed import BLOCK, KernelInputError, PackedWeight, check_experts, to_kernel_order
 
 configure_numba()
@@ -457,7 +457,7 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
             np.matmul(w[experts[r]], x[r], out=out[r])             # (O, I) @ (I,) -> (O,)
         return out
     out = np.empty((R, w.shape[-2]), np.float32)
-    kernel = gemv_f32 if R * out.shape[1] * x.shape[1] >= PARALLEL_MIN_FLOAT_WEIGHTS else gemv_f32.serial
+    kernel = gemv_f32 if all_cores(R * out.shape[1] * x.shape[1], PARALLEL_MIN_FLOAT_WEIGHTS) else gemv_f32.serial
     kernel(np.ascontiguousarray(x), w if stacked else w[None], experts if stacked else _NO_EXPERT[:R], out)
     return out
 
@@ -469,6 +469,12 @@ def fmatmul(x: np.ndarray, w: np.ndarray, experts: np.ndarray | None = None) -> 
 # ones use all cores: measured 1.7-1.9x faster on 2 cores for 1.4 M weights, 0.9x for 0.4 M alone,
 # yet mixtral-mini's whole decode step ran 3-5% faster with its 0.26-0.4 M attention GEMVs parallel
 # too (the weights stream from memory there, not from cache as in the one-matrix measurement).
+
+def all_cores(weights: int, threshold: int | None = None) -> bool:
+    """Whether a GEMV touching `weights` weights runs on all cores: big enough (PARALLEL_MIN_WEIGHTS,
+    or `threshold`), and parallel loops allowed in this process (backend.parallel_ok)."""
+    return weights >= (PARALLEL_MIN_WEIGHTS if threshold is None else threshold) and parallel_ok()
+
 
 def _one_core(kernel):
     """Attach kernel.serial: the kernel's Python source compiled without threads."""
@@ -546,7 +552,7 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
         return out.reshape(*lead, O)
     if R <= GEMV_MAX_ROWS:                                            # decode: GEMV over the bytes
         ex = _NO_EXPERT[:R] if experts is None else experts
-        parallel = R * O * I >= PARALLEL_MIN_WEIGHTS
+        parallel = all_cores(R * O * I)
         if int8_activations():                                        # x rounded to int8 (int8matmul.py)
             from minimoe.kernels.int8matmul import imatmul_into
             imatmul_into(np.ascontiguousarray(X), w, ex, out, parallel)
@@ -556,7 +562,7 @@ def qmatmul(x: np.ndarray, w: PackedWeight, experts: np.ndarray | None = None) -
         return out.reshape(*lead, O)
     if R <= INT8_GEMM_MAX_ROWS and int8_activations():                 # a few rows: integer kernel
         from minimoe.kernels.int8matmul import imatmul_rows
-        imatmul_rows(np.ascontiguousarray(X), w, 0, out)
+        imatmul_rows(np.ascontiguousarray(X), w, 0, out, parallel_ok())
         return out.reshape(*lead, O)
     return _prefill(to_kernel_order(X).reshape(R, -1), w, 0, out).reshape(*lead, O)
 

@@ -37,7 +37,7 @@ from numba import njit, prange
 from minimoe.kernels.backend import twin
 from minimoe.kernels.halfmatmul import stack_matmul
 from minimoe.kernels.packed import KernelInputError
-from minimoe.kernels.qmatmul import PARALLEL_MIN_WEIGHTS, _one_core
+from minimoe.kernels.qmatmul import _one_core, all_cores
 from minimoe.quant import format_module
 
 CHUNK = 16                 # output rows per parallel work item (GEMV_MAX_ROWS, TILE_ROWS: halfmatmul.py)
@@ -132,7 +132,7 @@ def matmul_stored(x: np.ndarray, qt, experts: np.ndarray | None = None) -> np.nd
 
     def gemv(X, experts, out):
         R, O = out.shape
-        kernel = gemv_stored if R * O * I >= PARALLEL_MIN_WEIGHTS else gemv_stored.serial
+        kernel = gemv_stored if all_cores(R * O * I) else gemv_stored.serial
         kernel(X, stack, experts, FMT_ID[qt.fmt], out)
 
     def tile(e, o0, o1):                                                       # (T, I) float32
