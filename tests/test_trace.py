@@ -290,3 +290,22 @@ def test_routing_plots_need_an_moe():
     with pytest.raises(MinimoeError, match="no routing"):
         plots.expert_load_heatmap(t)
     assert set(plots.all_figures(t, machine=MACHINE)) == {"roofline"}
+
+
+def test_a_calls_time_is_shared_out_whole_among_its_experts_and_weights():
+    """A stacked matmul is one call recorded as one op per expert, and a fused call (matmul_many)
+    as one op per weight: their times must add up to the call's time, whatever the split."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 8)).astype(np.float32)
+    experts = np.array([0, 0, 0, 1, 3, 4, 4])
+    with minimoe.trace() as tr:
+        tr._matmul("moe.experts.gate", x, w, None, experts, out=np.zeros((7, 3), np.float32),
+                   t0=10.0, t1=12.0)
+        tr._matmuls(("attn.q", "attn.k"), x[:1], [w[0], w[1, :2]], [None, None], None,
+                    out=[np.zeros((1, 3)), np.zeros((1, 2))], t0=0.0)
+    gate = [r for name, r in tr.ops.items() if name.endswith(".gate")]
+    assert len(gate) == 4 and math.isclose(sum(r["time_s"] for r in gate), 2.0)
+    assert [round(r["time_s"], 9) for r in gate] == [round(2.0 * n / 7, 9) for n in (3, 1, 1, 2)]
+    q, k = tr.ops["attn.q"]["time_s"], tr.ops["attn.k"]["time_s"]
+    assert math.isclose(q / k, 3 / 2)                     # shared by rows: 3 and 2

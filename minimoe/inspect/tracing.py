@@ -230,8 +230,10 @@ class Trace:
             return
         ids, counts = np.unique(experts, return_counts=True)
         prefix, _, suffix = name.rpartition(".")
+        start, span, rows = t0, t1 - t0, 0
         for e, n in zip(ids, counts):                    # the call's time, shared out by rows
-            t_e = t0 + (t1 - t0) * n / len(experts)
+            rows += n
+            t_e = start + span * rows / len(experts)
             self._matmul_one(f"{prefix}.{e}.{suffix}", x[:n], w[e], None if b is None else b[e],
                              n * w.shape[-2], t0, t_e)
             t0 = t_e
@@ -242,8 +244,10 @@ class Trace:
         by the weights' sizes."""
         t1 = time.perf_counter()
         total = sum(w.shape[-2] for w in ws)
+        start, span, rows = t0, t1 - t0, 0
         for name, w, b, y in zip(names, ws, bs, out):
-            t_w = t0 + (t1 - t0) * w.shape[-2] / total
+            rows += w.shape[-2]
+            t_w = start + span * rows / total
             self._matmul(name, x, w, b, experts, out=y, t0=t0, t1=t_w)
             t0 = t_w
 
