@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Where a decode step's (or a prefill's) time goes: the leaves by kind, from a trace, against the whole.
+"""Where a decode step's (or a prefill's) time goes: each kind of leaf's wall-clock time against the whole.
 
 Shape legend: P prompt tokens.
 
-mixtral-mini with random weights (seed 0), quantized by --recipe, a P-token prompt, then:
-    untimed warm-up, 100 timed decode steps (ms per token), 20 traced steps (each leaf kind's time
-    per token, from minimoe.trace), and the per-call cost of one matmul leaf against its kernel.
-The difference between the step and the sum of the leaves is the Python between and around them
-(the trace's own bookkeeping makes the traced steps somewhat slower). --prefill profiles the
-P-token prefill instead (best of 5 untraced, then one traced).
+mixtral-mini with random weights (seed 0), quantized by --recipe, a P-token prompt, then: a
+warm-up, 100 decode steps untimed per leaf (ms per token), 100 more with every leaf call timed
+(each kind's time per token: Leaf.__call__ wrapped with two perf_counter calls, which costs well
+under a microsecond a call; minimoe.trace's bookkeeping would cost more), and the fixed price of
+one matmul leaf call against its kernel. What the leaves do not cover is the Python between them.
+--prefill does the same for the P-token prefill (best of 5 untimed, then one timed per leaf).
 
     PYTHONPATH=$PWD python tests/benchmarks/decode_profile.py [--recipe q4_0] [--prompt 256] [--prefill]
 """
@@ -23,6 +23,7 @@ import numpy as np
 import minimoe
 from minimoe.bench.decode import build
 from minimoe.bench.timing import best_time, machine_info
+from minimoe.kernels.dispatch import Leaf
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     model = build("mixtral-mini", args.recipe, 0)
     prompt = np.random.default_rng(0).integers(0, model.config.vocab_size, args.prompt)
     model.generate(prompt, 2)                                       # warm-up
-    kv = model.new_kv_cache(1, args.prompt + 200)
+    kv = model.new_kv_cache(1, args.prompt + 300)
     nxt = model.forward(prompt[None], kv, last_only=True)[0][:, -1].argmax(-1)
 
     def steps(n: int) -> None:
@@ -45,32 +46,52 @@ def main() -> None:
     info = machine_info()
     print(f"{info.get('cpu')}, {info.get('cores')} cores; mixtral-mini {args.recipe}, {args.prompt}-token prompt")
     if args.prefill:
-        def prefill() -> None:
+        def run() -> None:
             model.forward(prompt[None], model.new_kv_cache(1, args.prompt + 1), last_only=True)
-        whole, n = best_time(prefill, 5), 1
-        with minimoe.trace() as tr:
-            prefill()
+        whole, n = best_time(run, 5), 1
         what = f"prefill {whole * 1e3:.1f} ms ({args.prompt / whole:.0f} tok/s)"
     else:
         steps(5)
+        n = 100
         t0 = time.perf_counter()
-        steps(100)
-        whole, n = (time.perf_counter() - t0) / 100, 20
-        with minimoe.trace() as tr:
-            steps(n)
+        steps(n)
+        whole = (time.perf_counter() - t0) / n
         what = f"decode step {whole * 1e3:.2f} ms ({1 / whole:.1f} tok/s)"
+
+        def run() -> None:
+            steps(n)
     by_kind = defaultdict(float)
-    for name, rec in tr.ops.items():
-        kind = rec["kind"]
-        if kind == "matmul":
-            kind += (" experts" if ".experts." in name else " attention" if ".attn." in name
-                     else " router" if "router" in name else " head")
-        by_kind[kind] += rec["time_s"] / n
-    print(f"{what}; leaves (traced) {sum(by_kind.values()) * 1e3:.2f} ms:")
+    plain = Leaf.__call__
+
+    def timed(leaf, *a, name=None):
+        t = time.perf_counter()
+        out = plain(leaf, *a, name=name)
+        by_kind[_kind(leaf.kind, name)] += time.perf_counter() - t
+        return out
+
+    Leaf.__call__ = timed
+    try:
+        t0 = time.perf_counter()
+        run()
+        timed_whole = (time.perf_counter() - t0) / n
+    finally:
+        Leaf.__call__ = plain
+    leaves = sum(by_kind.values()) / n
+    print(f"{what}; with every leaf timed {timed_whole * 1e3:.2f} ms, of which the leaves {leaves * 1e3:.2f} ms:")
     for kind, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1]):
-        print(f"  {kind:<22}{seconds * 1e6:8.0f} us")
+        print(f"  {kind:<26}{seconds / n * 1e6:9.0f} us")
     if not args.prefill:
         leaf_overhead()
+
+
+def _kind(kind: str, name) -> str:
+    """A leaf call's label: its kind, and for matmuls what they multiply (names from nn/)."""
+    if kind not in ("matmul", "matmuls"):
+        return kind
+    names = name if isinstance(name, tuple) else (name or "",)
+    part = ("experts" if any(".experts" in n for n in names) else "attention" if any("attn" in n for n in names)
+            else "router" if any("router" in n for n in names) else "head")
+    return f"{kind} ({part})"
 
 
 def leaf_overhead() -> None:
