@@ -84,7 +84,7 @@ def _check_operands(x, w_shape: tuple, w_ok: bool) -> None:
 def matmul_leaf(x: np.ndarray, w, b=None, experts=None) -> np.ndarray:
     """The compiled side of minimoe/nn/linear.py's `matmul`, with its signature: x (N, I) float32
     @ w (O, I).T (+ b), or row n times w[experts[n]] of a stack (E, O, I) (+ b[experts[n]])."""
-    qm, km, hm, sm = _compiled()
+    qm, km, hm, sm, _ = _compiled()
     if type(w) is np.ndarray:
         y = float_product(x, w, experts)                                  # (N, O)
     elif w.fmt in HALF_FORMATS:
@@ -110,7 +110,7 @@ def matmul_many_leaf(x: np.ndarray, ws, bs, experts=None) -> list:
     if fused is None:
         return [matmul_leaf(x, w, b, experts) for w, b in zip(ws, bs)]
     pws, experts = fused
-    qm, im = _compiled()[0], _int8()
+    qm, _, _, _, im = _compiled()
     R, I = x.shape
     ex = qm._NO_EXPERT[:R] if experts is None else experts
     parallel = qm.all_cores(R * sum(w.rows for w in pws) * I)
@@ -173,25 +173,16 @@ def float_product(x: np.ndarray, w: np.ndarray, experts=None) -> np.ndarray:
     return by_expert(x, w, None, experts)                                 # the twin's own loop
 
 
-_MODULES: list = []     # [qmatmul, kquant_matmul, halfmatmul, stored_gemv], once imported
-_INT8: list = []        # [int8matmul], once imported
+_MODULES: list = []     # [qmatmul, kquant_matmul, halfmatmul, stored_gemv, int8matmul], once imported
 
 
 def _compiled() -> list:
     """The kernel modules matmul_leaf calls, imported on the first matmul (importing them loads
     Numba) and kept: an import statement inside matmul_leaf would cost about a microsecond per call."""
     if not _MODULES:
-        from minimoe.kernels import halfmatmul, kquant_matmul, qmatmul, stored_gemv
-        _MODULES.extend((qmatmul, kquant_matmul, halfmatmul, stored_gemv))
+        from minimoe.kernels import halfmatmul, int8matmul, kquant_matmul, qmatmul, stored_gemv
+        _MODULES.extend((qmatmul, kquant_matmul, halfmatmul, stored_gemv, int8matmul))
     return _MODULES
-
-
-def _int8():
-    """kernels/int8matmul.py, imported on the first fused call and kept."""
-    if not _INT8:
-        from minimoe.kernels import int8matmul
-        _INT8.append(int8matmul)
-    return _INT8[0]
 
 
 def takes_matmul_many(x, ws, bs, experts=None) -> bool:

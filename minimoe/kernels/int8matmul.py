@@ -574,26 +574,26 @@ def _regroup(qs: np.ndarray, fmt: str) -> np.ndarray:
     return qw.reshape(E, OG, J // 4, Wp)
 
 
+def _kernel(name: str, parallel: bool) -> Kernel:
+    """The compiled variant for this CPU's dot4: a dictionary lookup once it exists."""
+    return _variants.get((name, vnni.int8_dot(), parallel)) or variant(name, parallel=parallel)
+
+
 def imatmul_into(x: np.ndarray, w: PackedWeight, experts: np.ndarray, out: np.ndarray, parallel: bool) -> None:
     """out (R, O) = x (R, I) @ W[experts[r]].T through the int8 path (arguments checked by qmatmul)."""
-    kernel = _variants.get((w.fmt, vnni.int8_dot(), parallel)) or variant(w.fmt, parallel=parallel)
-    kernel(x, w.d, w.m, quad_words(w), w.G, experts, out)
+    _kernel(w.fmt, parallel)(x, w.d, w.m, quad_words(w), w.G, experts, out)
 
 
 def imatmul_rows(x: np.ndarray, w: PackedWeight, e: int, out: np.ndarray, parallel: bool = True) -> None:
     """out (R, O) = x (R, I) @ W[e].T for a prefill's many rows (checked by qmatmul)."""
-    kernel = (_variants.get(("gemm_" + w.fmt, vnni.int8_dot(), parallel))
-              or variant("gemm_" + w.fmt, parallel=parallel))
-    kernel(x, w.d, w.m, quad_words(w), w.G, e, out)
+    _kernel("gemm_" + w.fmt, parallel)(x, w.d, w.m, quad_words(w), w.G, e, out)
 
 
 def imatmul_many(x: np.ndarray, ws: list, experts: np.ndarray, parallel: bool) -> list:
     """[x (R, I) @ W[experts[r]].T for W in ws]: packed weights of one format and input width,
     all multiplied in one kernel call (one rounding of x, one parallel loop). Checked by the caller
     (kernels.matmul_many_leaf)."""
-    fmt = ws[0].fmt
-    kernel = _variants.get(("many_" + fmt, vnni.int8_dot(), parallel)) or variant("many_" + fmt, parallel=parallel)
     outs = tuple(np.empty((x.shape[0], w.rows), np.float32) for w in ws)
-    kernel(x, tuple(w.d for w in ws), tuple(w.m for w in ws), tuple(quad_words(w) for w in ws),
+    _kernel("many_" + ws[0].fmt, parallel)(x, tuple(w.d for w in ws), tuple(w.m for w in ws), tuple(quad_words(w) for w in ws),
            ws[0].G, experts, outs)
     return list(outs)

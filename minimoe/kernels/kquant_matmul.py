@@ -23,6 +23,7 @@ from numba import njit, prange
 
 from minimoe.kernels.backend import configure_numba, parallel_ok, twin
 from minimoe.kernels.packed import KernelInputError
+from minimoe.kernels.qmatmul import _one_core
 
 configure_numba()
 
@@ -156,15 +157,8 @@ def gemv_q6_k(x, blocks, experts, out):
             out[r, o] = acc
 
 
-def _serial_variants() -> None:
-    """gemv_q4_k.serial, gemv_q6_k.serial: the same sources compiled without threads, for a process
-    that may not start parallel loops (backend.parallel_ok)."""
-    from minimoe.kernels.qmatmul import _one_core
-    for kernel in (gemv_q4_k, gemv_q6_k):
-        _one_core(kernel)
-
-
-_serial_variants()
+for _k in (gemv_q4_k, gemv_q6_k):     # kernel.serial: one core, where parallel loops may not start
+    _one_core(_k)
 
 
 def kmatmul(x: np.ndarray, qt, experts: np.ndarray | None = None) -> np.ndarray:

@@ -44,7 +44,6 @@ CHUNK = 16                 # output rows per parallel work item (GEMV_MAX_ROWS, 
 STORED_FORMATS = ("q4_0", "q8_0", "mxfp4")
 FMT_ID = {f: i for i, f in enumerate(STORED_FORMATS)}
 MXFP4_X2 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
-Q4_0 = np.arange(16, dtype=np.float32) - 8                         # q4_0 code -> q - 8
 FP16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)  # bits -> value
 MXFP4_SCALE = np.ldexp(np.float32(1), np.arange(256) - 128).astype(np.float32)   # E8M0 byte -> 2^(e - 128)
 

@@ -79,6 +79,15 @@ def dot4_portable(acc, i, a, ia, b, ib):
         acc[i + l] += s
 
 
+def _words_at(context, builder, signature, args, k: int, index: int, words, block: int):
+    """In an intrinsic's codegen: a pointer to vector `block` of type `words` (<n x i32>) in array
+    argument k, counted from the word index in argument `index`."""
+    from llvmlite import ir
+    ary = context.make_array(signature.args[k])(context, builder, args[k])
+    first = builder.bitcast(builder.gep(ary.data, [args[index]]), words.as_pointer())
+    return builder.gep(first, [ir.Constant(ir.IntType(64), block)])
+
+
 def _vpdpbusd(width: int):
     """An intrinsic `f(acc, i, a, ia, b, ib)` doing acc[i:i+LANES] += dot4(a[ia:], b[ib:]) with
     `llvm.x86.avx512.vpdpbusd.<width>` (one instruction for 512, two for 256). The arrays must be
@@ -98,14 +107,10 @@ def _vpdpbusd(width: int):
         sig = types.void(acc, i, a, ia, b, ib)
 
         def codegen(context, builder, signature, args):
-            def vector_at(k, index):                 # pointer to n words of argument k from `index`
-                ary = context.make_array(signature.args[k])(context, builder, args[k])
-                return builder.bitcast(builder.gep(ary.data, [args[index]]), words.as_pointer())
-
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(words, [words, operand, operand]), name)
             for half in range(LANES // n):           # 1 for 512 bits, 2 for 256
-                off = ir.Constant(ir.IntType(64), half)   # in vectors of n words
-                p_acc, p_a, p_b = (builder.gep(vector_at(k, k + 1), [off]) for k in (0, 2, 4))
+                p_acc, p_a, p_b = (_words_at(context, builder, signature, args, k, k + 1, words, half)
+                                   for k in (0, 2, 4))
                 s = builder.load(p_acc, align=4)
                 va, vb = builder.load(p_a, align=4), builder.load(p_b, align=4)
                 if byte_operands:
@@ -148,12 +153,9 @@ def _sdot(typingctx, acc, i, a, ia, b, ib):
     sig = types.void(acc, i, a, ia, b, ib)
 
     def codegen(context, builder, signature, args):
-        def vector_at(k, index, quarter):            # pointer to 4 words of argument k
-            ary = context.make_array(signature.args[k])(context, builder, args[k])
-            first = builder.bitcast(builder.gep(ary.data, [args[index]]), words.as_pointer())
-            return builder.gep(first, [ir.Constant(ir.IntType(64), quarter)])
         for quarter in range(LANES // 4):
-            p_acc, p_a, p_b = (vector_at(k, k + 1, quarter) for k in (0, 2, 4))
+            p_acc, p_a, p_b = (_words_at(context, builder, signature, args, k, k + 1, words, quarter)
+                               for k in (0, 2, 4))
             total = sdot_ir(builder, builder.load(p_acc, align=4), builder.load(p_a, align=4),
                             builder.load(p_b, align=4))
             builder.store(total, p_acc, align=4)
